@@ -1,0 +1,1 @@
+"""Code shared by the RecForge services: settings, database models, job contract, errors."""

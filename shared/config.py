@@ -1,0 +1,143 @@
+"""One settings object per process, read from the environment (prefix ``RECFORGE_``)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "recforge-dev-secret-change-me"
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    console = "console"
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECFORGE_", env_file=".env", extra="ignore")
+
+    env: Environment = Environment.development
+    # Unset means "use the embedded PostgreSQL / Redis started by `recforge up`".
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path("./.recforge")
+
+    host: str = "127.0.0.1"
+    api_port: Port = 8000
+    inference_port: Port = 8001
+    trainer_port: Port = 8002
+
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.json
+
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_echo: bool = False
+    queue_name: str = "recforge:queue"
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        return to_async_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_redis(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _no_default_secret_in_production(self) -> Settings:
+        if self.env == Environment.production and self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError(
+                "RECFORGE_SECRET_KEY must be set to a private value when RECFORGE_ENV=production"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, else the one of the embedded server `recforge up` started."""
+        if self.database_url:
+            return self.database_url
+        state = read_embedded_state(self.run_dir)
+        if state.get("database_url"):
+            return to_async_url(state["database_url"])
+        from shared.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "No database configured: set RECFORGE_DATABASE_URL, or run `recforge up` to start "
+            "the embedded PostgreSQL."
+        )
+
+    def resolved_redis_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        state = read_embedded_state(self.run_dir)
+        if state.get("redis_url"):
+            return str(state["redis_url"])
+        from shared.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "No Redis configured: set RECFORGE_REDIS_URL, or run `recforge up` to start the "
+            "embedded Redis."
+        )
+
+
+def to_async_url(url: str) -> str:
+    """Normalise any PostgreSQL URL to the asyncpg driver SQLAlchemy uses at run time."""
+    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("database_url must be a PostgreSQL URL (postgresql://...)")
+
+
+def read_embedded_state(run_dir: Path) -> dict[str, str]:
+    path = run_dir / "infra.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

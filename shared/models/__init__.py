@@ -1,0 +1,30 @@
+"""SQLAlchemy models of the shared schema, one module per aggregate."""
+
+from shared.models.audit import AuditLog
+from shared.models.base import Base
+from shared.models.datasets import Dataset, DatasetVersion
+from shared.models.deployments import Deployment
+from shared.models.events import Event
+from shared.models.model_versions import ModelVersion
+from shared.models.projects import Milestone, Project, ProjectMember
+from shared.models.tasks import Task, TaskComment
+from shared.models.training import TrainingJob
+from shared.models.users import ApiKey, User
+
+__all__ = [
+    "ApiKey",
+    "AuditLog",
+    "Base",
+    "Dataset",
+    "DatasetVersion",
+    "Deployment",
+    "Event",
+    "Milestone",
+    "ModelVersion",
+    "Project",
+    "ProjectMember",
+    "Task",
+    "TaskComment",
+    "TrainingJob",
+    "User",
+]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Boolean, CheckConstraint, DateTime, ForeignKey, Index, SmallInteger, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.models.base import Base, CreatedAt, UUIDPk, enum_check
+from shared.models.enums import DeploymentRole
+
+
+class Deployment(UUIDPk, CreatedAt, Base):
+    """Which model version serves a project's role. Rows are never rewritten in place: a promotion
+    deactivates the active row and inserts a new one, so the table is the deployment history."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        enum_check("role", DeploymentRole),
+        CheckConstraint("canary_percent BETWEEN 0 AND 100", name="canary_percent_range"),
+        CheckConstraint(
+            "canary_model_version_id IS NOT NULL OR canary_percent = 0", name="canary_needs_version"
+        ),
+        Index(
+            "uq_deployments_active_project_role",
+            "project_id",
+            "role",
+            unique=True,
+            postgresql_where=text("is_active"),
+        ),
+    )
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    model_version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    canary_model_version_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT")
+    )
+    canary_percent: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
