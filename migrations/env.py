@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from shared.config import Settings
+from shared.config import Settings, to_async_url
 from shared.models import Base
 
 config = context.config
@@ -22,7 +22,8 @@ target_metadata = Base.metadata
 
 def _url() -> str:
     # An explicit URL (tests, `recforge migrate --url`) wins over the settings.
-    return config.attributes.get("database_url") or Settings().resolved_database_url()
+    explicit = config.attributes.get("database_url")
+    return to_async_url(explicit) if explicit else Settings().resolved_database_url()
 
 
 def _configure(connection: Connection | None = None, **kwargs: object) -> None:

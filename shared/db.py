@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
@@ -36,9 +36,26 @@ async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncI
             await session.rollback()
             raise
         else:
-            await session.commit()
+            await commit_and_run_hooks(session)
 
 
 async def ping_database(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run ``callback`` once the current unit of work has committed (enqueue, publish, ...).
+
+    Nothing that points at a row may leave the process before the row is committed."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+async def commit_and_run_hooks(session: AsyncSession) -> None:
+    hooks: list[AfterCommit] = session.info.pop("after_commit", [])
+    await session.commit()
+    for hook in hooks:
+        await hook()

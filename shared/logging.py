@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import logging.config
 from typing import Any
 
 from shared.config import LogFormat, Settings
 
 _JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class DropColorMessage(logging.Filter):
+    """uvicorn adds an ANSI-coloured copy of each message; JSON logs want only the plain one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
 
 
 def logging_config(settings: Settings, service: str) -> dict[str, Any]:
@@ -18,6 +27,7 @@ def logging_config(settings: Settings, service: str) -> dict[str, Any]:
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
             "static_fields": {"service": service},
             "timestamp": False,
+            "datefmt": "%Y-%m-%dT%H:%M:%S%z",
         }
     else:
         formatter = {"format": f"%(asctime)s %(levelname)-7s [{service}] %(name)s: %(message)s"}
@@ -25,8 +35,14 @@ def logging_config(settings: Settings, service: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        "filters": {"no_color": {"()": DropColorMessage}},
         "handlers": {
-            "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "filters": ["no_color"],
+                "stream": "ext://sys.stderr",
+            }
         },
         "root": {"handlers": ["default"], "level": settings.log_level},
         "loggers": {

@@ -1,0 +1,1 @@
+"""The RecForge services: api, trainer, inference."""

@@ -1,0 +1,1 @@
+"""The project API: projects, people, data, jobs, models and deployments."""

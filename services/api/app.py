@@ -1,0 +1,52 @@
+"""The project API application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from arq import create_pool
+from fastapi import FastAPI, Request
+
+from services.api.deps import ApiResources, get_resources
+from shared.config import Settings, get_settings
+from shared.db import create_engine, create_sessionmaker, ping_database
+from shared.http import Check, setup_common
+from shared.jobs import redis_settings
+
+VERSION = "0.1.0"
+
+
+def _checks(request: Request) -> Mapping[str, Check]:
+    resources = get_resources(request)
+
+    async def redis_ping() -> None:
+        await resources.redis.ping()
+
+    return {"postgres": lambda: ping_database(resources.engine), "redis": redis_ping}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ApiResources]]:
+        engine = create_engine(settings)
+        redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
+        resources = ApiResources(
+            settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), redis=redis
+        )
+        try:
+            yield {"resources": resources}
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="RecForge API",
+        version=VERSION,
+        summary="Projects, people, datasets, training jobs, model versions and deployments.",
+        lifespan=lifespan,
+    )
+    setup_common(app, _checks)
+    return app

@@ -1,0 +1,1 @@
+"""The inference service: ONNX Runtime sessions of the deployed model versions. Never imports torch."""

@@ -1,0 +1,21 @@
+"""The ``recforge`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from shared.cli import keys, stack
+
+app = typer.Typer(
+    name="recforge",
+    help="RecForge: run transformer search & recommendation projects end to end.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stack.register(app)
+app.add_typer(keys.app, name="keys")
+
+
+def main() -> None:
+    app()

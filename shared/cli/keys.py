@@ -1,0 +1,73 @@
+"""`recforge keys`: issue API keys from the command line (the way to get the first admin key)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+
+from shared.cli.common import console, database_errors, err_console, load_settings
+from shared.models.enums import KeyRole
+
+app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    role: Annotated[KeyRole, typer.Option(help="admin (global), user, or service (needs --project).")] = (
+        KeyRole.user
+    ),
+    email: Annotated[str, typer.Option(help="The key's user; created if unknown.")] = "admin@recforge.local",
+    user_name: Annotated[str, typer.Option("--user-name", help="Name for a new user.")] = "Administrator",
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "cli",
+    project: Annotated[
+        str | None, typer.Option(help="Project id or slug (service keys).")
+    ] = None,
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Expire after this many days (default: never).")
+    ] = None,
+) -> None:
+    """Create an API key and print it. It is shown once: store it now."""
+    settings = load_settings()
+
+    async def run() -> str:
+        from sqlalchemy import or_, select
+
+        from services.api.auth.service import ensure_user, issue_key
+        from shared.db import create_engine, create_sessionmaker, unit_of_work
+        from shared.errors import NotFound
+        from shared.models import Project
+
+        engine = create_engine(settings, pool_size=1)
+        try:
+            async with unit_of_work(create_sessionmaker(engine)) as session:
+                project_id = None
+                if project:
+                    clauses = [Project.slug == project]
+                    try:
+                        import uuid
+
+                        clauses.append(Project.id == uuid.UUID(project))
+                    except ValueError:
+                        pass
+                    found = (await session.execute(select(Project.id).where(or_(*clauses)))).scalar()
+                    if found is None:
+                        raise NotFound(f"no project {project!r}")
+                    project_id = found
+                user = await ensure_user(session, name=user_name, email=email)
+                expires_at = (
+                    datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+                )
+                issued = await issue_key(
+                    session, user=user, name=name, role=role, project_id=project_id, expires_at=expires_at
+                )
+                return issued.key
+        finally:
+            await engine.dispose()
+
+    with database_errors():
+        key = asyncio.run(run())
+    err_console.print(f"Created a [bold]{role.value}[/] key for {email}. It is shown only once:")
+    console.print(key, soft_wrap=True, highlight=False)

@@ -1,0 +1,129 @@
+"""HTTP pieces every service shares: error rendering, request ids and access logs, health routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import AppError
+
+log = logging.getLogger("recforge.http")
+
+Check = Callable[[], Awaitable[Any]]
+ChecksFactory = Callable[[Request], Mapping[str, Check]]
+CHECK_TIMEOUT_S = 2.0
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("request failed: %s", exc.message, extra={"path": request.url.path})
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        body = {"error": "validation_error", "message": "The request is invalid", "detail": errors}
+        return JSONResponse(jsonable_encoder(body), status_code=422)
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (kept from ``X-Request-ID`` when sent) and logs one line per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
+        request_id = incoming or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"].append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                log.info(
+                    "%s %s %s",
+                    scope.get("method"),
+                    path,
+                    status,
+                    extra={
+                        "request_id": request_id,
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
+
+
+async def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, Any]]:
+    async def one(check: Check) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            detail = await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+        except Exception as exc:  # a readiness probe reports every failure, whatever its kind
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        result: dict[str, Any] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        if detail is not None:
+            result["detail"] = detail
+        return result
+
+    names = list(checks)
+    results = await asyncio.gather(*(one(checks[name]) for name in names))
+    report = dict(zip(names, results, strict=True))
+    return all(r["ok"] for r in results), report
+
+
+def health_router(checks_for: ChecksFactory) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Readiness: every dependency answers",
+        responses={503: {"description": "A dependency is not ready"}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        ok, report = await run_checks(checks_for(request))
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": report}, status_code=200 if ok else 503
+        )
+
+    return router
+
+
+def setup_common(app: FastAPI, checks_for: ChecksFactory) -> None:
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health_router(checks_for))

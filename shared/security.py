@@ -1,0 +1,26 @@
+"""API keys: high-entropy random tokens, stored as SHA-256 digests, shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+KEY_PREFIX = "rf_"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: str  # the secret; never stored
+    prefix: str  # shown in listings so people can tell keys apart
+    digest: str  # what the database keeps
+
+
+def generate_api_key() -> NewKey:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits of entropy
+    return NewKey(key=key, prefix=key[:10], digest=hash_api_key(key))
+
+
+def hash_api_key(key: str) -> str:
+    # A fast hash is right here: the keys are random 256-bit tokens, not guessable passwords.
+    return hashlib.sha256(key.encode()).hexdigest()

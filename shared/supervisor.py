@@ -1,0 +1,206 @@
+"""`recforge up` / `down` / `status`: start the stack as child processes, track them, stop them all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from shared import infra
+from shared.config import Settings, read_embedded_state, to_async_url
+
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    args: list[str]
+    port: int
+
+
+@dataclass
+class RunningService:
+    name: str
+    pid: int
+    create_time: float
+    port: int
+    log: str
+
+    def process(self) -> psutil.Process | None:
+        """The process, unless it exited (or its pid now belongs to another process)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 1.0:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.NoSuchProcess:
+            return None
+
+
+def services_state_path(settings: Settings) -> Path:
+    return settings.run_dir / "services.json"
+
+
+def read_services(settings: Settings) -> list[RunningService]:
+    path = services_state_path(settings)
+    if not path.exists():
+        return []
+    try:
+        return [RunningService(**item) for item in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def service_specs(settings: Settings) -> list[ServiceSpec]:
+    cli = [sys.executable, "-m", "shared.cli"]
+    return [
+        ServiceSpec("api", [*cli, "api"], settings.api_port),
+        ServiceSpec("inference", [*cli, "inference"], settings.inference_port),
+        ServiceSpec("trainer", [*cli, "worker"], settings.trainer_port),
+    ]
+
+
+def start_infra(settings: Settings) -> dict[str, str]:
+    """Start the embedded servers for whatever is not configured; return the URLs to use."""
+    data_dir = settings.data_dir.resolve()
+    state: dict[str, Any] = {}
+    database_url = settings.database_url
+    if not database_url:
+        database_url = infra.start_postgres(data_dir)
+        state["database_url"] = database_url
+        state["postgres_dir"] = str(data_dir / "postgres")
+    redis_url = settings.redis_url
+    if not redis_url:
+        redis_url = infra.start_redis(data_dir)
+        state["redis_url"] = redis_url
+    if state:
+        infra.write_json(infra.infra_state_path(settings.run_dir), state)
+    return {"database_url": to_async_url(database_url), "redis_url": redis_url}
+
+
+def spawn_services(settings: Settings, urls: dict[str, str]) -> list[RunningService]:
+    data_dir = settings.data_dir.resolve()
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        RECFORGE_DATABASE_URL=urls["database_url"],
+        RECFORGE_REDIS_URL=urls["redis_url"],
+        RECFORGE_DATA_DIR=str(data_dir),
+        RECFORGE_HOST=settings.host,
+        RECFORGE_API_PORT=str(settings.api_port),
+        RECFORGE_INFERENCE_PORT=str(settings.inference_port),
+        RECFORGE_TRAINER_PORT=str(settings.trainer_port),
+    )
+    running: list[RunningService] = []
+    for spec in service_specs(settings):
+        log_path = log_dir / f"{spec.name}.log"
+        with open(log_path, "ab") as log_file:
+            # A session of its own: Ctrl-C in the terminal reaches `up`, which stops the children in order.
+            proc = subprocess.Popen(
+                spec.args, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        running.append(
+            RunningService(
+                name=spec.name,
+                pid=proc.pid,
+                create_time=psutil.Process(proc.pid).create_time(),
+                port=spec.port,
+                log=str(log_path),
+            )
+        )
+    infra.write_json(services_state_path(settings), [asdict(s) for s in running])  # type: ignore[arg-type]
+    return running
+
+
+def readiness(settings: Settings, service: RunningService, timeout: float = 2.0) -> tuple[bool, str]:
+    url = f"http://{settings.host}:{service.port}/readyz"
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, type(exc).__name__
+    if response.status_code == 200:
+        return True, "ready"
+    return False, f"HTTP {response.status_code}"
+
+
+def wait_ready(
+    settings: Settings,
+    services: list[RunningService],
+    timeout: float,
+    on_tick: Callable[[dict[str, str]], None] | None = None,
+) -> list[str]:
+    """Wait until every service answers /readyz 200. Returns the names of those that did not."""
+    pending = {s.name: s for s in services}
+    status: dict[str, str] = {s.name: "starting" for s in services}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for name, service in list(pending.items()):
+            if service.process() is None:
+                status[name] = "exited"
+                return [name]
+            ok, detail = readiness(settings, service, timeout=1.0)
+            status[name] = detail
+            if ok:
+                del pending[name]
+        if on_tick:
+            on_tick(status)
+        if pending:
+            time.sleep(0.3)
+    return list(pending)
+
+
+def stop_services(settings: Settings) -> list[str]:
+    """SIGTERM every service's process group, wait, then SIGKILL what is left."""
+    stopped: list[str] = []
+    procs: list[tuple[RunningService, psutil.Process]] = []
+    for service in read_services(settings):
+        proc = service.process()
+        if proc is None:
+            continue
+        procs.append((service, proc))
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for service, proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except psutil.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        stopped.append(service.name)
+    # Anything a service spawned in its group (uvicorn workers, tokenizer pools) goes with it.
+    for _, proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    services_state_path(settings).unlink(missing_ok=True)
+    return stopped
+
+
+def stop_infra(settings: Settings) -> list[str]:
+    state = read_embedded_state(settings.run_dir)
+    data_dir = settings.data_dir.resolve()
+    stopped = []
+    if state.get("redis_url") and infra.stop_redis(data_dir):
+        stopped.append("redis")
+    if state.get("database_url") and infra.stop_postgres(data_dir):
+        stopped.append("postgres")
+    infra.infra_state_path(settings.run_dir).unlink(missing_ok=True)
+    return stopped
+
