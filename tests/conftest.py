@@ -1,0 +1,198 @@
+"""Real PostgreSQL and Redis for every test: no mocks of either.
+
+The servers come from RECFORGE_TEST_DATABASE_URL / RECFORGE_TEST_REDIS_URL, else the ones on
+127.0.0.1:5432 and :6379, else embedded ones started for the session. Each session (each xdist worker)
+migrates a database of its own; each test starts from empty tables and an empty Redis database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+if TYPE_CHECKING:
+    import httpx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from shared import infra  # noqa: E402
+from shared.config import Environment, LogFormat, Settings, to_async_url  # noqa: E402
+from shared.db import create_engine, create_sessionmaker  # noqa: E402
+from shared.models import Base  # noqa: E402
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Admin URL of a PostgreSQL server and URL of a Redis database."""
+    pg = os.environ.get("RECFORGE_TEST_DATABASE_URL")
+    redis_url = os.environ.get("RECFORGE_TEST_REDIS_URL")
+    started: list[str] = []
+    data_dir = tmp_path_factory.mktemp("embedded")
+    if not pg:
+        if _tcp_open("127.0.0.1", 5432):
+            pg = DEFAULT_PG
+        else:
+            pg = infra.start_postgres(data_dir).replace("/recforge?", "/postgres?")
+            started.append("postgres")
+    if not redis_url:
+        if _tcp_open("127.0.0.1", 6379):
+            redis_url = DEFAULT_REDIS
+        else:
+            redis_url = infra.start_redis(data_dir)
+            started.append("redis")
+    yield {"postgres": pg, "redis": redis_url}
+    if "redis" in started:
+        infra.stop_redis(data_dir)
+    if "postgres" in started:
+        infra.stop_postgres(data_dir)
+
+
+def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(to_async_url(url)).set(database=name).render_as_string(hide_password=False)
+
+
+async def _admin_execute(admin_url: str, *statements: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(to_async_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def empty_database(servers: dict[str, str]) -> AsyncIterator[str]:
+    """A factory-fresh database URL, dropped at the end of the session."""
+    name = f"recforge_test_{uuid.uuid4().hex[:10]}"
+    await _admin_execute(servers["postgres"], f'CREATE DATABASE "{name}"')
+    yield _with_database(servers["postgres"], name)
+    await _admin_execute(servers["postgres"], f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def scratch_database(servers: dict[str, str]) -> AsyncIterator[str]:
+    """An empty database of its own, for tests that migrate up and down."""
+    name = f"recforge_scratch_{uuid.uuid4().hex[:10]}"
+    await _admin_execute(servers["postgres"], f'CREATE DATABASE "{name}"')
+    yield _with_database(servers["postgres"], name)
+    await _admin_execute(servers["postgres"], f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def database_url(empty_database: str) -> str:
+    import asyncio
+
+    from shared import migrate
+
+    # Alembic's env runs its own event loop: keep it off this one.
+    await asyncio.to_thread(migrate.upgrade, empty_database)
+    return empty_database
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        env=Environment.test,
+        database_url=database_url,
+        redis_url=servers["redis"],
+        data_dir=tmp_path_factory.mktemp("data"),
+        log_format=LogFormat.console,
+        queue_name=f"recforge:test:{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine, settings: Settings) -> AsyncEngine:
+    """The test database with every table empty, and an empty Redis database."""
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(settings.resolved_redis_url())
+    await client.flushdb()
+    await client.aclose()
+    return engine
+
+
+@pytest.fixture
+async def session(
+    db: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[AsyncSession]:
+    async with sessionmaker() as session:
+        yield session
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def api_client(db: AsyncEngine, settings: Settings) -> AsyncIterator["httpx.AsyncClient"]:
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from services.api.app import create_app
+
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@pytest.fixture
+async def inference_client(db: AsyncEngine, settings: Settings) -> AsyncIterator["httpx.AsyncClient"]:
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from services.inference.app import create_app
+
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inference") as client:
+            yield client

@@ -1,0 +1,79 @@
+"""Every service answers /healthz, /readyz against real Postgres and Redis, and /openapi.json."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.inference.app import create_app as create_inference
+from shared.config import Settings
+from shared.models import Deployment, ModelVersion
+from tests.conftest import free_port
+from tests.factories import create_project, create_user
+
+
+async def _check_health_ready_and_openapi(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["postgres"]["ok"] and body["checks"]["redis"]["ok"]
+
+    schema = (await client.get("/openapi.json")).json()
+    assert schema["openapi"].startswith("3.")
+    assert "/readyz" in schema["paths"]
+
+
+async def test_api_health_ready_and_openapi(api_client: httpx.AsyncClient) -> None:
+    await _check_health_ready_and_openapi(api_client)
+
+
+async def test_inference_health_ready_and_openapi(inference_client: httpx.AsyncClient) -> None:
+    await _check_health_ready_and_openapi(inference_client)
+
+
+async def test_request_id_is_echoed_or_made(api_client: httpx.AsyncClient) -> None:
+    echoed = await api_client.get("/healthz", headers={"X-Request-ID": "abc123"})
+    assert echoed.headers["x-request-id"] == "abc123"
+    made = await api_client.get("/healthz")
+    assert len(made.headers["x-request-id"]) == 32
+
+
+async def test_readyz_reports_unreachable_redis(db: object, settings: Settings) -> None:
+    # A real connection to a port where nothing listens: no mock.
+    broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_inference(broken)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "not_ready"
+    assert body["checks"]["postgres"]["ok"] is True
+    assert body["checks"]["redis"]["ok"] is False
+
+
+async def test_inference_not_ready_while_a_deployed_model_is_not_loaded(
+    inference_client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    owner = await create_user(session)
+    project = await create_project(session, owner=owner)
+    version = ModelVersion(project_id=project.id, version=1, task_type="bi_encoder", base_model="m")
+    session.add(version)
+    await session.flush()
+    session.add(Deployment(project_id=project.id, role="retriever", model_version_id=version.id))
+    await session.commit()
+
+    ready = await inference_client.get("/readyz")
+    assert ready.status_code == 503
+    assert str(version.id) in ready.json()["checks"]["models"]["error"]
+
+
+async def test_errors_render_as_json(api_client: httpx.AsyncClient) -> None:
+    missing = await api_client.get("/no-such-route")
+    assert missing.status_code == 404

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.config import Settings
+from shared.errors import ConfigurationError
+
+
+def test_database_url_is_normalised_to_asyncpg() -> None:
+    settings = Settings(database_url="postgresql://u@h:5432/db")
+    assert settings.database_url == "postgresql+asyncpg://u@h:5432/db"
+    assert Settings(database_url="postgres://u@h/db").database_url == "postgresql+asyncpg://u@h/db"
+
+
+def test_non_postgres_url_is_refused() -> None:
+    with pytest.raises(ValidationError, match="PostgreSQL"):
+        Settings(database_url="mysql://u@h/db")
+
+
+def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECFORGE_API_PORT", "9100")
+    monkeypatch.setenv("RECFORGE_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert settings.api_port == 9100
+    assert settings.log_level == "DEBUG"
+    assert settings.inference_port == 8001
+
+
+def test_production_refuses_the_default_secret() -> None:
+    with pytest.raises(ValidationError, match="RECFORGE_SECRET_KEY"):
+        Settings(env="production")
+    assert Settings(env="production", secret_key="a-real-secret").env == "production"
+
+
+def test_urls_fall_back_to_the_embedded_servers(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=None, redis_url=None)
+    with pytest.raises(ConfigurationError, match="recforge up"):
+        settings.resolved_database_url()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "infra.json").write_text(
+        json.dumps({"database_url": "postgresql://postgres:@/recforge?host=/x", "redis_url": "unix:///x.sock"})
+    )
+    assert settings.resolved_database_url() == "postgresql+asyncpg://postgres:@/recforge?host=/x"
+    assert settings.resolved_redis_url() == "unix:///x.sock"

@@ -1,0 +1,73 @@
+"""`recforge up --detach` with nothing configured brings the whole stack up on embedded Postgres and
+Redis; `recforge down` leaves no process of it behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_mentioning(fragment: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            env = proc.info.get("environ") or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if fragment in cmdline or fragment in env.get("RECFORGE_DATA_DIR", ""):
+            found.append(proc)
+    return found
+
+
+def test_up_detach_then_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stack"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
+    ports = {"api": free_port(), "inference": free_port(), "trainer": free_port()}
+    env.update(
+        RECFORGE_DATA_DIR=str(data_dir),
+        RECFORGE_API_PORT=str(ports["api"]),
+        RECFORGE_INFERENCE_PORT=str(ports["inference"]),
+        RECFORGE_TRAINER_PORT=str(ports["trainer"]),
+        COLUMNS="200",
+    )
+    cli = [sys.executable, "-m", "shared.cli"]
+    try:
+        started = time.monotonic()
+        up = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        for name in ("api", "inference"):
+            ready = httpx.get(f"http://127.0.0.1:{ports[name]}/readyz", timeout=5)
+            assert ready.status_code == 200, ready.text
+            assert httpx.get(f"http://127.0.0.1:{ports[name]}/openapi.json", timeout=5).status_code == 200
+        assert time.monotonic() - started < 60
+
+        infra = json.loads((data_dir / "run" / "infra.json").read_text())
+        assert "host=" in infra["database_url"] and infra["redis_url"].startswith("unix://")
+        services = json.loads((data_dir / "run" / "services.json").read_text())
+        pids = [s["pid"] for s in services]
+        assert len(pids) == 3
+
+        status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout
+        again = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert "postgres" in down.stdout and "redis" in down.stdout
+    time.sleep(0.5)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+    assert _processes_mentioning(str(data_dir)) == []
