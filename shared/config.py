@@ -114,8 +114,7 @@ class Settings(BaseSettings):
         from shared.errors import ConfigurationError
 
         raise ConfigurationError(
-            "No Redis configured: set RECFORGE_REDIS_URL, or run `recforge up` to start the "
-            "embedded Redis."
+            "No Redis configured: set RECFORGE_REDIS_URL, or run `recforge up` to start the embedded Redis."
         )
 
 

@@ -6,4 +6,5 @@ from shared.config import Settings
 
 
 def create_redis(settings: Settings, *, url: str | None = None) -> Redis:
-    return Redis.from_url(url or settings.resolved_redis_url(), decode_responses=False)
+    client: Redis = Redis.from_url(url or settings.resolved_redis_url(), decode_responses=False)
+    return client

@@ -203,4 +203,3 @@ def stop_infra(settings: Settings) -> list[str]:
         stopped.append("postgres")
     infra.infra_state_path(settings.run_dir).unlink(missing_ok=True)
     return stopped
-

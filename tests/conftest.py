@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from shared import infra  # noqa: E402
-from shared.config import Environment, LogFormat, Settings, to_async_url  # noqa: E402
-from shared.db import create_engine, create_sessionmaker  # noqa: E402
-from shared.models import Base  # noqa: E402
+from shared import infra
+from shared.config import Environment, LogFormat, Settings, to_async_url
+from shared.db import create_engine, create_sessionmaker
+from shared.models import Base
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
@@ -120,7 +120,9 @@ async def database_url(empty_database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    database_url: str, servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     return Settings(
         env=Environment.test,
         database_url=database_url,
@@ -171,7 +173,7 @@ def project_root() -> Path:
 
 
 @pytest.fixture
-async def api_client(db: AsyncEngine, settings: Settings) -> AsyncIterator["httpx.AsyncClient"]:
+async def api_client(db: AsyncEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     import httpx
     from asgi_lifespan import LifespanManager
 
@@ -185,7 +187,7 @@ async def api_client(db: AsyncEngine, settings: Settings) -> AsyncIterator["http
 
 
 @pytest.fixture
-async def inference_client(db: AsyncEngine, settings: Settings) -> AsyncIterator["httpx.AsyncClient"]:
+async def inference_client(db: AsyncEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     import httpx
     from asgi_lifespan import LifespanManager
 

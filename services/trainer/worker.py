@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from arq import cron
 from fastapi import FastAPI, Request
@@ -45,7 +45,9 @@ def health_app(ctx: dict[str, Any]) -> FastAPI:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = get_settings()
     engine = create_engine(settings, pool_size=4)
-    ctx.update(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), worker_id=worker_id())
+    ctx.update(
+        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), worker_id=worker_id()
+    )
     if settings.trainer_port:
         server = BackgroundHealthServer(health_app(ctx), settings.host, settings.trainer_port)
         await server.start()
@@ -85,8 +87,10 @@ async def reap_stale_jobs(ctx: dict[str, Any]) -> int:
 class WorkerSettings:
     """Redis settings and the queue name are passed by `recforge worker` from the process settings."""
 
-    functions: list[Any] = []
-    cron_jobs = [cron(reap_stale_jobs, second={0, 30}, run_at_startup=True, unique=True, timeout=60)]
+    functions: ClassVar[list[Any]] = []
+    cron_jobs: ClassVar[list[Any]] = [
+        cron(reap_stale_jobs, second={0, 30}, run_at_startup=True, unique=True, timeout=60)
+    ]
     on_startup = startup
     on_shutdown = shutdown
     health_check_interval = 10

@@ -22,9 +22,7 @@ def create(
     email: Annotated[str, typer.Option(help="The key's user; created if unknown.")] = "admin@recforge.local",
     user_name: Annotated[str, typer.Option("--user-name", help="Name for a new user.")] = "Administrator",
     name: Annotated[str, typer.Option(help="A label for the key.")] = "cli",
-    project: Annotated[
-        str | None, typer.Option(help="Project id or slug (service keys).")
-    ] = None,
+    project: Annotated[str | None, typer.Option(help="Project id or slug (service keys).")] = None,
     expires_in_days: Annotated[
         int | None, typer.Option(min=1, help="Expire after this many days (default: never).")
     ] = None,
@@ -57,9 +55,7 @@ def create(
                         raise NotFound(f"no project {project!r}")
                     project_id = found
                 user = await ensure_user(session, name=user_name, email=email)
-                expires_at = (
-                    datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-                )
+                expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
                 issued = await issue_key(
                     session, user=user, name=name, role=role, project_id=project_id, expires_at=expires_at
                 )

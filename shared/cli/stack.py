@@ -43,7 +43,9 @@ def _status_table(status: dict[str, str]) -> Table:
 def _urls(settings: Settings) -> None:
     host = settings.host
     console.print(f"  API        http://{host}:{settings.api_port}   (docs: /docs, schema: /openapi.json)")
-    console.print(f"  Inference  http://{host}:{settings.inference_port}   (docs: /docs, schema: /openapi.json)")
+    console.print(
+        f"  Inference  http://{host}:{settings.inference_port}   (docs: /docs, schema: /openapi.json)"
+    )
     console.print(f"  Trainer    http://{host}:{settings.trainer_port}/readyz")
     console.print(f"  Logs       {settings.data_dir.resolve() / 'logs'}")
 

@@ -60,7 +60,7 @@ class JobType(StrEnum):
     classifier = "classifier"
     evaluate = "evaluate"
     export = "export"
-    index = "index"
+    index_catalog = "index"  # "index" would shadow str.index
 
 
 class JobStatus(StrEnum):

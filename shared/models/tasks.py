@@ -42,9 +42,7 @@ class Task(UUIDPk, Timestamps, Base):
     model_version_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL")
     )
-    deployment_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("deployments.id", ondelete="SET NULL")
-    )
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("deployments.id", ondelete="SET NULL"))
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncSession
 

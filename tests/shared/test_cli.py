@@ -18,7 +18,9 @@ COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"
             ["keys", "create"]]  # fmt: skip
 
 
-def recforge(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def recforge(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", *args],
         capture_output=True,

@@ -42,7 +42,9 @@ def test_urls_fall_back_to_the_embedded_servers(tmp_path: Path) -> None:
         settings.resolved_database_url()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "infra.json").write_text(
-        json.dumps({"database_url": "postgresql://postgres:@/recforge?host=/x", "redis_url": "unix:///x.sock"})
+        json.dumps(
+            {"database_url": "postgresql://postgres:@/recforge?host=/x", "redis_url": "unix:///x.sock"}
+        )
     )
     assert settings.resolved_database_url() == "postgresql+asyncpg://postgres:@/recforge?host=/x"
     assert settings.resolved_redis_url() == "unix:///x.sock"

@@ -59,16 +59,16 @@ async def test_every_table_uses_the_naming_convention(engine: AsyncEngine) -> No
                 )
             )
         ).scalars()
-        bad = [n for n in names if not n.startswith(("pk_", "fk_", "uq_", "ck_")) and n != "alembic_version_pkc"]
+        bad = [
+            n for n in names if not n.startswith(("pk_", "fk_", "uq_", "ck_")) and n != "alembic_version_pkc"
+        ]
     assert bad == []
 
 
 async def test_audit_log_is_append_only(db: AsyncEngine) -> None:
     engine = db
     async with engine.begin() as conn:
-        await conn.execute(
-            text("INSERT INTO audit_log (action, entity_type) VALUES ('test.create', 'test')")
-        )
+        await conn.execute(text("INSERT INTO audit_log (action, entity_type) VALUES ('test.create', 'test')"))
     for statement in ("UPDATE audit_log SET action = 'rewritten'", "DELETE FROM audit_log"):
         with pytest.raises(DBAPIError, match="append-only"):
             async with engine.begin() as conn:
