@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.json
 
+    # Keys API key digests (HMAC): a copy of the database alone cannot be used to check guessed keys.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -73,9 +74,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_default_secret_in_production(self) -> Settings:
-        if self.env == Environment.production and self.secret_key.get_secret_value() == DEV_SECRET:
+        secret = self.secret_key.get_secret_value()
+        if self.env == Environment.production and (secret == DEV_SECRET or len(secret) < 16):
             raise ValueError(
-                "RECFORGE_SECRET_KEY must be set to a private value when RECFORGE_ENV=production"
+                "RECFORGE_SECRET_KEY must be set to a private value of at least 16 characters when "
+                "RECFORGE_ENV=production"
             )
         return self
 

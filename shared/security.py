@@ -1,8 +1,9 @@
-"""API keys: high-entropy random tokens, stored as SHA-256 digests, shown once."""
+"""API keys: high-entropy random tokens, stored as HMAC-SHA-256 digests, shown once."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -16,11 +17,11 @@ class NewKey:
     digest: str  # what the database keeps
 
 
-def generate_api_key() -> NewKey:
+def generate_api_key(secret: str) -> NewKey:
     key = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits of entropy
-    return NewKey(key=key, prefix=key[:10], digest=hash_api_key(key))
+    return NewKey(key=key, prefix=key[:10], digest=hash_api_key(key, secret))
 
 
-def hash_api_key(key: str) -> str:
-    # A fast hash is right here: the keys are random 256-bit tokens, not guessable passwords.
-    return hashlib.sha256(key.encode()).hexdigest()
+def hash_api_key(key: str, secret: str) -> str:
+    # A fast keyed hash is right here: the keys are random 256-bit tokens, not guessable passwords.
+    return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()

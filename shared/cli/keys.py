@@ -57,7 +57,13 @@ def create(
                 user = await ensure_user(session, name=user_name, email=email)
                 expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
                 issued = await issue_key(
-                    session, user=user, name=name, role=role, project_id=project_id, expires_at=expires_at
+                    session,
+                    user=user,
+                    secret=settings.secret_key.get_secret_value(),
+                    name=name,
+                    role=role,
+                    project_id=project_id,
+                    expires_at=expires_at,
                 )
                 return issued.key
         finally:

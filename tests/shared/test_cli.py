@@ -60,7 +60,7 @@ async def test_keys_create_admin_prints_a_key_once_and_stores_its_hash(
 
     stored = (await session.execute(select(ApiKey))).scalar_one()
     assert stored.role == "admin"
-    assert stored.key_hash == hash_api_key(key)
+    assert stored.key_hash == hash_api_key(key, settings.secret_key.get_secret_value())
     assert key not in (stored.key_hash, stored.key_prefix)
     audit = (await session.execute(select(AuditLog))).scalar_one()
     assert audit.action == "api_key.create" and audit.entity_id == str(stored.id)

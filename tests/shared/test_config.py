@@ -33,7 +33,9 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_production_refuses_the_default_secret() -> None:
     with pytest.raises(ValidationError, match="RECFORGE_SECRET_KEY"):
         Settings(env="production")
-    assert Settings(env="production", secret_key="a-real-secret").env == "production"
+    with pytest.raises(ValidationError, match="at least 16"):
+        Settings(env="production", secret_key="short")
+    assert Settings(env="production", secret_key="a-real-secret-value").env == "production"
 
 
 def test_urls_fall_back_to_the_embedded_servers(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ async def issue_key(
     session: AsyncSession,
     *,
     user: User,
+    secret: str,
     name: str,
     role: KeyRole,
     project_id: uuid.UUID | None = None,
@@ -43,7 +44,7 @@ async def issue_key(
         raise ValidationFailed("a service key must be scoped to a project", detail=[{"loc": ["project_id"]}])
     if role == KeyRole.admin and project_id is not None:
         raise ValidationFailed("an admin key is global: omit the project", detail=[{"loc": ["project_id"]}])
-    new = generate_api_key()
+    new = generate_api_key(secret)
     key = await repository.add_key(
         session,
         ApiKey(
