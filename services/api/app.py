@@ -8,13 +8,19 @@ from contextlib import asynccontextmanager
 from arq import create_pool
 from fastapi import FastAPI, Request
 
+from services.api.audit.router import router as audit_router
+from services.api.auth.router import router as auth_router
 from services.api.deps import ApiResources, get_resources
+from services.api.milestones.router import router as milestones_router
+from services.api.projects.router import router as projects_router
+from services.api.tasks.router import router as tasks_router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker, ping_database
 from shared.http import Check, setup_common
 from shared.jobs import redis_settings
 
 VERSION = "0.1.0"
+API_PREFIX = "/api/v1"
 
 
 def _checks(request: Request) -> Mapping[str, Check]:
@@ -49,4 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     setup_common(app, _checks)
+    for router in (auth_router, projects_router, tasks_router, milestones_router, audit_router):
+        app.include_router(router, prefix=API_PREFIX)
     return app

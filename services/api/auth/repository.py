@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,3 +25,38 @@ async def add_key(session: AsyncSession, key: ApiKey) -> ApiKey:
     await session.flush()
     await session.refresh(key)
     return key
+
+
+async def get_key_by_hash(session: AsyncSession, digest: str) -> tuple[ApiKey, User] | None:
+    row = (
+        await session.execute(
+            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.key_hash == digest)
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def get_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
+    return await session.get(ApiKey, key_id)
+
+
+async def list_keys(
+    session: AsyncSession, *, user_id: uuid.UUID | None, after: uuid.UUID | None, limit: int
+) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.id).limit(limit)
+    if user_id is not None:
+        query = query.where(ApiKey.user_id == user_id)
+    if after is not None:
+        query = query.where(ApiKey.id > after)
+    return list((await session.execute(query)).scalars())
+
+
+async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def list_users(session: AsyncSession, *, after: uuid.UUID | None, limit: int) -> list[User]:
+    query = select(User).order_by(User.id).limit(limit)
+    if after is not None:
+        query = query.where(User.id > after)
+    return list((await session.execute(query)).scalars())

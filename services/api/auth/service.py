@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+if TYPE_CHECKING:
+    from services.api.auth.deps import Principal
+
 from services.api.audit.service import record
 from services.api.auth import repository
-from shared.errors import ValidationFailed
+from services.api.auth.schemas import KeyCreate
+from services.api.auth.scopes import ServiceScope
+from shared.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
 from shared.models import ApiKey, User
 from shared.models.enums import KeyRole
-from shared.security import generate_api_key
+from shared.security import generate_api_key, hash_api_key
 
 
 @dataclass(frozen=True)
@@ -69,3 +75,107 @@ async def issue_key(
         after={"name": name, "role": role.value, "user_id": str(user.id), "prefix": new.prefix},
     )
     return IssuedKey(record=key, key=new.key)
+
+
+# Writing last_used_at on every request would turn each read into a write; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+async def authenticate(session: AsyncSession, key: str, secret: str) -> ApiKey:
+    found = await repository.get_key_by_hash(session, hash_api_key(key, secret))
+    if found is None:
+        raise Unauthorized()
+    api_key, user = found
+    now = datetime.now(UTC)
+    if api_key.revoked_at is not None:
+        raise Unauthorized("this API key was revoked")
+    if api_key.expires_at is not None and api_key.expires_at <= now:
+        raise Unauthorized("this API key has expired")
+    if not user.is_active:
+        raise Unauthorized("this API key's user is deactivated")
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        api_key.last_used_at = now
+    return api_key
+
+
+async def revoke_key(
+    session: AsyncSession, key: ApiKey, *, actor_user_id: uuid.UUID, actor_key_id: uuid.UUID
+) -> None:
+    if key.revoked_at is not None:
+        return
+    key.revoked_at = datetime.now(UTC)
+    await record(
+        session,
+        action="api_key.revoke",
+        entity_type="api_key",
+        entity_id=key.id,
+        actor_user_id=actor_user_id,
+        actor_key_id=actor_key_id,
+        project_id=key.project_id,
+        before={"revoked_at": None},
+        after={"revoked_at": key.revoked_at.isoformat()},
+    )
+
+
+async def create_user(session: AsyncSession, principal: Principal, *, name: str, email: str) -> User:
+    if await repository.get_user_by_email(session, email) is not None:
+        raise Conflict(f"a user with email {email.lower()!r} exists")
+    user = await repository.add_user(session, name=name, email=email)
+    await session.refresh(user)
+    await record(
+        session,
+        action="user.create",
+        entity_type="user",
+        entity_id=user.id,
+        actor_user_id=principal.user_id,
+        actor_key_id=principal.key_id,
+        after={"name": user.name, "email": user.email},
+        request_id=principal.request_id,
+    )
+    return user
+
+
+async def create_key(session: AsyncSession, principal: Principal, data: KeyCreate, secret: str) -> IssuedKey:
+    """Admins issue any key. Others issue keys for themselves only: user keys, and service keys of
+    projects they own or maintain."""
+    from services.api.projects import repository as projects_repository
+
+    if not principal.is_admin:
+        if data.user_id != principal.user_id:
+            raise Forbidden("only admins may create keys for other users")
+        if data.role == KeyRole.admin:
+            raise Forbidden("only admins may create admin keys")
+    user = await repository.get_user(session, data.user_id)
+    if user is None:
+        raise ValidationFailed("unknown user", detail=[{"loc": ["body", "user_id"], "msg": "no such user"}])
+    project_id = None
+    if data.project_id is not None:
+        project = await projects_repository.find_project(session, str(data.project_id))
+        role = await projects_repository.member_role(session, project.id, user.id) if project else None
+        if project is None or (role is None and not principal.is_admin):
+            raise ValidationFailed(
+                "unknown project", detail=[{"loc": ["body", "project_id"], "msg": "no such project"}]
+            )
+        if data.role == KeyRole.service and not principal.is_admin and role not in ("owner", "maintainer"):
+            raise Forbidden("service keys are issued by the project's owners and maintainers")
+        if data.role == KeyRole.user:
+            raise ValidationFailed(
+                "user keys act through the user's memberships: omit project_id",
+                detail=[{"loc": ["body", "project_id"], "msg": "only for service keys"}],
+            )
+        project_id = project.id
+    if data.scopes is not None and data.role != KeyRole.service:
+        raise ValidationFailed("scopes apply to service keys only", detail=[{"loc": ["body", "scopes"]}])
+    scopes = [s.value for s in (data.scopes or list(ServiceScope))] if data.role == KeyRole.service else []
+    return await issue_key(
+        session,
+        user=user,
+        secret=secret,
+        name=data.name,
+        role=data.role,
+        project_id=project_id,
+        scopes=scopes,
+        expires_at=data.expires_at,
+        actor_user_id=principal.user_id,
+        actor_key_id=principal.key_id,
+    )

@@ -1,0 +1,44 @@
+"""Opaque cursors for keyset pagination, and the page envelope every list returns."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+from shared.errors import ValidationFailed
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 200
+DEFAULT_PAGE_SIZE = 50
+
+LimitQuery = Annotated[
+    int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size (at most {MAX_PAGE_SIZE}).")
+]
+CursorQuery = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(
+            "invalid cursor", detail=[{"loc": ["query", "cursor"], "msg": "not a cursor"}]
+        ) from exc
+    if not isinstance(values, list) or len(values) != size:
+        raise ValidationFailed("invalid cursor", detail=[{"loc": ["query", "cursor"], "msg": "not a cursor"}])
+    return values

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.models.enums import ProjectRole, ProjectStatus
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+
+
+class Goal(BaseModel):
+    """The business goal, e.g. NDCG@10 >= 0.90."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(min_length=1, max_length=64, examples=["ndcg@10"])
+    operator: Literal[">=", "<="] = ">="
+    value: float
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_hours: float = Field(default=0, ge=0, le=1_000_000)
+    gpu_hours: float = Field(default=0, ge=0, le=1_000_000)
+
+
+class BudgetRead(Budget):
+    used_cpu_hours: float
+    used_gpu_hours: float
+    remaining_cpu_hours: float
+    remaining_gpu_hours: float
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Field(pattern=SLUG_PATTERN, description="Unique; lowercase letters, digits and dashes.")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=20_000)
+    goal: Goal | None = None
+    status: Literal[ProjectStatus.proposed, ProjectStatus.active] = ProjectStatus.proposed
+    owner_id: uuid.UUID | None = Field(default=None, description="Admins only; default: the caller.")
+    start_date: dt.date | None = None
+    target_date: dt.date | None = None
+    budget: Budget = Field(default_factory=Budget)
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> Self:
+        if self.start_date and self.target_date and self.target_date < self.start_date:
+            raise ValueError("target_date must not be before start_date")
+        return self
+
+
+class ProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=20_000)
+    goal: Goal | None = None
+    status: ProjectStatus | None = None
+    start_date: dt.date | None = None
+    target_date: dt.date | None = None
+    budget: Budget | None = None
+    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _no_nulls_for_required(self) -> Self:
+        for name in ("name", "description", "status", "budget", "max_concurrent_jobs"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class ProjectRead(BaseModel):
+    id: uuid.UUID
+    slug: str
+    name: str
+    description: str
+    goal: Goal | None
+    status: ProjectStatus
+    owner_id: uuid.UUID
+    start_date: dt.date | None
+    target_date: dt.date | None
+    budget: BudgetRead
+    max_concurrent_jobs: int
+    my_role: ProjectRole | None = Field(description="The caller's role; null for admins who are not members.")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class MemberAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: uuid.UUID
+    role: ProjectRole = ProjectRole.member
+
+
+class MemberUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: ProjectRole
+
+
+class MemberRead(BaseModel):
+    user_id: uuid.UUID
+    name: str
+    email: str
+    role: ProjectRole
+    created_at: dt.datetime
+
+
+class StatusCount(BaseModel):
+    todo: int = 0
+    in_progress: int = 0
+    in_review: int = 0
+    done: int = 0
+    blocked: int = 0
+
+
+class WorkProgress(BaseModel):
+    total_estimate_hours: float
+    done_estimate_hours: float
+    percent_done: float | None = Field(
+        description="done / total estimate, in %; null when nothing is estimated"
+    )
+    tasks: StatusCount
+    unestimated_tasks: int
+    overdue_tasks: int
+
+
+class MilestoneProgress(WorkProgress):
+    milestone_id: uuid.UUID
+    title: str
+    due_date: dt.date | None
+    overdue: bool
+
+
+class BestModel(BaseModel):
+    model_version_id: uuid.UUID
+    version: int
+    metric: str
+    value: float
+    goal: Goal
+    meets_goal: bool
+
+
+class ProgressRead(BaseModel):
+    project_id: uuid.UUID
+    as_of: dt.date
+    work: WorkProgress
+    milestones: list[MilestoneProgress]
+    jobs_running: int
+    jobs_queued: int
+    budget: BudgetRead
+    best_model: BestModel | None = Field(description="The best model version on the goal's metric so far.")
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    project_id: uuid.UUID | None
+    actor_user_id: uuid.UUID | None
+    actor_key_id: uuid.UUID | None
+    action: str
+    entity_type: str
+    entity_id: str | None
+    before: dict[str, object] | None
+    after: dict[str, object] | None
+    request_id: str | None
+    created_at: dt.datetime
