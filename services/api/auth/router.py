@@ -72,9 +72,7 @@ async def create_key(
     issued = await service.create_key(
         session, principal, data, resources.settings.secret_key.get_secret_value()
     )
-    return KeyCreated.model_validate(
-        {**KeyRead.model_validate(issued.record).model_dump(), "key": issued.key}
-    )
+    return KeyCreated(**KeyRead.model_validate(issued.record).model_dump(), key=issued.key)
 
 
 @router.get("/keys", tags=["keys"], response_model=Page[KeyRead], responses=ERRORS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 
 from services.api.auth.scopes import ServiceScope
 from shared.models.enums import KeyRole
@@ -50,7 +50,7 @@ class KeyRead(BaseModel):
     role: KeyRole
     project_id: uuid.UUID | None
     scopes: list[str]
-    prefix: str = Field(validation_alias="key_prefix")
+    prefix: str = Field(validation_alias=AliasChoices("key_prefix", "prefix"))
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
