@@ -3,7 +3,8 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import ARRAY, CheckConstraint, Date, DateTime, Float, ForeignKey, Index, String, Text, text
+from sqlalchemy import CheckConstraint, Date, DateTime, Float, ForeignKey, Index, String, Text, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.models.base import Base, CreatedAt, Timestamps, UUIDPk, enum_check
