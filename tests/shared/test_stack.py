@@ -60,6 +60,20 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
         pids = [s["pid"] for s in services]
         assert len(pids) == 3
 
+        # The CLI's admin key works against the running API (the embedded database is found by itself).
+        key = subprocess.run(
+            [*cli, "keys", "create", "--role", "admin"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert key.returncode == 0, key.stderr
+        headers = {"Authorization": f"Bearer {key.stdout.strip()}"}
+        api = f"http://127.0.0.1:{ports['api']}/api/v1"
+        created = httpx.post(
+            f"{api}/projects", json={"slug": "tools", "name": "Tools"}, headers=headers, timeout=10
+        )
+        assert created.status_code == 201, created.text
+        listed = httpx.get(f"{api}/projects", headers=headers, timeout=10).json()
+        assert [p["slug"] for p in listed["items"]] == ["tools"]
+
         status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout
         again = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=30)
