@@ -102,6 +102,19 @@ async def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, Any]]
     return all(r["ok"] for r in results), report
 
 
+def infra_checks(engine: Any, redis: Any) -> dict[str, Check]:
+    """Readiness checks every service shares: Postgres and Redis answer."""
+    from shared.db import ping_database
+
+    async def postgres() -> None:
+        await ping_database(engine)
+
+    async def redis_ping() -> None:
+        await redis.ping()
+
+    return {"postgres": postgres, "redis": redis_ping}
+
+
 def health_router(checks_for: ChecksFactory) -> APIRouter:
     router = APIRouter(tags=["health"])
 

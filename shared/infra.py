@@ -65,13 +65,20 @@ def stop_postgres(data_dir: Path, timeout: float = 30) -> bool:
         pid = int(pidfile.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return False
-    if not psutil.pid_exists(pid):
-        return False
-    proc = psutil.Process(pid)
     # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, exit cleanly.
-    proc.send_signal(signal.SIGINT)
+    return _stop(pid, "postgres", signal.SIGINT, timeout)
+
+
+def _stop(pid: int, name: str, signum: int, timeout: float) -> bool:
+    """Signal the process if it is still the server we started; kill it if it lingers."""
     try:
+        proc = psutil.Process(pid)
+        if name not in proc.name():
+            return False
+        proc.send_signal(signum)
         proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        return False
     except psutil.TimeoutExpired:
         proc.kill()
     return True
@@ -141,15 +148,7 @@ def stop_redis(data_dir: Path, timeout: float = 15) -> bool:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return False
-    stopped = False
-    if psutil.pid_exists(pid) and "redis" in psutil.Process(pid).name():
-        proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
-            proc.kill()
-        stopped = True
+    stopped = _stop(pid, "redis", signal.SIGTERM, timeout)
     pidfile.unlink(missing_ok=True)
     _redis_socket(data_dir).unlink(missing_ok=True)
     return stopped

@@ -10,8 +10,9 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import text
@@ -172,29 +173,28 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-async def api_client(db: AsyncEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def _client_for(app: Any, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     import httpx
     from asgi_lifespan import LifespanManager
 
-    from services.api.app import create_app
-
-    app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
+
+
+@pytest.fixture
+async def api_client(db: AsyncEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    from services.api.app import create_app
+
+    async with _client_for(create_app(settings), "http://api") as client:
+        yield client
 
 
 @pytest.fixture
 async def inference_client(db: AsyncEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    import httpx
-    from asgi_lifespan import LifespanManager
-
     from services.inference.app import create_app
 
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://inference") as client:
-            yield client
+    async with _client_for(create_app(settings), "http://inference") as client:
+        yield client

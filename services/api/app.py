@@ -15,8 +15,8 @@ from services.api.milestones.router import router as milestones_router
 from services.api.projects.router import router as projects_router
 from services.api.tasks.router import router as tasks_router
 from shared.config import Settings, get_settings
-from shared.db import create_engine, create_sessionmaker, ping_database
-from shared.http import Check, setup_common
+from shared.db import create_engine, create_sessionmaker
+from shared.http import Check, infra_checks, setup_common
 from shared.jobs import redis_settings
 
 VERSION = "0.1.0"
@@ -25,11 +25,7 @@ API_PREFIX = "/api/v1"
 
 def _checks(request: Request) -> Mapping[str, Check]:
     resources = get_resources(request)
-
-    async def redis_ping() -> None:
-        await resources.redis.ping()
-
-    return {"postgres": lambda: ping_database(resources.engine), "redis": redis_ping}
+    return infra_checks(resources.engine, resources.redis)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.config import Settings
-from shared.db import commit_and_run_hooks
+from shared.db import unit_of_work
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,8 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
 
     Services only flush; work that must follow the commit (enqueue, publish) is registered with
     ``shared.db.after_commit``."""
-    async with resources.sessionmaker() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        else:
-            await commit_and_run_hooks(session)
+    async with unit_of_work(resources.sessionmaker) as session:
+        yield session
 
 
 # scope="function": the commit happens before the response is sent, so a failed commit is an error

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import uuid
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -27,6 +29,10 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
+def invalid_cursor() -> ValidationFailed:
+    return ValidationFailed("invalid cursor", detail=[{"loc": ["query", "cursor"], "msg": "not a cursor"}])
+
+
 def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
 
@@ -36,9 +42,22 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(
-            "invalid cursor", detail=[{"loc": ["query", "cursor"], "msg": "not a cursor"}]
-        ) from exc
+        raise invalid_cursor() from exc
     if not isinstance(values, list) or len(values) != size:
-        raise ValidationFailed("invalid cursor", detail=[{"loc": ["query", "cursor"], "msg": "not a cursor"}])
+        raise invalid_cursor()
     return values
+
+
+def decode_time_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    """Cursor of lists ordered by (created_at, id)."""
+    if not cursor:
+        return None
+    created, ident = decode_cursor(cursor, 2)
+    try:
+        return dt.datetime.fromisoformat(created), uuid.UUID(ident)
+    except (TypeError, ValueError):
+        raise invalid_cursor() from None
+
+
+def time_cursor(created_at: dt.datetime, ident: uuid.UUID) -> str:
+    return encode_cursor([created_at.isoformat(), str(ident)])

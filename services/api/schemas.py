@@ -26,5 +26,8 @@ def snapshot(obj: object, fields: list[str] | tuple[str, ...]) -> dict[str, Any]
     return {name: jsonable(getattr(obj, name)) for name in fields}
 
 
-def changed_fields(update: BaseModel) -> dict[str, Any]:
-    return update.model_dump(exclude_unset=True)
+def reject_nulls(model: BaseModel, names: tuple[str, ...]) -> None:
+    """PATCH bodies may omit a field, but may not null one the row requires."""
+    for name in names:
+        if name in model.model_fields_set and getattr(model, name) is None:
+            raise ValueError(f"{name} cannot be null")

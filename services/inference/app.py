@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.inference.registry import ModelRegistry
 from shared.config import Settings, get_settings
-from shared.db import create_engine, create_sessionmaker, ping_database
-from shared.http import Check, setup_common
+from shared.db import create_engine, create_sessionmaker
+from shared.http import Check, infra_checks, setup_common
 from shared.redis import create_redis
 
 VERSION = "0.1.0"
@@ -37,9 +37,6 @@ def get_resources(request: Request) -> InferenceResources:
 def _checks(request: Request) -> Mapping[str, Check]:
     resources = get_resources(request)
 
-    async def redis_ping() -> None:
-        await resources.redis.ping()
-
     async def models_loaded() -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             missing = await resources.registry.missing_versions(session)
@@ -47,11 +44,7 @@ def _checks(request: Request) -> Mapping[str, Check]:
             raise RuntimeError(f"deployed model versions not loaded yet: {sorted(map(str, missing))}")
         return {"loaded": len(resources.registry.loaded_versions)}
 
-    return {
-        "postgres": lambda: ping_database(resources.engine),
-        "redis": redis_ping,
-        "models": models_loaded,
-    }
+    return {**infra_checks(resources.engine, resources.redis), "models": models_loaded}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

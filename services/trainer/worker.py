@@ -9,13 +9,13 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from arq import cron
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from sqlalchemy import func, update
 
 from shared.config import Settings, get_settings
-from shared.db import create_engine, create_sessionmaker, ping_database, unit_of_work
+from shared.db import create_engine, create_sessionmaker, unit_of_work
 from shared.healthserver import BackgroundHealthServer
-from shared.http import setup_common
+from shared.http import infra_checks, setup_common
 from shared.models import TrainingJob
 from shared.models.enums import JobStatus
 
@@ -32,13 +32,7 @@ def worker_id() -> str:
 def health_app(ctx: dict[str, Any]) -> FastAPI:
     app = FastAPI(title="RecForge Trainer", version="0.1.0")
 
-    def checks(_: Request) -> dict[str, Any]:
-        async def redis_ping() -> None:
-            await ctx["redis"].ping()
-
-        return {"postgres": lambda: ping_database(ctx["engine"]), "redis": redis_ping}
-
-    setup_common(app, checks)
+    setup_common(app, lambda _: infra_checks(ctx["engine"], ctx["redis"]))
     return app
 
 

@@ -7,11 +7,17 @@ from fastapi import APIRouter, Query
 from services.api.audit import repository
 from services.api.deps import SessionDep
 from services.api.errors import ERRORS
-from services.api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from services.api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
 from services.api.projects.deps import ProjectDep
 from services.api.projects.permissions import Action
 from services.api.projects.schemas import AuditEntry
-from shared.errors import ValidationFailed
 
 router = APIRouter(tags=["audit"])
 
@@ -35,7 +41,7 @@ async def list_audit(
     if cursor:
         (before_id,) = decode_cursor(cursor, 1)
         if not isinstance(before_id, int):
-            raise ValidationFailed("invalid cursor")
+            raise invalid_cursor()
     rows = await repository.list_entries(
         session, ctx.project.id, before_id=before_id, action=action, entity_type=entity_type, limit=limit + 1
     )

@@ -12,8 +12,15 @@ from services.api.auth.deps import CurrentAdmin, CurrentPerson
 from services.api.auth.schemas import KeyCreate, KeyCreated, KeyRead, UserCreate, UserRead
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
-from services.api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from shared.errors import Forbidden, NotFound, ValidationFailed
+from services.api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
+from shared.errors import Forbidden, NotFound
 
 router = APIRouter()
 
@@ -25,7 +32,7 @@ def _after(cursor: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise ValidationFailed("invalid cursor") from None
+        raise invalid_cursor() from None
 
 
 @router.post(

@@ -6,6 +6,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.api.schemas import reject_nulls
 from shared.models.enums import MilestoneStatus
 
 
@@ -27,9 +28,7 @@ class MilestoneUpdate(BaseModel):
 
     @model_validator(mode="after")
     def _no_nulls_for_required(self) -> Self:
-        for name in ("title", "description", "status"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        reject_nulls(self, ("title", "description", "status"))
         return self
 
 

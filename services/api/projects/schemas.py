@@ -6,6 +6,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.api.schemas import reject_nulls
 from shared.models.enums import ProjectRole, ProjectStatus
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
@@ -70,9 +71,7 @@ class ProjectUpdate(BaseModel):
 
     @model_validator(mode="after")
     def _no_nulls_for_required(self) -> Self:
-        for name in ("name", "description", "status", "budget", "max_concurrent_jobs"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        reject_nulls(self, ("name", "description", "status", "budget", "max_concurrent_jobs"))
         return self
 
 

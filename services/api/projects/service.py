@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api.audit.service import record
 from services.api.auth import repository as users_repository
 from services.api.auth.deps import Principal
-from services.api.pagination import Page, decode_cursor, encode_cursor
+from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository
 from services.api.projects.deps import ProjectContext
 from services.api.projects.permissions import Action
@@ -150,13 +150,7 @@ async def list_projects(
     cursor: str | None,
     limit: int,
 ) -> Page[ProjectRead]:
-    after = None
-    if cursor:
-        created, ident = decode_cursor(cursor, 2)
-        try:
-            after = (dt.datetime.fromisoformat(created), uuid.UUID(ident))
-        except (TypeError, ValueError) as exc:
-            raise ValidationFailed("invalid cursor") from exc
+    after = decode_time_cursor(cursor)
     rows = await repository.list_projects(
         session,
         user_id=principal.user_id,
@@ -169,7 +163,7 @@ async def list_projects(
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1][0]
-        next_cursor = encode_cursor([last.created_at.isoformat(), str(last.id)])
+        next_cursor = time_cursor(last.created_at, last.id)
     return Page(items=items, next_cursor=next_cursor)
 
 

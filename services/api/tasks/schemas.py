@@ -6,6 +6,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from services.api.schemas import reject_nulls
 from shared.models.enums import TaskPriority, TaskStatus
 
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -44,9 +45,7 @@ class TaskUpdate(_TaskFields):
 
     @model_validator(mode="after")
     def _no_nulls_for_required(self) -> Self:
-        for name in ("title", "description", "status", "priority", "labels"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        reject_nulls(self, ("title", "description", "status", "priority", "labels"))
         return self
 
 

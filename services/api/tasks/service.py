@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.auth.deps import Principal
-from services.api.pagination import Page, decode_cursor, encode_cursor
+from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository as projects_repository
 from services.api.projects.deps import ProjectContext, load_project_context
 from services.api.projects.permissions import Action
@@ -157,13 +157,7 @@ async def list_tasks(
                 "assignee must be a user id, 'me' or 'none'",
                 detail=[{"loc": ["query", "assignee"], "msg": "not a user id, 'me' or 'none'"}],
             ) from None
-    after = None
-    if cursor:
-        created, ident = decode_cursor(cursor, 2)
-        try:
-            after = (dt.datetime.fromisoformat(created), uuid.UUID(ident))
-        except (TypeError, ValueError):
-            raise ValidationFailed("invalid cursor") from None
+    after = decode_time_cursor(cursor)
     rows = await repository.list_tasks(
         session,
         ctx.project.id,
@@ -179,7 +173,7 @@ async def list_tasks(
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor([last.created_at.isoformat(), str(last.id)])
+        next_cursor = time_cursor(last.created_at, last.id)
     return Page(items=[TaskRead.model_validate(t) for t in rows[:limit]], next_cursor=next_cursor)
 
 
