@@ -85,3 +85,51 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
     time.sleep(0.5)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
     assert _processes_mentioning(str(data_dir)) == []
+
+
+def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
+    """`recforge up` without --detach: Ctrl-C stops the services with SIGTERM, each shutting down
+    cleanly, then the embedded servers."""
+    import signal
+
+    data_dir = tmp_path / "fg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
+    ports = {"api": free_port(), "inference": free_port(), "trainer": free_port()}
+    env.update(
+        RECFORGE_DATA_DIR=str(data_dir),
+        RECFORGE_API_PORT=str(ports["api"]),
+        RECFORGE_INFERENCE_PORT=str(ports["inference"]),
+        RECFORGE_TRAINER_PORT=str(ports["trainer"]),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ports['api']}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("the stack did not become ready")
+        time.sleep(1.0)  # let `up` reach its wait loop
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run([sys.executable, "-m", "shared.cli", "down"], env=env, timeout=60)
+    assert proc.returncode == 0, output
+    assert "Stopped: api, inference, trainer, redis, postgres." in output
+    logs = data_dir / "logs"
+    assert "Application shutdown complete" in (logs / "api.log").read_text()
+    assert "Application shutdown complete" in (logs / "inference.log").read_text()
+    assert "trainer worker stopped" in (logs / "trainer.log").read_text()
+    assert _processes_mentioning(str(data_dir)) == []
