@@ -22,6 +22,10 @@ async def test_members_of_one_project_cannot_see_another(world: World) -> None:
         assert (
             response.json() == (await world.call("member", "GET", "/api/v1/projects/no-such-project")).json()
         )
+    a = world.projects["search-a"]
+    for ref in (a["id"], a["slug"]):
+        mine = await world.call("member", "GET", f"/api/v1/projects/{ref}")
+        assert mine.status_code == 200 and mine.json()["id"] == a["id"]
     listed = await world.call("member", "GET", "/api/v1/projects")
     assert [p["slug"] for p in listed.json()["items"]] == ["search-a"]
     assert listed.json()["items"][0]["my_role"] == "member"
