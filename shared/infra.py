@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import tempfile
@@ -152,7 +151,3 @@ def stop_redis(data_dir: Path, timeout: float = 15) -> bool:
     pidfile.unlink(missing_ok=True)
     _redis_socket(data_dir).unlink(missing_ok=True)
     return stopped
-
-
-def is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0

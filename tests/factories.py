@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.models import Project, ProjectMember, User
+from shared.models import ModelVersion, Project, ProjectMember, User
 
 
 async def create_user(session: AsyncSession, *, name: str = "Ada", email: str | None = None) -> User:
@@ -25,3 +25,12 @@ async def create_project(session: AsyncSession, *, owner: User, slug: str | None
     session.add(ProjectMember(project_id=project.id, user_id=owner.id, role="owner"))
     await session.flush()
     return project
+
+
+async def create_model_version(session: AsyncSession, *, project: Project, version: int = 1) -> ModelVersion:
+    model_version = ModelVersion(
+        project_id=project.id, version=version, task_type="bi_encoder", base_model="m"
+    )
+    session.add(model_version)
+    await session.flush()
+    return model_version

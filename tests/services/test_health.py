@@ -8,9 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.inference.app import create_app as create_inference
 from shared.config import Settings
-from shared.models import Deployment, ModelVersion
+from shared.models import Deployment
 from tests.conftest import free_port
-from tests.factories import create_project, create_user
+from tests.factories import create_model_version, create_project, create_user
 
 
 async def _check_health_ready_and_openapi(client: httpx.AsyncClient) -> None:
@@ -62,9 +62,7 @@ async def test_inference_not_ready_while_a_deployed_model_is_not_loaded(
 ) -> None:
     owner = await create_user(session)
     project = await create_project(session, owner=owner)
-    version = ModelVersion(project_id=project.id, version=1, task_type="bi_encoder", base_model="m")
-    session.add(version)
-    await session.flush()
+    version = await create_model_version(session, project=project)
     session.add(Deployment(project_id=project.id, role="retriever", model_version_id=version.id))
     await session.commit()
 

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.models import ApiKey, Deployment, ModelVersion, Project, Task
-from tests.factories import create_project, create_user
+from shared.models import ApiKey, Deployment, Project, Task
+from tests.factories import create_model_version, create_project, create_user
 
 
 async def _expect_integrity_error(session: AsyncSession, row: object, constraint: str) -> None:
@@ -53,9 +53,7 @@ async def test_service_key_needs_a_project(session: AsyncSession) -> None:
 async def test_one_active_deployment_per_project_role(session: AsyncSession) -> None:
     owner = await create_user(session)
     project = await create_project(session, owner=owner)
-    version = ModelVersion(project_id=project.id, version=1, task_type="bi_encoder", base_model="m")
-    session.add(version)
-    await session.flush()
+    version = await create_model_version(session, project=project)
     session.add(Deployment(project_id=project.id, role="retriever", model_version_id=version.id))
     await session.flush()
     # History rows (inactive) may repeat the role; a second active one may not.

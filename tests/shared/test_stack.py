@@ -32,8 +32,8 @@ def _processes_mentioning(fragment: str) -> list[psutil.Process]:
     return found
 
 
-def test_up_detach_then_down(tmp_path: Path) -> None:
-    data_dir = tmp_path / "stack"
+def _stack_env(data_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment of a user with nothing configured, on free ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
     ports = {"api": free_port(), "inference": free_port(), "trainer": free_port()}
     env.update(
@@ -43,6 +43,12 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
         RECFORGE_TRAINER_PORT=str(ports["trainer"]),
         COLUMNS="200",
     )
+    return env, ports
+
+
+def test_up_detach_then_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stack"
+    env, ports = _stack_env(data_dir)
     cli = [sys.executable, "-m", "shared.cli"]
     try:
         started = time.monotonic()
@@ -93,14 +99,7 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     import signal
 
     data_dir = tmp_path / "fg"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
-    ports = {"api": free_port(), "inference": free_port(), "trainer": free_port()}
-    env.update(
-        RECFORGE_DATA_DIR=str(data_dir),
-        RECFORGE_API_PORT=str(ports["api"]),
-        RECFORGE_INFERENCE_PORT=str(ports["inference"]),
-        RECFORGE_TRAINER_PORT=str(ports["trainer"]),
-    )
+    env, ports = _stack_env(data_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up"],
         env=env,
