@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     db_echo: bool = False
     queue_name: str = "recforge:queue"
 
+    # Dataset uploads: larger bodies answer 413 before they are read; imports run at most this many
+    # at a time per API process (each is CPU-bound parsing and validation in a worker thread).
+    max_upload_mb: int = Field(default=2048, ge=1)
+    max_concurrent_imports: int = Field(default=2, ge=1, le=64)
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, value: str) -> str:
@@ -93,6 +98,14 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
 
     def resolved_database_url(self) -> str:
         """The configured URL, else the one of the embedded server `recforge up` started."""

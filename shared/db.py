@@ -28,15 +28,25 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 @asynccontextmanager
 async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """Commit when the block succeeds, roll back when it raises."""
+    """Commit when the block succeeds, roll back when it raises.
+
+    After a commit the ``after_commit`` hooks run; after a rollback (or a failed commit) the
+    ``on_rollback`` hooks undo side effects outside the database, such as files already written."""
     async with sessionmaker() as session:
         try:
             yield session
         except BaseException:
             await session.rollback()
+            _run_rollback_hooks(session)
             raise
-        else:
-            await commit_and_run_hooks(session)
+        try:
+            await session.commit()
+        except BaseException:
+            _run_rollback_hooks(session)
+            raise
+        session.info.pop("on_rollback", None)
+        for hook in session.info.pop("after_commit", []):
+            await hook()
 
 
 async def ping_database(engine: AsyncEngine) -> None:
@@ -54,8 +64,12 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
-async def commit_and_run_hooks(session: AsyncSession) -> None:
-    hooks: list[AfterCommit] = session.info.pop("after_commit", [])
-    await session.commit()
-    for hook in hooks:
-        await hook()
+def on_rollback(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the current unit of work rolls back instead of committing."""
+    session.info.setdefault("on_rollback", []).append(callback)
+
+
+def _run_rollback_hooks(session: AsyncSession) -> None:
+    session.info.pop("after_commit", None)
+    for hook in session.info.pop("on_rollback", []):
+        hook()

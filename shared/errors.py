@@ -61,6 +61,11 @@ class PayloadTooLarge(AppError):
     error = "payload_too_large"
 
 
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    error = "unsupported_media_type"
+
+
 class ValidationFailed(AppError):
     status_code = 422
     error = "validation_error"

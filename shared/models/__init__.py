@@ -2,7 +2,7 @@
 
 from shared.models.audit import AuditLog
 from shared.models.base import Base
-from shared.models.datasets import Dataset, DatasetVersion
+from shared.models.datasets import Dataset, DatasetImport, DatasetVersion
 from shared.models.deployments import Deployment
 from shared.models.events import Event
 from shared.models.model_versions import ModelVersion
@@ -16,6 +16,7 @@ __all__ = [
     "AuditLog",
     "Base",
     "Dataset",
+    "DatasetImport",
     "DatasetVersion",
     "Deployment",
     "Event",

@@ -54,6 +54,12 @@ class DatasetKind(StrEnum):
     labeled_text = "labeled_text"
 
 
+class ImportStatus(StrEnum):
+    created = "created"  # a new dataset version
+    duplicate = "duplicate"  # identical content: the existing version was returned
+    rejected = "rejected"  # validation failed: no version, the errors are kept
+
+
 class JobType(StrEnum):
     bi_encoder = "bi_encoder"
     cross_encoder = "cross_encoder"

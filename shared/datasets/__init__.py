@@ -1,0 +1,1 @@
+"""Datasets: import, validate, split, describe and store versioned e-commerce data."""
