@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import anyio
 from arq import create_pool
 from fastapi import FastAPI, Request
 
 from services.api.audit.router import router as audit_router
 from services.api.auth.router import router as auth_router
+from services.api.datasets.router import router as datasets_router
 from services.api.deps import ApiResources, get_resources
 from services.api.milestones.router import router as milestones_router
 from services.api.projects.router import router as projects_router
@@ -36,7 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
         resources = ApiResources(
-            settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), redis=redis
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            redis=redis,
+            import_limiter=anyio.CapacityLimiter(settings.max_concurrent_imports),
         )
         try:
             yield {"resources": resources}
@@ -51,6 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     setup_common(app, _checks)
-    for router in (auth_router, projects_router, tasks_router, milestones_router, audit_router):
+    for router in (
+        auth_router,
+        projects_router,
+        tasks_router,
+        milestones_router,
+        audit_router,
+        datasets_router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -20,6 +21,7 @@ class ApiResources:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: ArqRedis  # arq's client: the job queue, pub/sub and plain Redis commands
+    import_limiter: anyio.CapacityLimiter  # dataset imports parsing at once in this process
 
 
 def get_resources(request: Request) -> ApiResources:

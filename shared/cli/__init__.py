@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import keys, stack
+from shared.cli import data, keys, stack
 
 app = typer.Typer(
     name="recforge",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 stack.register(app)
 app.add_typer(keys.app, name="keys")
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:

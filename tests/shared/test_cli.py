@@ -15,7 +15,7 @@ from shared.models import ApiKey, AuditLog
 from shared.security import hash_api_key
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["keys"],
-            ["keys", "create"]]  # fmt: skip
+            ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"]]  # fmt: skip
 
 
 def recforge(

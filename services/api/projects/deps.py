@@ -25,6 +25,7 @@ _ACTION_WORDS = {
     Action.delete_tasks: "delete tasks",
     Action.manage_milestones: "manage milestones",
     Action.read_audit: "read the audit log",
+    Action.write_datasets: "import datasets",
 }
 
 

@@ -16,6 +16,7 @@ class Action(StrEnum):
     delete_tasks = "delete_tasks"
     manage_milestones = "manage_milestones"
     read_audit = "read_audit"
+    write_datasets = "write_datasets"  # import data, new dataset versions
 
 
 _OWNER, _MAINTAINER, _MEMBER, _VIEWER = (
@@ -34,6 +35,7 @@ ALLOWED: dict[Action, frozenset[ProjectRole]] = {
     Action.delete_tasks: frozenset({_OWNER, _MAINTAINER}),
     Action.manage_milestones: frozenset({_OWNER, _MAINTAINER}),
     Action.read_audit: frozenset({_OWNER, _MAINTAINER}),
+    Action.write_datasets: frozenset({_OWNER, _MAINTAINER, _MEMBER}),
 }
 
 

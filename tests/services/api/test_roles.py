@@ -97,6 +97,15 @@ async def audit(w: World, who: str) -> list[httpx.Response]:
     return [await w.call(who, "GET", f"{P}/audit")]
 
 
+async def import_dataset(w: World, who: str) -> list[httpx.Response]:
+    body = f"product_id,title\np-{uuid.uuid4().hex[:8]},Drill by {who}\n".encode()
+    return [
+        await w.call(
+            who, "POST", f"{P}/datasets", files=[("file", ("products.csv", body))], data={"kind": "catalog"}
+        )
+    ]
+
+
 async def service_key(w: World, who: str) -> list[httpx.Response]:
     user = w.users.get(who, w.users["owner"]) if who != "admin" else w.users["owner"]
     body = {"user_id": user, "name": "svc", "role": "service", "project_id": "search-a"}
@@ -124,6 +133,7 @@ OPERATIONS: dict[str, Callable[[World, str], Awaitable[list[httpx.Response]]]] =
     "Delete tasks": delete_tasks,
     "Create, edit and delete milestones": milestones,
     "Read the audit log": audit,
+    "Import datasets (new dataset versions)": import_dataset,
     "Issue a service key for the project": service_key,
     "Create a project (and become its owner)": create_project,
     "Create users": create_users,

@@ -1,0 +1,425 @@
+"""Dataset imports and reads. Parsing, validation and Parquet writing run in worker threads."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pyarrow as pa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.auth.deps import Principal
+from services.api.datasets import repository
+from services.api.datasets.schemas import (
+    DatasetRead,
+    DatasetVersionRead,
+    ImportForm,
+    ImportReport,
+    ImportResult,
+    LineageRead,
+    StatsRead,
+    VersionSummary,
+)
+from services.api.datasets.upload import Upload
+from services.api.deps import ApiResources
+from services.api.pagination import (
+    Page,
+    decode_cursor,
+    decode_time_cursor,
+    encode_cursor,
+    invalid_cursor,
+    time_cursor,
+)
+from services.api.projects.deps import ProjectContext, load_project_context
+from services.api.projects.permissions import Action
+from services.api.projects.service import audit_change
+from shared.datasets import catalog, storage
+from shared.datasets.formats import GENERIC, DataFormat, ImportOptions, guess_format, resolve_kind
+from shared.datasets.pipeline import Prepared, content_hash, prepare
+from shared.datasets.report import MAX_REPORTED, ImportProblem
+from shared.datasets.splits import SplitSpec
+from shared.db import on_rollback, unit_of_work
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.models import Dataset, DatasetImport, DatasetVersion
+from shared.models.enums import DatasetKind, ImportStatus
+
+log = logging.getLogger("recforge.datasets")
+
+_NEEDS_CATALOG = {DatasetKind.relevance, DatasetKind.interactions, DatasetKind.sequences}
+
+
+def _options(form: ImportForm, upload: Upload) -> tuple[ImportOptions, DatasetKind, SplitSpec]:
+    try:
+        fmt = form.format or guess_format([f.name for f in upload.files])
+        options = ImportOptions(format=fmt, kind=form.kind, encoding=form.encoding, locale=form.locale)
+        kind = resolve_kind(options)
+    except ImportProblem as problem:
+        raise ValidationFailed(problem.message, detail=[{"loc": ["body"], "msg": problem.message}]) from None
+    spec = SplitSpec(
+        seed=form.split_seed, valid_fraction=form.valid_fraction, test_fraction=form.test_fraction
+    )
+    return options, kind, spec
+
+
+def _default_name(options: ImportOptions, upload: Upload) -> str:
+    if options.format not in GENERIC:
+        return options.format.value
+    stem = Path(upload.files[0].name).stem
+    return re.sub(r"\s+", " ", stem).strip()[:200] or "dataset"
+
+
+def _result(
+    dataset: Dataset, version: DatasetVersion, record: DatasetImport, *, created: bool
+) -> ImportResult:
+    stats = version.stats
+    return ImportResult(
+        id=dataset.id,
+        version_id=version.id,
+        version=version.version,
+        created=created,
+        import_id=record.id,
+        name=dataset.name,
+        kind=DatasetKind(dataset.kind),
+        format=DataFormat(version.format),
+        encoding=version.encoding,
+        rows=version.row_count,
+        tables={name: int(info["rows"]) for name, info in version.tables.items()},
+        items=stats.get("products"),
+        users=stats.get("users"),
+        queries=stats.get("queries"),
+        splits=version.splits,
+        warnings=list(record.warnings),
+        duration_ms=record.duration_ms,
+    )
+
+
+async def import_dataset(
+    session: AsyncSession, resources: ApiResources, ctx: ProjectContext, upload: Upload, form: ImportForm
+) -> ImportResult:
+    """Validate and store an upload as a new dataset version, or return the version that already
+    holds identical content. Rejected uploads store nothing but their error report."""
+    ctx.require(Action.write_datasets)
+    started = time.perf_counter()
+    settings = resources.settings
+    options, kind, spec = _options(form, upload)
+    digest = content_hash([f.sha256 for f in upload.files], options, spec)
+    name = form.name.strip() if form.name else _default_name(options, upload)
+    project_id = ctx.project.id
+
+    existing = await repository.find_dataset(session, project_id, name)
+    if existing is not None and existing.kind != kind.value:
+        raise Conflict(
+            f"dataset {name!r} holds {existing.kind} data, not {kind.value}; import under another name"
+        )
+    if existing is not None:
+        duplicate = await repository.version_by_hash(session, existing.id, digest)
+        if duplicate is not None:
+            return await _record_duplicate(session, ctx, existing, duplicate, upload, options, started)
+
+    known_ids: pa.Array | None = None
+    if kind in _NEEDS_CATALOG and options.format in GENERIC:
+        catalog_version = await catalog.latest_catalog_version(session, project_id)
+        if catalog_version is not None:
+            known_ids = await anyio.to_thread.run_sync(catalog.product_ids, settings, catalog_version)
+
+    files = [f.path for f in upload.files]
+    try:
+        async with resources.import_limiter:
+            prepared = await anyio.to_thread.run_sync(
+                partial(prepare, files, options, spec, known_product_ids=known_ids, max_errors=MAX_REPORTED)
+            )
+    except ImportProblem as problem:
+        report = await _record_rejection(
+            resources, ctx, name, kind, options, upload, digest, problem, started
+        )
+        raise ValidationFailed(
+            problem.message,
+            detail={
+                "import_id": str(report.id),
+                "error_count": problem.total,
+                "errors": [e.to_dict() for e in problem.errors],
+            },
+        ) from None
+
+    values = {
+        "project_id": project_id,
+        "name": name,
+        "kind": kind.value,
+        "format": options.format.value,
+        "description": form.description,
+        "created_by": ctx.principal.user_id,
+    }
+    dataset, _ = await repository.ensure_dataset(session, values)
+    if dataset.kind != kind.value:  # created concurrently with another kind
+        raise Conflict(f"dataset {name!r} holds {dataset.kind} data, not {kind.value}")
+    duplicate = await repository.version_by_hash(session, dataset.id, digest)  # a concurrent twin
+    if duplicate is not None:
+        return await _record_duplicate(session, ctx, dataset, duplicate, upload, options, started)
+
+    version = await _store_version(session, resources, ctx, dataset, prepared, upload, options, spec, digest)
+    record = DatasetImport(
+        project_id=project_id,
+        dataset_id=dataset.id,
+        dataset_version_id=version.id,
+        dataset_name=name,
+        status=ImportStatus.created.value,
+        kind=kind.value,
+        format=options.format.value,
+        files=upload.describe(),
+        size_bytes=upload.size,
+        encoding=prepared.encoding,
+        content_hash=digest,
+        warnings=prepared.warnings,
+        duration_ms=int((time.perf_counter() - started) * 1000),
+        created_by=ctx.principal.user_id,
+    )
+    session.add(record)
+    await session.flush()
+    await audit_change(
+        session,
+        ctx,
+        "dataset_version.create",
+        "dataset_version",
+        version.id,
+        None,
+        {"dataset_id": str(dataset.id), "name": name, "version": version.version, "rows": version.row_count},
+    )
+    log.info(
+        "dataset imported",
+        extra={
+            "dataset_id": str(dataset.id),
+            "version": version.version,
+            "rows": version.row_count,
+            "seconds": round(prepared.seconds, 3),
+        },
+    )
+    return _result(dataset, version, record, created=True)
+
+
+async def _store_version(
+    session: AsyncSession,
+    resources: ApiResources,
+    ctx: ProjectContext,
+    dataset: Dataset,
+    prepared: Prepared,
+    upload: Upload,
+    options: ImportOptions,
+    spec: SplitSpec,
+    digest: str,
+) -> DatasetVersion:
+    data_dir = resources.settings.data_dir
+    version_id = uuid.uuid4()
+    relative = storage.version_dir(ctx.project.id, version_id)
+    manifest = await anyio.to_thread.run_sync(storage.write_version, data_dir, relative, prepared.tables)
+    on_rollback(session, partial(storage.remove_version, data_dir, relative))
+    version = DatasetVersion(
+        id=version_id,
+        dataset_id=dataset.id,
+        version=await repository.next_version_number(session, dataset.id),
+        content_hash=digest,
+        format=options.format.value,
+        source_filename=", ".join(f.name for f in upload.files)[:500],
+        encoding=prepared.encoding,
+        storage_path=relative,
+        tables=manifest,
+        row_count=prepared.row_count,
+        stats=prepared.stats,
+        splits=prepared.splits,
+        split_seed=spec.seed if prepared.splits else None,
+        created_by=ctx.principal.user_id,
+    )
+    session.add(version)
+    await session.flush()
+    return version
+
+
+async def _record_duplicate(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    dataset: Dataset,
+    version: DatasetVersion,
+    upload: Upload,
+    options: ImportOptions,
+    started: float,
+) -> ImportResult:
+    record = DatasetImport(
+        project_id=ctx.project.id,
+        dataset_id=dataset.id,
+        dataset_version_id=version.id,
+        dataset_name=dataset.name,
+        status=ImportStatus.duplicate.value,
+        kind=dataset.kind,
+        format=options.format.value,
+        files=upload.describe(),
+        size_bytes=upload.size,
+        encoding=version.encoding,
+        content_hash=version.content_hash,
+        warnings=[],
+        duration_ms=int((time.perf_counter() - started) * 1000),
+        created_by=ctx.principal.user_id,
+    )
+    session.add(record)
+    await session.flush()
+    return _result(dataset, version, record, created=False)
+
+
+async def _record_rejection(
+    resources: ApiResources,
+    ctx: ProjectContext,
+    name: str,
+    kind: DatasetKind,
+    options: ImportOptions,
+    upload: Upload,
+    digest: str,
+    problem: ImportProblem,
+    started: float,
+) -> DatasetImport:
+    """Keep the report of a rejected upload. It commits on its own: the request itself fails."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        existing = await repository.find_dataset(session, ctx.project.id, name)
+        record = DatasetImport(
+            project_id=ctx.project.id,
+            dataset_id=existing.id if existing else None,
+            dataset_name=name,
+            status=ImportStatus.rejected.value,
+            kind=kind.value,
+            format=options.format.value,
+            files=upload.describe(),
+            size_bytes=upload.size,
+            encoding=options.encoding,
+            content_hash=digest,
+            error_count=problem.total,
+            errors=[e.to_dict() for e in problem.errors],
+            warnings=[],
+            duration_ms=int((time.perf_counter() - started) * 1000),
+            created_by=ctx.principal.user_id,
+        )
+        session.add(record)
+        await session.flush()
+    log.info("dataset import rejected", extra={"import_id": str(record.id), "errors": problem.total})
+    return record
+
+
+# -- reads ---------------------------------------------------------------------------------------
+
+
+async def dataset_context(
+    session: AsyncSession, principal: Principal, dataset_id: uuid.UUID
+) -> tuple[ProjectContext, Dataset]:
+    dataset = await repository.get_dataset(session, dataset_id)
+    if dataset is None:
+        raise NotFound("dataset not found")
+    try:
+        ctx = await load_project_context(session, principal, str(dataset.project_id))
+    except NotFound:
+        raise NotFound("dataset not found") from None
+    return ctx, dataset
+
+
+async def version_context(
+    session: AsyncSession, principal: Principal, version_id: uuid.UUID
+) -> tuple[ProjectContext, DatasetVersion]:
+    version = await repository.get_version(session, version_id)
+    if version is None:
+        raise NotFound("dataset version not found")
+    dataset = await repository.get_dataset(session, version.dataset_id)
+    assert dataset is not None
+    try:
+        ctx = await load_project_context(session, principal, str(dataset.project_id))
+    except NotFound:
+        raise NotFound("dataset version not found") from None
+    return ctx, version
+
+
+def _dataset_read(dataset: Dataset, summary: tuple[int, DatasetVersion] | None) -> DatasetRead:
+    read = DatasetRead.model_validate(dataset)
+    if summary is not None:
+        read.version_count = summary[0]
+        read.latest_version = VersionSummary.model_validate(summary[1])
+    return read
+
+
+async def get_dataset(session: AsyncSession, dataset: Dataset) -> DatasetRead:
+    summaries = await repository.version_summaries(session, [dataset.id])
+    return _dataset_read(dataset, summaries.get(dataset.id))
+
+
+async def list_datasets(
+    session: AsyncSession, ctx: ProjectContext, *, cursor: str | None, limit: int
+) -> Page[DatasetRead]:
+    rows = await repository.list_datasets(
+        session, ctx.project.id, after=decode_time_cursor(cursor), limit=limit
+    )
+    page = rows[:limit]
+    summaries = await repository.version_summaries(session, [d.id for d in page])
+    items = [_dataset_read(d, summaries.get(d.id)) for d in page]
+    next_cursor = time_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+async def list_versions(
+    session: AsyncSession, dataset: Dataset, *, cursor: str | None, limit: int
+) -> Page[DatasetVersionRead]:
+    before: int | None = None
+    if cursor:
+        (value,) = decode_cursor(cursor, 1)
+        if not isinstance(value, int):
+            raise invalid_cursor()
+        before = value
+    rows = await repository.list_versions(session, dataset.id, before=before, limit=limit)
+    page = rows[:limit]
+    next_cursor = encode_cursor([page[-1].version]) if len(rows) > limit else None
+    return Page(items=[DatasetVersionRead.model_validate(v) for v in page], next_cursor=next_cursor)
+
+
+def stats(version: DatasetVersion) -> StatsRead:
+    return StatsRead(
+        version_id=version.id, rows=version.row_count, stats=version.stats, splits=version.splits
+    )
+
+
+async def version_report(session: AsyncSession, version: DatasetVersion) -> ImportReport:
+    record = await repository.creating_import(session, version.id)
+    if record is None:
+        raise NotFound("this dataset version has no import report")
+    return ImportReport.model_validate(record)
+
+
+async def import_context(
+    session: AsyncSession, principal: Principal, import_id: uuid.UUID
+) -> tuple[ProjectContext, DatasetImport]:
+    record = await repository.get_import(session, import_id)
+    if record is None:
+        raise NotFound("import not found")
+    try:
+        ctx = await load_project_context(session, principal, str(record.project_id))
+    except NotFound:
+        raise NotFound("import not found") from None
+    return ctx, record
+
+
+async def list_imports(
+    session: AsyncSession, ctx: ProjectContext, *, status: ImportStatus | None, cursor: str | None, limit: int
+) -> Page[ImportReport]:
+    rows = await repository.list_imports(
+        session,
+        ctx.project.id,
+        status=status.value if status else None,
+        after=decode_time_cursor(cursor),
+        limit=limit,
+    )
+    page = rows[:limit]
+    next_cursor = time_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return Page(items=[ImportReport.model_validate(r) for r in page], next_cursor=next_cursor)
+
+
+async def lineage(session: AsyncSession, version: DatasetVersion) -> LineageRead:
+    jobs, models = await repository.lineage(session, version.id)
+    payload: dict[str, Any] = {"version_id": version.id, "training_jobs": jobs, "model_versions": models}
+    return LineageRead.model_validate(payload, from_attributes=True)
