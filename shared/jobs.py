@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
 from shared.config import Settings
 
@@ -12,9 +13,33 @@ RUN_TRAINING_JOB = "run_training_job"
 DEPLOYMENTS_CHANNEL = "recforge:deployments"
 
 
-def arq_job_id(training_job_id: uuid.UUID) -> str:
-    """A fixed arq id per training job: arq refuses a second enqueue of the same id."""
-    return f"training-job:{training_job_id}"
+CANCEL_CHANNEL = "recforge:training-jobs:cancel"
+
+# arq runs the job with the lowest score first among those due; a score in the past puts a job
+# ahead of every job enqueued later with a lower priority (within PRIORITY_STEP of waiting).
+PRIORITY_STEP = timedelta(days=30)
+JOB_EXPIRES = PRIORITY_STEP * 10 + timedelta(days=7)
+
+
+def arq_job_id(training_job_id: uuid.UUID, retries: int = 0) -> str:
+    """A fixed arq id per run of a training job: arq refuses a second enqueue of the same id, so a
+    double submission can never run twice, while a retry (a new run) gets a new id."""
+    return f"training-job:{training_job_id}:{retries}"
+
+
+async def enqueue_training_job(
+    redis: ArqRedis, queue_name: str, training_job_id: uuid.UUID, *, retries: int, priority: int
+) -> None:
+    """Put a committed training job on the queue. Priority 9 runs first, 0 last; FIFO within one."""
+    run_at = datetime.now(UTC) - PRIORITY_STEP * priority
+    await redis.enqueue_job(
+        RUN_TRAINING_JOB,
+        str(training_job_id),
+        _job_id=arq_job_id(training_job_id, retries),
+        _queue_name=queue_name,
+        _defer_until=run_at,
+        _expires=JOB_EXPIRES,
+    )
 
 
 def progress_channel(training_job_id: uuid.UUID) -> str:

@@ -16,6 +16,7 @@ from services.api.deps import ApiResources, get_resources
 from services.api.milestones.router import router as milestones_router
 from services.api.projects.router import router as projects_router
 from services.api.tasks.router import router as tasks_router
+from services.api.training.router import router as training_router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.http import Check, infra_checks, setup_common
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         milestones_router,
         audit_router,
         datasets_router,
+        training_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -35,6 +35,8 @@ class TrainingJob(UUIDPk, Timestamps, Base):
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         CheckConstraint("compute_seconds >= 0", name="compute_non_negative"),
+        CheckConstraint("retries >= 0", name="retries_non_negative"),
+        CheckConstraint("compute_limit_hours > 0", name="compute_limit_positive"),
         UniqueConstraint("project_id", "idempotency_key"),
         Index("ix_training_jobs_project_id_status", "project_id", "status"),
         Index("ix_training_jobs_status_heartbeat_at", "status", "heartbeat_at"),
@@ -57,7 +59,10 @@ class TrainingJob(UUIDPk, Timestamps, Base):
     # {step, total_steps, epoch, loss, pairs_per_s, eta_s, phase}
     progress: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # runs started (crashes resume)
+    retries: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # times a person retried it
+    # The most compute the job may use; reserved against the project's budget while it is queued/running.
+    compute_limit_hours: Mapped[float] = mapped_column(Float, server_default=text("1"))
     worker_id: Mapped[str | None] = mapped_column(String(200))
     device: Mapped[str | None] = mapped_column(String(32))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -26,6 +26,7 @@ _ACTION_WORDS = {
     Action.manage_milestones: "manage milestones",
     Action.read_audit: "read the audit log",
     Action.write_datasets: "import datasets",
+    Action.run_jobs: "submit, cancel or retry training jobs",
 }
 
 

@@ -17,6 +17,7 @@ class Action(StrEnum):
     manage_milestones = "manage_milestones"
     read_audit = "read_audit"
     write_datasets = "write_datasets"  # import data, new dataset versions
+    run_jobs = "run_jobs"  # submit, cancel and retry training jobs
 
 
 _OWNER, _MAINTAINER, _MEMBER, _VIEWER = (
@@ -36,6 +37,7 @@ ALLOWED: dict[Action, frozenset[ProjectRole]] = {
     Action.manage_milestones: frozenset({_OWNER, _MAINTAINER}),
     Action.read_audit: frozenset({_OWNER, _MAINTAINER}),
     Action.write_datasets: frozenset({_OWNER, _MAINTAINER, _MEMBER}),
+    Action.run_jobs: frozenset({_OWNER, _MAINTAINER, _MEMBER}),
 }
 
 

@@ -106,6 +106,26 @@ async def import_dataset(w: World, who: str) -> list[httpx.Response]:
     ]
 
 
+async def training_jobs(w: World, who: str) -> list[httpx.Response]:
+    await w.call("admin", "PATCH", P, json={"budget": {"cpu_hours": 1000, "gpu_hours": 0}})
+    body = b"query,product_id,grade\ndrill,p1,3\nsaw,p2,1\n"
+    data = await w.call(
+        "admin", "POST", f"{P}/datasets", files=[("file", ("j.csv", body))], data={"kind": "relevance"}
+    )
+    job = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": data.json()["version_id"],
+        "compute_limit_hours": 0.1,
+    }
+    submitted = await w.call(who, "POST", f"{P}/training-jobs", json=job)
+    if submitted.status_code != 202:
+        return [submitted]
+    job_id = submitted.json()["id"]
+    cancelled = await w.call(who, "POST", f"/api/v1/training-jobs/{job_id}/cancel")
+    retried = await w.call(who, "POST", f"/api/v1/training-jobs/{job_id}/retry")
+    return [submitted, cancelled, retried]
+
+
 async def service_key(w: World, who: str) -> list[httpx.Response]:
     user = w.users.get(who, w.users["owner"]) if who != "admin" else w.users["owner"]
     body = {"user_id": user, "name": "svc", "role": "service", "project_id": "search-a"}
@@ -134,6 +154,7 @@ OPERATIONS: dict[str, Callable[[World, str], Awaitable[list[httpx.Response]]]] =
     "Create, edit and delete milestones": milestones,
     "Read the audit log": audit,
     "Import datasets (new dataset versions)": import_dataset,
+    "Submit, cancel and retry training jobs": training_jobs,
     "Issue a service key for the project": service_key,
     "Create a project (and become its owner)": create_project,
     "Create users": create_users,

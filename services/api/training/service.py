@@ -1,0 +1,336 @@
+"""Training jobs: submission (validated, budgeted, idempotent), cancel, retry, reads.
+
+The row is written and committed first; the arq job is enqueued only after the commit."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.auth.deps import Principal
+from services.api.deps import ApiResources
+from services.api.pagination import (
+    Page,
+    decode_cursor,
+    decode_time_cursor,
+    encode_cursor,
+    invalid_cursor,
+    time_cursor,
+)
+from services.api.projects.deps import ProjectContext, load_project_context
+from services.api.projects.permissions import Action
+from services.api.projects.service import audit_change, ensure_budget
+from services.api.schemas import snapshot
+from services.api.training import repository
+from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
+from shared.db import after_commit
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.jobs import CANCEL_CHANNEL, enqueue_training_job
+from shared.models import ModelVersion, TrainingJob
+from shared.models.enums import JobStatus, JobType, ModelStatus, ModelTaskType, ProjectStatus
+from shared.training import DEFAULT_BASE_MODEL, FINE_TUNES, TRAINS_ON
+
+AUDIT_FIELDS = ("job_type", "status", "priority", "dataset_version_id", "input_model_version_id", "retries")
+_IDEMPOTENT_FIELDS = (
+    "job_type",
+    "dataset_version_id",
+    "input_model_version_id",
+    "base_model",
+    "hyperparameters",
+    "priority",
+    "compute_limit_hours",
+)
+TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+NEEDS_MODEL = {JobType.evaluate, JobType.export, JobType.index_catalog}
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobRead
+    replayed: bool
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", detail=[{"loc": ["body", field], "msg": message}])
+
+
+def to_read(job: TrainingJob, outputs: list[uuid.UUID] | None = None) -> JobRead:
+    read = JobRead.model_validate(job)
+    read.model_version_ids = outputs or []
+    return read
+
+
+async def _validate(session: AsyncSession, ctx: ProjectContext, data: JobCreate) -> None:
+    project_id = ctx.project.id
+    job_type = data.job_type
+    needs_data = job_type in FINE_TUNES or job_type == JobType.evaluate
+    if needs_data and data.dataset_version_id is None:
+        raise _invalid("dataset_version_id", f"a {job_type.value} job needs a dataset version")
+    if data.dataset_version_id is not None:
+        found = await repository.dataset_version_in_project(session, data.dataset_version_id, project_id)
+        if found is None:
+            raise _invalid("dataset_version_id", "no such dataset version in this project")
+        kinds = TRAINS_ON.get(job_type)
+        if kinds is not None and found[1].kind not in kinds:
+            allowed = " or ".join(sorted(k.value for k in kinds))
+            raise _invalid(
+                "dataset_version_id", f"a {job_type.value} job trains on {allowed} data, not {found[1].kind}"
+            )
+    if job_type in NEEDS_MODEL and data.input_model_version_id is None:
+        raise _invalid("input_model_version_id", f"a {job_type.value} job works on a model version")
+    if data.input_model_version_id is not None:
+        model = await repository.model_version_in_project(session, data.input_model_version_id, project_id)
+        if model is None:
+            raise _invalid("input_model_version_id", "no such model version in this project")
+        if job_type == JobType.index_catalog and model.task_type != ModelTaskType.bi_encoder.value:
+            raise _invalid("input_model_version_id", "only a bi_encoder version embeds the catalog")
+        if job_type in FINE_TUNES and model.task_type != job_type.value:
+            raise _invalid(
+                "input_model_version_id", f"a {model.task_type} version cannot start a {job_type.value}"
+            )
+    if job_type not in FINE_TUNES and data.base_model is not None:
+        raise _invalid("base_model", f"a {job_type.value} job uses its model version, not a base model")
+
+
+def _same_request(job: TrainingJob, data: JobCreate, base_model: str | None) -> bool:
+    wanted = {
+        "job_type": data.job_type.value,
+        "dataset_version_id": data.dataset_version_id,
+        "input_model_version_id": data.input_model_version_id,
+        "base_model": base_model,
+        "hyperparameters": data.hyperparameters.model_dump(),
+        "priority": data.priority,
+        "compute_limit_hours": data.compute_limit_hours,
+    }
+    return all(
+        json.dumps(getattr(job, name), default=str, sort_keys=True)
+        == json.dumps(wanted[name], default=str, sort_keys=True)
+        for name in _IDEMPOTENT_FIELDS
+    )
+
+
+def _reserve(project: Any, data_hours: float, reserved: float, device: str) -> None:
+    if device == "cuda":
+        ensure_budget(project, gpu_hours=data_hours + reserved)
+    else:
+        ensure_budget(project, cpu_hours=data_hours + reserved)
+
+
+async def submit(
+    session: AsyncSession,
+    resources: ApiResources,
+    ctx: ProjectContext,
+    data: JobCreate,
+    idempotency_key: str | None,
+) -> Submitted:
+    ctx.require(Action.run_jobs)
+    base_model = (data.base_model or DEFAULT_BASE_MODEL) if data.job_type in FINE_TUNES else None
+    if idempotency_key is not None:
+        first = await repository.by_idempotency_key(session, ctx.project.id, idempotency_key)
+        if first is not None:
+            return _replay(first, data, base_model)
+    if ctx.project.status not in (ProjectStatus.proposed.value, ProjectStatus.active.value):
+        raise Conflict(f"the project is {ctx.project.status}: it runs no new jobs")
+    await _validate(session, ctx, data)
+    project = await repository.lock_project(session, ctx.project.id)
+    reserved = await repository.reserved_hours(session, project.id)
+    _reserve(project, data.compute_limit_hours, reserved, data.device)
+
+    job = TrainingJob(
+        project_id=project.id,
+        job_type=data.job_type.value,
+        dataset_version_id=data.dataset_version_id,
+        input_model_version_id=data.input_model_version_id,
+        base_model=base_model,
+        hyperparameters=data.hyperparameters.model_dump(),
+        status=JobStatus.queued.value,
+        priority=data.priority,
+        idempotency_key=idempotency_key,
+        device=None if data.device == "auto" else data.device,
+        compute_limit_hours=data.compute_limit_hours,
+        created_by=ctx.principal.user_id,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # the same key, submitted concurrently
+        if idempotency_key is None:
+            raise
+        first = await repository.by_idempotency_key(session, ctx.project.id, idempotency_key)
+        assert first is not None
+        return _replay(first, data, base_model)
+    await session.refresh(job)
+    await audit_change(session, ctx, "job.submit", "training_job", job.id, None, snapshot(job, AUDIT_FIELDS))
+    _enqueue_after_commit(session, resources, job)
+    return Submitted(to_read(job), replayed=False)
+
+
+def _replay(first: TrainingJob, data: JobCreate, base_model: str | None) -> Submitted:
+    if not _same_request(first, data, base_model):
+        raise Conflict(
+            "this Idempotency-Key was used for a different request; use a new key for a new job",
+            detail={"job_id": str(first.id)},
+        )
+    return Submitted(to_read(first), replayed=True)
+
+
+def _enqueue_after_commit(session: AsyncSession, resources: ApiResources, job: TrainingJob) -> None:
+    after_commit(
+        session,
+        partial(
+            enqueue_training_job,
+            resources.redis,
+            resources.settings.queue_name,
+            job.id,
+            retries=job.retries,
+            priority=job.priority,
+        ),
+    )
+
+
+async def job_context(
+    session: AsyncSession, principal: Principal, job_id: uuid.UUID, *, for_update: bool = False
+) -> tuple[ProjectContext, TrainingJob]:
+    job = await repository.get_job(session, job_id, for_update=for_update)
+    if job is None:
+        raise NotFound("training job not found")
+    try:
+        ctx = await load_project_context(session, principal, str(job.project_id))
+    except NotFound:
+        raise NotFound("training job not found") from None
+    return ctx, job
+
+
+async def get(session: AsyncSession, job: TrainingJob) -> JobRead:
+    outputs = await repository.outputs(session, [job.id])
+    return to_read(job, outputs.get(job.id))
+
+
+async def cancel(
+    session: AsyncSession, resources: ApiResources, ctx: ProjectContext, job: TrainingJob
+) -> JobRead:
+    """A queued job is cancelled at once; a running one is asked to stop (it stops within seconds,
+    removes its partial files and ends ``cancelled``)."""
+    ctx.require(Action.run_jobs)
+    status = JobStatus(job.status)
+    if status in TERMINAL:
+        raise Conflict(f"the job has already {status.value}; nothing to cancel")
+    before = snapshot(job, AUDIT_FIELDS)
+    job.cancel_requested_at = func.now()
+    if status == JobStatus.queued:
+        job.status = JobStatus.cancelled.value
+        job.finished_at = func.now()
+    await session.flush()
+    await session.refresh(job)
+    await audit_change(
+        session, ctx, "job.cancel", "training_job", job.id, before, snapshot(job, AUDIT_FIELDS)
+    )
+    if status == JobStatus.running:
+        redis = resources.redis
+        job_id = str(job.id)
+
+        async def notify() -> None:
+            await redis.publish(CANCEL_CHANNEL, job_id)
+
+        after_commit(session, notify)
+    return await get(session, job)
+
+
+async def retry(
+    session: AsyncSession, resources: ApiResources, ctx: ProjectContext, job: TrainingJob
+) -> JobRead:
+    """Run a failed or cancelled job again, from the start, as a new run of the same job."""
+    ctx.require(Action.run_jobs)
+    status = JobStatus(job.status)
+    if status not in (JobStatus.failed, JobStatus.cancelled):
+        raise Conflict(f"only failed or cancelled jobs are retried; this one is {status.value}")
+    project = await repository.lock_project(session, ctx.project.id)
+    reserved = await repository.reserved_hours(session, project.id)
+    _reserve(project, job.compute_limit_hours, reserved, job.device or "cpu")
+    before = snapshot(job, AUDIT_FIELDS)
+    job.status = JobStatus.queued.value
+    job.retries += 1
+    job.error = None
+    job.progress = {}
+    job.cancel_requested_at = None
+    job.started_at = None
+    job.finished_at = None
+    job.heartbeat_at = None
+    job.worker_id = None
+    job.queued_at = func.now()
+    await session.flush()
+    await session.refresh(job)
+    await audit_change(session, ctx, "job.retry", "training_job", job.id, before, snapshot(job, AUDIT_FIELDS))
+    _enqueue_after_commit(session, resources, job)
+    return await get(session, job)
+
+
+async def list_jobs(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    *,
+    statuses: list[JobStatus] | None,
+    job_type: JobType | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[JobRead]:
+    rows = await repository.list_jobs(
+        session,
+        ctx.project.id,
+        statuses=[s.value for s in statuses] if statuses else None,
+        job_type=job_type.value if job_type else None,
+        after=decode_time_cursor(cursor),
+        limit=limit,
+    )
+    page = rows[:limit]
+    outputs = await repository.outputs(session, [j.id for j in page])
+    next_cursor = time_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return Page(items=[to_read(j, outputs.get(j.id)) for j in page], next_cursor=next_cursor)
+
+
+async def model_version_context(
+    session: AsyncSession, principal: Principal, version_id: uuid.UUID
+) -> tuple[ProjectContext, ModelVersion]:
+    version = await repository.get_model_version(session, version_id)
+    if version is None:
+        raise NotFound("model version not found")
+    try:
+        ctx = await load_project_context(session, principal, str(version.project_id))
+    except NotFound:
+        raise NotFound("model version not found") from None
+    return ctx, version
+
+
+async def list_model_versions(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    *,
+    task_type: ModelTaskType | None,
+    status: ModelStatus | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[ModelVersionRead]:
+    before: int | None = None
+    if cursor:
+        (value,) = decode_cursor(cursor, 1)
+        if not isinstance(value, int):
+            raise invalid_cursor()
+        before = value
+    rows = await repository.list_model_versions(
+        session,
+        ctx.project.id,
+        task_type=task_type.value if task_type else None,
+        status=status.value if status else None,
+        before=before,
+        limit=limit,
+    )
+    page = rows[:limit]
+    next_cursor = encode_cursor([page[-1].version]) if len(rows) > limit else None
+    return Page(items=[ModelVersionRead.model_validate(v) for v in page], next_cursor=next_cursor)

