@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(default=2048, ge=1)
     max_concurrent_imports: int = Field(default=2, ge=1, le=64)
 
+    # Trainer: a running job reports progress (and checks for cancellation) every progress_interval_s,
+    # checkpoints every checkpoint_interval_s, and is presumed dead after job_heartbeat_timeout_s of
+    # silence (then another worker resumes it from its checkpoint, up to max_job_attempts runs).
+    progress_interval_s: float = Field(default=2.0, gt=0, le=60)
+    checkpoint_interval_s: float = Field(default=120.0, gt=0)
+    job_heartbeat_timeout_s: float = Field(default=60.0, ge=5)
+    max_job_attempts: int = Field(default=3, ge=1, le=20)
+    # The int8 model is servable when its NDCG@10 (or accuracy) is within this of the fp32 model's.
+    int8_tolerance: float = Field(default=0.01, ge=0, le=1)
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, value: str) -> str:
@@ -98,6 +108,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
 
     @property
     def uploads_dir(self) -> Path:

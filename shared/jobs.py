@@ -28,18 +28,27 @@ def arq_job_id(training_job_id: uuid.UUID, retries: int = 0) -> str:
 
 
 async def enqueue_training_job(
-    redis: ArqRedis, queue_name: str, training_job_id: uuid.UUID, *, retries: int, priority: int
-) -> None:
-    """Put a committed training job on the queue. Priority 9 runs first, 0 last; FIFO within one."""
+    redis: ArqRedis,
+    queue_name: str,
+    training_job_id: uuid.UUID,
+    *,
+    retries: int,
+    priority: int,
+    suffix: str = "",
+) -> bool:
+    """Put a committed training job on the queue. Priority 9 runs first, 0 last; FIFO within one.
+
+    False when arq already holds this id (queued, or finished less than an hour ago)."""
     run_at = datetime.now(UTC) - PRIORITY_STEP * priority
-    await redis.enqueue_job(
+    job = await redis.enqueue_job(
         RUN_TRAINING_JOB,
         str(training_job_id),
-        _job_id=arq_job_id(training_job_id, retries),
+        _job_id=arq_job_id(training_job_id, retries) + suffix,
         _queue_name=queue_name,
         _defer_until=run_at,
         _expires=JOB_EXPIRES,
     )
+    return job is not None
 
 
 def progress_channel(training_job_id: uuid.UUID) -> str:

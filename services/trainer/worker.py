@@ -8,21 +8,22 @@ import socket
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from arq import cron
+from arq import cron, func
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from fastapi import FastAPI
-from sqlalchemy import func, update
+from sqlalchemy import func as sql_func
+from sqlalchemy import select
 
+from services.trainer.runner import run_training_job
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker, unit_of_work
 from shared.healthserver import BackgroundHealthServer
 from shared.http import infra_checks, setup_common
+from shared.jobs import RUN_TRAINING_JOB, arq_job_id, enqueue_training_job
 from shared.models import TrainingJob
 from shared.models.enums import JobStatus
 
 log = logging.getLogger("recforge.trainer")
-
-# A running job writes a heartbeat at least every few seconds; past this it is presumed dead.
-STALE_HEARTBEAT = timedelta(minutes=2)
 
 
 def worker_id() -> str:
@@ -37,7 +38,7 @@ def health_app(ctx: dict[str, Any]) -> FastAPI:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = get_settings()
+    settings: Settings = ctx.get("settings") or get_settings()
     engine = create_engine(settings, pool_size=4)
     ctx.update(
         settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), worker_id=worker_id()
@@ -56,40 +57,88 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("trainer worker stopped", extra={"worker_id": ctx.get("worker_id")})
 
 
-async def reap_stale_jobs(ctx: dict[str, Any]) -> int:
-    """Fail running jobs whose worker stopped sending heartbeats, so none stays running forever."""
+async def reap_stale_jobs(ctx: dict[str, Any]) -> dict[str, int]:
+    """Requeue running jobs whose worker stopped sending heartbeats, so another worker resumes them
+    from their checkpoint (a job that has used all its runs fails instead); enqueue queued jobs
+    the queue lost (a Redis failure right after the API committed them). No job stays running or
+    queued forever."""
+    settings: Settings = ctx["settings"]
+    stale_after = timedelta(seconds=settings.job_heartbeat_timeout_s)
+    redis = ctx["redis"]
+    requeued: list[TrainingJob] = []
+    failed: list[str] = []
     async with unit_of_work(ctx["sessionmaker"]) as session:
-        result = await session.execute(
-            update(TrainingJob)
-            .where(
-                TrainingJob.status == JobStatus.running.value,
-                TrainingJob.heartbeat_at < func.now() - STALE_HEARTBEAT,
+        stale = (
+            await session.execute(
+                select(TrainingJob)
+                .where(
+                    TrainingJob.status == JobStatus.running.value,
+                    TrainingJob.heartbeat_at < sql_func.now() - stale_after,
+                )
+                .with_for_update(skip_locked=True)
             )
-            .values(
-                status=JobStatus.failed.value,
-                error=f"worker vanished: no heartbeat for {int(STALE_HEARTBEAT.total_seconds())} s",
-                finished_at=func.now(),
+        ).scalars()
+        for job in stale:
+            silent = int(stale_after.total_seconds())
+            if job.attempts >= settings.max_job_attempts:
+                job.status = JobStatus.failed.value
+                job.error = f"worker vanished (no heartbeat for {silent} s) on its last allowed run"
+                job.finished_at = sql_func.now()
+                failed.append(str(job.id))
+            else:
+                job.status = JobStatus.queued.value
+                job.worker_id = None
+                job.error = (
+                    f"worker vanished (no heartbeat for {silent} s); resuming from the last checkpoint"
+                )
+                requeued.append(job)
+        lost = (
+            await session.execute(
+                select(TrainingJob).where(
+                    TrainingJob.status == JobStatus.queued.value,
+                    TrainingJob.queued_at < sql_func.now() - timedelta(minutes=1),
+                )
             )
-            .returning(TrainingJob.id)
+        ).scalars()
+        missing = [
+            job
+            for job in lost
+            if job not in requeued
+            and not await redis.exists(job_key_prefix + arq_job_id(job.id, job.retries))
+        ]
+    for job in requeued:
+        # the dead worker's claim in arq would otherwise hold the job until arq's own timeout
+        await redis.delete(in_progress_key_prefix + arq_job_id(job.id, job.retries))
+    for job in [*requeued, *missing]:
+        if not await redis.exists(job_key_prefix + arq_job_id(job.id, job.retries)):
+            await enqueue_training_job(
+                redis, settings.queue_name, job.id, retries=job.retries, priority=job.priority
+            )
+    if requeued or failed or missing:
+        log.warning(
+            "reaped jobs",
+            extra={
+                "requeued": [str(j.id) for j in requeued],
+                "failed": failed,
+                "re_enqueued": [str(j.id) for j in missing],
+            },
         )
-        reaped = [str(row[0]) for row in result]
-    if reaped:
-        log.warning("reaped stale jobs", extra={"job_ids": reaped})
-    return len(reaped)
+    return {"requeued": len(requeued), "failed": len(failed), "re_enqueued": len(missing)}
 
 
 class WorkerSettings:
     """Redis settings and the queue name are passed by `recforge worker` from the process settings."""
 
-    functions: ClassVar[list[Any]] = []
+    functions: ClassVar[list[Any]] = [func(run_training_job, name=RUN_TRAINING_JOB)]
     cron_jobs: ClassVar[list[Any]] = [
-        cron(reap_stale_jobs, second={0, 30}, run_at_startup=True, unique=True, timeout=60)
+        cron(reap_stale_jobs, second=set(range(0, 60, 10)), run_at_startup=True, unique=True, timeout=60)
     ]
     on_startup = startup
     on_shutdown = shutdown
     health_check_interval = 10
     # Fine-tunes run for many minutes: never let arq's 300 s default kill them.
     job_timeout = timedelta(hours=12)
-    max_tries = 3
+    # Runs are counted in Postgres (attempts, RECFORGE_MAX_JOB_ATTEMPTS); arq only has to keep trying.
+    max_tries = 100
     allow_abort_jobs = True
     max_jobs = 1

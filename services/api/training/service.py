@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from sqlalchemy import func
@@ -70,6 +69,11 @@ def to_read(job: TrainingJob, outputs: list[uuid.UUID] | None = None) -> JobRead
 async def _validate(session: AsyncSession, ctx: ProjectContext, data: JobCreate) -> None:
     project_id = ctx.project.id
     job_type = data.job_type
+    if job_type not in FINE_TUNES:
+        raise _invalid(
+            "job_type",
+            f"{job_type.value} jobs are not available yet; a fine-tune evaluates and exports its own model",
+        )
     needs_data = job_type in FINE_TUNES or job_type == JobType.evaluate
     if needs_data and data.dataset_version_id is None:
         raise _invalid("dataset_version_id", f"a {job_type.value} job needs a dataset version")
@@ -182,17 +186,14 @@ def _replay(first: TrainingJob, data: JobCreate, base_model: str | None) -> Subm
 
 
 def _enqueue_after_commit(session: AsyncSession, resources: ApiResources, job: TrainingJob) -> None:
-    after_commit(
-        session,
-        partial(
-            enqueue_training_job,
-            resources.redis,
-            resources.settings.queue_name,
-            job.id,
-            retries=job.retries,
-            priority=job.priority,
-        ),
-    )
+    job_id, retries, priority = job.id, job.retries, job.priority
+
+    async def enqueue() -> None:
+        await enqueue_training_job(
+            resources.redis, resources.settings.queue_name, job_id, retries=retries, priority=priority
+        )
+
+    after_commit(session, enqueue)
 
 
 async def job_context(

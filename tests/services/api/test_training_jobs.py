@@ -97,9 +97,9 @@ async def test_invalid_submissions_write_nothing(
         ({"job_type": "bi_encoder"}, "dataset_version_id"),
         (_body(catalog_id), "dataset_version_id"),
         (_body(str(uuid.uuid4())), "dataset_version_id"),
-        ({"job_type": "export"}, "input_model_version_id"),
+        ({"job_type": "export"}, "job_type"),
         (_body(version, priority=11), "priority"),
-        ({**_body(version), "base_model": "x", "job_type": "evaluate"}, "input_model_version_id"),
+        ({**_body(version), "job_type": "classifier"}, "dataset_version_id"),
     ]
     for body, field in cases:
         response = await world.call("member", "POST", f"{P}/training-jobs", json=body)

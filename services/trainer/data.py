@@ -1,0 +1,131 @@
+"""Training and evaluation examples read from a dataset version's Parquet tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from shared.datasets.storage import read_table
+from shared.errors import ValidationFailed
+from shared.models.enums import DatasetKind
+
+HISTORY_ITEMS = 3  # the most recent items that make a user's query text
+
+
+@dataclass
+class Judged:
+    """Graded (query, product) judgments of one split, grouped by query."""
+
+    queries: dict[str, str]  # query id -> text
+    candidates: dict[str, list[str]]  # query id -> judged product ids
+    grades: dict[str, dict[str, float]]  # query id -> product id -> grade
+    exclude: dict[str, set[str]] = field(default_factory=dict)  # query id -> products to skip (history)
+
+
+@dataclass
+class Examples:
+    kind: DatasetKind
+    product_text: dict[str, str]
+    train: list[tuple[str, str, float]]  # (query text, product id, normalised grade 0..1)
+    valid: Judged
+    grade_range: tuple[float, float]
+    labels: list[str] = field(default_factory=list)
+    texts: dict[str, list[tuple[str, str]]] = field(
+        default_factory=dict
+    )  # classifier: split -> (text, label)
+
+
+def _catalog_text(data_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
+    catalog = read_table(data_dir, tables, "catalog", columns=["product_id", "title", "brand"])
+    ids = catalog["product_id"].to_pylist()
+    titles = catalog["title"].to_pylist()
+    brands = catalog["brand"].to_pylist()
+    return {
+        pid: f"{brand} {title}" if brand and brand.lower() not in title.lower() else title
+        for pid, title, brand in zip(ids, titles, brands, strict=True)
+    }
+
+
+def load(
+    data_dir: Path, kind: DatasetKind, tables: dict[str, Any], catalog_tables: dict[str, Any] | None
+) -> Examples:
+    if kind == DatasetKind.labeled_text:
+        return _labeled(data_dir, tables)
+    source = tables if "catalog" in tables else catalog_tables
+    if source is None:
+        raise ValidationFailed("the project has no catalog: import one before training on this data")
+    products = _catalog_text(data_dir, source)
+    if kind == DatasetKind.relevance:
+        return _relevance(data_dir, tables, products)
+    if kind == DatasetKind.sequences:
+        return _sequences(data_dir, tables, products)
+    raise ValidationFailed(f"cannot train on {kind.value} data")
+
+
+def _relevance(data_dir: Path, tables: dict[str, Any], products: dict[str, str]) -> Examples:
+    table = read_table(data_dir, tables, "relevance")
+    low = float(pc.min(table["grade"]).as_py())
+    high = float(pc.max(table["grade"]).as_py())
+    span = (high - low) or 1.0
+    train: list[tuple[str, str, float]] = []
+    valid = Judged({}, {}, {})
+    for query, pid, grade, split in zip(
+        table["query"].to_pylist(),
+        table["product_id"].to_pylist(),
+        table["grade"].to_pylist(),
+        table["split"].to_pylist(),
+        strict=True,
+    ):
+        if pid not in products:
+            continue
+        if split == "train":
+            train.append((query, pid, (grade - low) / span))
+        elif split == "valid":
+            valid.queries.setdefault(query, query)
+            valid.candidates.setdefault(query, []).append(pid)
+            valid.grades.setdefault(query, {})[pid] = grade
+    return Examples(DatasetKind.relevance, products, train, valid, (low, high))
+
+
+def history_text(history: list[str], products: dict[str, str]) -> str:
+    recent = [products[p] for p in reversed(history[-HISTORY_ITEMS:]) if p in products]
+    return " | ".join(recent)
+
+
+def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str]) -> Examples:
+    table = read_table(data_dir, tables, "sequences")
+    train: list[tuple[str, str, float]] = []
+    valid = Judged({}, {}, {})
+    longest: dict[str, tuple[int, list[str], str]] = {}
+    for user, history, nxt, split in zip(
+        table["user_id"].to_pylist(),
+        table["history"].to_pylist(),
+        table["next_item"].to_pylist(),
+        table["split"].to_pylist(),
+        strict=True,
+    ):
+        if split == "train":
+            train.append((history_text(history, products), nxt, 1.0))
+        elif split == "valid" and len(history) >= longest.get(user, (-1, [], ""))[0]:
+            longest[user] = (len(history), history, nxt)
+    for user, (_, history, nxt) in longest.items():  # each validation user's latest step
+        valid.queries[user] = history_text(history, products)
+        valid.grades[user] = {nxt: 1.0}
+        valid.exclude[user] = set(history)
+    return Examples(DatasetKind.sequences, products, train, valid, (0.0, 1.0))
+
+
+def _labeled(data_dir: Path, tables: dict[str, Any]) -> Examples:
+    table = read_table(data_dir, tables, "labeled_text")
+    texts: dict[str, list[tuple[str, str]]] = {}
+    for text, label, split in zip(
+        table["text"].to_pylist(), table["label"].to_pylist(), table["split"].to_pylist(), strict=True
+    ):
+        texts.setdefault(split, []).append((text, label))
+    labels = sorted({label for pairs in texts.values() for _, label in pairs})
+    return Examples(
+        DatasetKind.labeled_text, {}, [], Judged({}, {}, {}), (0.0, 1.0), labels=labels, texts=texts
+    )

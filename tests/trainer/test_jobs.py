@@ -1,0 +1,259 @@
+"""Training jobs end to end: the API, the real Redis queue, an arq worker, Postgres, the files."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq import func
+from arq.worker import Worker
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.trainer.runner import run_training_job
+from services.trainer.worker import reap_stale_jobs, shutdown, startup
+from shared.config import Settings
+from shared.jobs import RUN_TRAINING_JOB, redis_settings
+from shared.models import TrainingJob
+from tests.conftest import free_port
+from tests.services.api.conftest import World
+from tests.shared.test_cli import cli_env
+from tests.trainer.tiny import shop_data, tiny_bert
+
+P = "/api/v1/projects/search-a"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def make_worker(settings: Settings, **overrides: Any) -> Worker:
+    quiet = settings.model_copy(update={"trainer_port": 0, "progress_interval_s": 0.2, **overrides})
+    return Worker(
+        functions=[func(run_training_job, name=RUN_TRAINING_JOB)],
+        redis_settings=redis_settings(quiet),
+        queue_name=quiet.queue_name,
+        burst=True,
+        poll_delay=0.1,
+        handle_signals=False,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        ctx={"settings": quiet},
+        max_tries=100,
+    )
+
+
+async def _run_worker(worker: Worker) -> None:
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+
+
+async def _project_with_data(w: World) -> str:
+    await w.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
+    catalog, judgments = shop_data()
+    for name, body, kind in (("catalog.csv", catalog, "catalog"), ("judgments.csv", judgments, "relevance")):
+        response = await w.call(
+            "member",
+            "POST",
+            f"{P}/datasets",
+            files=[("file", (name, io.BytesIO(body.encode())))],
+            data={"kind": kind},
+        )
+        assert response.status_code == 201, response.text
+    return str(response.json()["version_id"])
+
+
+async def test_bi_encoder_job_runs_through_the_queue(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    body = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": version,
+        "base_model": str(tiny_model),
+        "hyperparameters": {"epochs": 2, "batch_size": 16, "max_length": 24, "learning_rate": 1e-3},
+    }
+    submitted = await world.call("member", "POST", f"{P}/training-jobs", json=body)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    await _run_worker(make_worker(settings))
+
+    job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1 and job["compute_seconds"] > 0 and len(job["model_version_ids"]) == 1
+    model = (
+        await world.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
+    ).json()
+    assert model["status"] == "candidate" and model["task_type"] == "bi_encoder" and model["version"] == 1
+    assert model["dataset_version_id"] == version and model["training_job_id"] == job_id
+    for key in ("ndcg@10", "mrr@10", "recall@10", "catalog_ndcg@10", "catalog_recall@100"):
+        assert 0 <= model["metrics"][key] <= 1
+    assert set(model["baselines"]) == {"bm25", "zero_shot"}
+    assert "ndcg@10" in model["baselines"]["bm25"] and "catalog_ndcg@10" in model["baselines"]["zero_shot"]
+    export = model["compute"]["export"]
+    assert export["parity_max_abs_diff"] <= 1e-4 and "int8_metric_drop" in export
+    for name in ("model", "model_int8"):
+        entry = model["artifacts"][name]
+        path = settings.data_dir / entry["path"]
+        assert path.exists() and path.stat().st_size == entry["bytes"]
+    assert model["library_versions"]["torch"] and model["hyperparameters"]["epochs"] == 2
+    project = (await world.call("member", "GET", P)).json()
+    assert project["budget"]["used_cpu_hours"] > 0
+    assert not (settings.jobs_dir / job_id).exists()  # checkpoints go once the job is done
+
+
+async def test_cancel_stops_a_running_job(world: World, settings: Settings, tiny_model: Path) -> None:
+    version = await _project_with_data(world)
+    body = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": version,
+        "base_model": str(tiny_model),
+        "hyperparameters": {"epochs": 100, "batch_size": 4, "max_length": 24},
+    }
+    job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    runner = asyncio.create_task(_run_worker(make_worker(settings)))
+    for _ in range(300):
+        job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+        if job["progress"].get("step", 0) > 2:
+            break
+        await asyncio.sleep(0.1)
+    assert job["status"] == "running", job
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    assert (await world.call("member", "POST", f"/api/v1/training-jobs/{job_id}/cancel")).status_code == 202
+    while (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()[
+        "status"
+    ] == "running":
+        assert loop.time() - asked < 10, "cancel took more than 10 s"
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(runner, timeout=30)
+    job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+    assert job["status"] == "cancelled" and job["model_version_ids"] == []
+    assert not (settings.jobs_dir / job_id).exists()
+    assert not any((settings.artifacts_dir / world.projects["search-a"]["id"]).glob("*/model.onnx"))
+
+
+async def test_reaper_requeues_a_job_whose_worker_vanished(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    version = await _project_with_data(world)
+    body = {"job_type": "bi_encoder", "dataset_version_id": version}
+    job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    async with sessionmaker() as session:
+        await session.execute(
+            text(
+                "UPDATE training_jobs SET status = 'running', attempts = 1, worker_id = 'gone:1', "
+                "heartbeat_at = now() - interval '10 minutes' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+        await session.commit()
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(settings.resolved_redis_url())
+    try:
+        result = await reap_stale_jobs({"settings": settings, "sessionmaker": sessionmaker, "redis": redis})
+    finally:
+        await redis.aclose()
+    assert result["requeued"] == 1
+    job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+    assert job["status"] == "queued" and "resuming" in job["error"]
+
+    async with sessionmaker() as session:
+        await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == uuid.UUID(job_id))
+            .values(
+                status="running",
+                attempts=settings.max_job_attempts,
+                heartbeat_at=text("now() - interval '1 hour'"),
+            )
+        )
+        await session.commit()
+    redis = Redis.from_url(settings.resolved_redis_url())
+    try:
+        result = await reap_stale_jobs({"settings": settings, "sessionmaker": sessionmaker, "redis": redis})
+    finally:
+        await redis.aclose()
+    assert result["failed"] == 1
+    assert (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()["status"] == "failed"
+
+
+def _worker_process(settings: Settings, port: int) -> subprocess.Popen[str]:
+    env = cli_env(
+        settings,
+        RECFORGE_QUEUE_NAME=settings.queue_name,
+        RECFORGE_TRAINER_PORT=str(port),
+        RECFORGE_CHECKPOINT_INTERVAL_S="0.5",
+        RECFORGE_PROGRESS_INTERVAL_S="0.3",
+        RECFORGE_JOB_HEARTBEAT_TIMEOUT_S="5",
+        RECFORGE_LOG_FORMAT="console",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_is_resumed_from_its_checkpoint(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    body = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": version,
+        "base_model": str(tiny_model),
+        "hyperparameters": {"epochs": 100, "max_steps": 1500, "batch_size": 4, "max_length": 24},
+    }
+    job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    first = _worker_process(settings, free_port())
+    second: subprocess.Popen[str] | None = None
+    try:
+        checkpoint = 0
+        for _ in range(600):
+            job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+            checkpoint = job["progress"].get("checkpoint_step", 0)
+            if checkpoint:
+                break
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            await asyncio.sleep(0.1)
+        assert checkpoint > 0 and job["status"] == "running"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = job["progress"]["step"]
+
+        second = _worker_process(settings, free_port())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while job["status"] not in ("succeeded", "failed", "cancelled"):
+            assert loop.time() - started < 240, job
+            assert second.poll() is None, second.stderr.read() if second.stderr else ""
+            await asyncio.sleep(0.5)
+            job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+        assert job["status"] == "succeeded", job["error"]
+        assert job["attempts"] == 2
+        model = (
+            await world.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
+        ).json()
+        resumed = model["compute"]["resumed_from_step"]
+        assert 0 < resumed <= killed_at
+        assert model["compute"]["steps"] == 1500
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
