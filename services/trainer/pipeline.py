@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from services.trainer.control import JobControl
 from services.trainer.data import Examples, Judged
-from services.trainer.evaluation import BM25Index, classification_metrics, ranking_metrics
+from services.trainer.evaluation import BM25Index, classification_metrics, ranking_metrics, rmse
 from services.trainer.finetune import (
     BiEncoderTask,
     ClassifierTask,
@@ -213,7 +213,9 @@ def _model_metrics(spec: JobSpec, task: Task) -> dict[str, Any]:
         def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
             return task.logits(queries, products, device).float().cpu().numpy()
 
-        return _ranking_suite(spec, None, score)
+        metrics = _ranking_suite(spec, None, score)
+        metrics["rmse"] = _grade_rmse(spec, score)
+        return metrics
     assert isinstance(task, ClassifierTask)
     valid = spec.examples.texts.get("valid", [])
     with torch.no_grad():
@@ -229,6 +231,19 @@ def _model_metrics(spec: JobSpec, task: Task) -> dict[str, Any]:
         )
     predicted = [task.labels[i] for i in logits.argmax(axis=1)]
     return classification_metrics([label for _, label in valid], predicted)
+
+
+def _grade_rmse(spec: JobSpec, score: Scorer) -> float:
+    """RMSE of the grades the cross-encoder predicts (sigmoid of its logit on the grade scale)."""
+    ex = spec.examples
+    low, high = ex.grade_range
+    predicted: list[float] = []
+    actual: list[float] = []
+    for qid, candidates in ex.valid.candidates.items():
+        logits = score([ex.valid.queries[qid]] * len(candidates), [ex.product_text[p] for p in candidates])
+        predicted.extend((low + (high - low) / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).tolist())
+        actual.extend(ex.valid.grades[qid][p] for p in candidates)
+    return rmse(predicted, actual) if actual else 0.0
 
 
 def _onnx_metrics(spec: JobSpec, model: OnnxTextModel) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -257,3 +258,149 @@ async def test_a_killed_worker_is_resumed_from_its_checkpoint(
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+async def _run_job(w: World, settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
+    submitted = await w.call("member", "POST", f"{P}/training-jobs", json=body)
+    assert submitted.status_code == 202, submitted.text
+    await _run_worker(make_worker(settings))
+    job = (await w.call("member", "GET", f"/api/v1/training-jobs/{submitted.json()['id']}")).json()
+    assert job["status"] == "succeeded", job["error"]
+    model = await w.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
+    return dict(model.json())
+
+
+async def test_cross_encoder_job(world: World, settings: Settings, tiny_model: Path) -> None:
+    version = await _project_with_data(world)
+    model = await _run_job(
+        world,
+        settings,
+        {
+            "job_type": "cross_encoder",
+            "dataset_version_id": version,
+            "base_model": str(tiny_model),
+            "hyperparameters": {"max_steps": 20, "batch_size": 16, "max_length": 32},
+        },
+    )
+    assert model["task_type"] == "cross_encoder"
+    assert {"ndcg@10", "mrr@10", "recall@10", "rmse"} <= set(model["metrics"])
+    assert 0 < model["metrics"]["rmse"] < 2  # grades run from 1 to 3
+    assert "catalog_ndcg@10" not in model["metrics"]  # a cross-encoder reranks; it does not retrieve
+    assert model["baselines"]["bm25"]["ndcg@10"] > 0
+    assert model["compute"]["export"]["parity_max_abs_diff"] <= 1e-4
+
+
+async def test_classifier_job(world: World, settings: Settings, tiny_model: Path) -> None:
+    await world.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
+    rows = [{"text": f"where is my order number {i}", "label": "order_status"} for i in range(60)]
+    rows += [{"text": f"i want my money back for item {i}", "label": "refund"} for i in range(60)]
+    jsonl = "\n".join(json.dumps(r) for r in rows) + "\n"
+    uploaded = await world.call(
+        "member",
+        "POST",
+        f"{P}/datasets",
+        files=[("file", ("intents.jsonl", io.BytesIO(jsonl.encode())))],
+        data={"kind": "labeled_text"},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    model = await _run_job(
+        world,
+        settings,
+        {
+            "job_type": "classifier",
+            "dataset_version_id": uploaded.json()["version_id"],
+            "base_model": str(tiny_model),
+            "hyperparameters": {"epochs": 10, "batch_size": 16, "max_length": 16, "learning_rate": 1e-3},
+        },
+    )
+    assert model["config"]["labels"] == ["order_status", "refund"]
+    assert model["metrics"]["accuracy"] > 0.9  # the two intents share no words: easy to learn
+    assert set(model["metrics"]["per_class"]) == {"order_status", "refund"}
+
+
+@pytest.mark.slow
+async def test_real_minilm_fine_tunes_through_the_queue(world: World, settings: Settings) -> None:
+    version = await _project_with_data(world)
+    model = await _run_job(
+        world,
+        settings,
+        {
+            "job_type": "bi_encoder",
+            "dataset_version_id": version,
+            "hyperparameters": {"max_steps": 4, "batch_size": 8},
+        },
+    )
+    assert model["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert model["compute"]["export"]["parity_max_abs_diff"] <= 1e-4
+    assert model["compute"]["export"]["int8_mean_cosine"] > 0.95
+    assert model["metrics"]["ndcg@10"] > 0 and model["baselines"]["zero_shot"]["ndcg@10"] > 0
+
+
+async def test_a_project_at_its_job_limit_waits(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    await world.call("owner", "PATCH", P, json={"max_concurrent_jobs": 1})
+    body = {"job_type": "bi_encoder", "dataset_version_id": version, "base_model": str(tiny_model)}
+    busy = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    waiting = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    async with sessionmaker() as session:
+        await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == uuid.UUID(busy))
+            .values(status="running", worker_id="elsewhere:1", heartbeat_at=text("now()"))
+        )
+        await session.commit()
+    worker = make_worker(settings)
+    task = asyncio.create_task(worker.async_run())
+    await asyncio.sleep(3)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await worker.close()
+    job = (await world.call("member", "GET", f"/api/v1/training-jobs/{waiting}")).json()
+    assert job["status"] == "queued" and job["attempts"] == 0
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(settings.resolved_redis_url())
+    try:
+        entries = [key.decode() for key in await redis.zrange(settings.queue_name, 0, -1)]
+    finally:
+        await redis.aclose()
+    assert any(key.startswith(f"training-job:{waiting}:0:w") for key in entries)
+
+
+async def test_reaper_enqueues_a_queued_job_the_queue_lost(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    from redis.asyncio import Redis
+
+    from shared.jobs import arq_job_id
+
+    version = await _project_with_data(world)
+    body = {"job_type": "bi_encoder", "dataset_version_id": version}
+    job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    arq_id = arq_job_id(uuid.UUID(job_id))
+    redis = Redis.from_url(settings.resolved_redis_url())
+    try:
+        await redis.delete(f"arq:job:{arq_id}")
+        await redis.zrem(settings.queue_name, arq_id)
+        ctx = {"settings": settings, "sessionmaker": sessionmaker, "redis": redis}
+        assert (await reap_stale_jobs(ctx))["re_enqueued"] == 0  # queued a moment ago: give it time
+        async with sessionmaker() as session:
+            await session.execute(
+                update(TrainingJob)
+                .where(TrainingJob.id == uuid.UUID(job_id))
+                .values(queued_at=text("now() - interval '5 minutes'"))
+            )
+            await session.commit()
+        from arq.connections import ArqRedis
+
+        arq_redis = ArqRedis.from_url(settings.resolved_redis_url())
+        try:
+            ctx["redis"] = arq_redis
+            assert (await reap_stale_jobs(ctx))["re_enqueued"] == 1
+        finally:
+            await arq_redis.aclose()
+        assert await redis.zscore(settings.queue_name, arq_id) is not None
+    finally:
+        await redis.aclose()
