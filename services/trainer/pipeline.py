@@ -192,6 +192,29 @@ def _baselines(spec: JobSpec, base_dir: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _classifier_baselines(spec: JobSpec, base_dir: str) -> dict[str, dict[str, Any]]:
+    """Nearest labelled training text, found by BM25 and by the zero-shot base model's embeddings."""
+    train = spec.examples.texts.get("train", [])
+    valid = spec.examples.texts.get("valid", [])
+    if not train or not valid:
+        return {}
+    truth = [label for _, label in valid]
+    ids = [str(i) for i in range(len(train))]
+    hits = BM25Index(ids, [t for t, _ in train]).search([t for t, _ in valid], 1)
+    majority = max(set(label for _, label in train), key=[label for _, label in train].count)
+    bm25 = [train[int(h[0][0])][1] if h else majority for h in hits]
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModel.from_pretrained(base_dir).to(spec.device).eval()
+    embed = torch_embedder(model, tokenizer, spec.device, spec.hyperparameters.max_length)
+    nearest = (embed([t for t, _ in valid]) @ embed([t for t, _ in train]).T).argmax(axis=1)
+    zero_shot = [train[i][1] for i in nearest]
+    return {
+        "bm25": classification_metrics(truth, bm25),
+        "zero_shot": classification_metrics(truth, zero_shot),
+        "majority": classification_metrics(truth, [majority] * len(truth)),
+    }
+
+
 def _train_task(spec: JobSpec, model_dir: str) -> Task:
     hp = spec.hyperparameters
     ex = spec.examples
@@ -296,7 +319,11 @@ def run_job(spec: JobSpec, control: JobControl) -> JobOutcome:
     control.report(phase="evaluate")
     metrics = _model_metrics(spec, task)
     control.check()
-    baselines = _baselines(spec, base_dir) if spec.job_type != JobType.classifier else {}
+    baselines = (
+        _classifier_baselines(spec, base_dir)
+        if spec.job_type == JobType.classifier
+        else _baselines(spec, base_dir)
+    )
     control.check()
     control.report(phase="export")
     trained = spec.work_dir / "trained"

@@ -293,7 +293,7 @@ async def test_cross_encoder_job(world: World, settings: Settings, tiny_model: P
 async def test_classifier_job(world: World, settings: Settings, tiny_model: Path) -> None:
     await world.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
     rows = [{"text": f"where is my order number {i}", "label": "order_status"} for i in range(60)]
-    rows += [{"text": f"i want my money back for item {i}", "label": "refund"} for i in range(60)]
+    rows += [{"text": f"i want my money back for item {i + 500}", "label": "refund"} for i in range(60)]
     jsonl = "\n".join(json.dumps(r) for r in rows) + "\n"
     uploaded = await world.call(
         "member",
@@ -316,6 +316,8 @@ async def test_classifier_job(world: World, settings: Settings, tiny_model: Path
     assert model["config"]["labels"] == ["order_status", "refund"]
     assert model["metrics"]["accuracy"] > 0.9  # the two intents share no words: easy to learn
     assert set(model["metrics"]["per_class"]) == {"order_status", "refund"}
+    assert set(model["baselines"]) == {"bm25", "zero_shot", "majority"}
+    assert model["baselines"]["bm25"]["accuracy"] > 0.9  # the nearest training text shares the words
 
 
 @pytest.mark.slow
