@@ -68,15 +68,22 @@ def torch_embedder(
 ) -> Callable[[Sequence[str]], np.ndarray]:
     @torch.no_grad()
     def embed(texts: Sequence[str]) -> np.ndarray:
+        # batches of similar length pad little; rows go back to the caller's order at the end
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
         for start in range(0, len(texts), EVAL_BATCH):
-            chunk = list(texts[start : start + EVAL_BATCH])
+            chunk = [texts[i] for i in order[start : start + EVAL_BATCH]]
             batch = tokenizer(
                 chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             ).to(device)
             hidden = model(**batch).last_hidden_state
             out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+        if not out:
+            return np.zeros((0, 1), dtype=np.float32)
+        sorted_rows = np.concatenate(out)
+        rows = np.empty_like(sorted_rows)
+        rows[np.asarray(order)] = sorted_rows
+        return rows
 
     return embed
 
