@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -198,3 +201,42 @@ async def inference_client(db: AsyncEngine, settings: Settings) -> AsyncIterator
 
     async with _client_for(create_app(settings), "http://inference") as client:
         yield client
+
+
+def _cli_env(settings: Settings) -> dict[str, str]:
+    from tests.shared.test_cli import cli_env
+
+    return cli_env(settings, RECFORGE_QUEUE_NAME=settings.queue_name)
+
+
+@pytest.fixture
+def api_server(settings: Settings, db: object) -> Iterator[str]:
+    """`recforge api` in a subprocess, on the test database."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
+        env=_cli_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise AssertionError(f"the API exited: {process.stderr.read() if process.stderr else ''}")
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the API did not become ready")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

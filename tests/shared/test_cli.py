@@ -15,7 +15,8 @@ from shared.models import ApiKey, AuditLog
 from shared.security import hash_api_key
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["keys"],
-            ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"]]  # fmt: skip
+            ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"],
+            ["jobs"], ["jobs", "submit"], ["jobs", "watch"], ["jobs", "cancel"]]  # fmt: skip
 
 
 def recforge(

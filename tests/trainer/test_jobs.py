@@ -406,3 +406,25 @@ async def test_reaper_enqueues_a_queued_job_the_queue_lost(
         assert await redis.zscore(settings.queue_name, arq_id) is not None
     finally:
         await redis.aclose()
+
+
+async def test_cli_submits_a_job_and_follows_it(
+    world: World, settings: Settings, api_server: str, tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    env = cli_env(settings, RECFORGE_API_URL=api_server, RECFORGE_API_KEY=world.keys["member"])
+    args = [sys.executable, "-m", "shared.cli", "jobs", "submit", "-p", "search-a", "--type", "bi_encoder",
+            "--dataset-version", version, "--base-model", str(tiny_model), "--set", "max_steps=6",
+            "--set", "batch_size=8"]  # fmt: skip
+    cli = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    for _ in range(100):
+        if (await world.call("member", "GET", f"{P}/training-jobs")).json()["items"]:
+            break
+        await asyncio.sleep(0.2)
+    await _run_worker(make_worker(settings))
+    stdout, stderr = await asyncio.wait_for(cli.communicate(), timeout=120)
+    assert cli.returncode == 0, stderr.decode()
+    assert "Model version 1 (bi_encoder)" in stdout.decode()
+    assert "fine-tuned" in stdout.decode() and "bm25" in stdout.decode() and "zero_shot" in stdout.decode()

@@ -5,16 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import pytest
-
 from shared.config import Settings
-from tests.conftest import free_port
 from tests.datasets.helpers import HOMEDEPOT, SCIENTIFIC, needs_homedepot, needs_scientific
 from tests.services.api.conftest import World
 from tests.shared.test_cli import cli_env, recforge
@@ -75,37 +68,6 @@ async def test_amazon_scientific_through_the_api(world: World) -> None:
     assert (body["items"], body["users"]) == (truth["items"], truth["users"]) == (4385, 8442)
     stats = (await world.call("member", "GET", f"/api/v1/dataset-versions/{body['version_id']}/stats")).json()
     assert stats["stats"]["history_length"]["max"] <= 50
-
-
-@pytest.fixture
-def api_server(settings: Settings, db: object) -> Iterator[str]:
-    """`recforge api` in a subprocess, on the test database."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
-        env=cli_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise AssertionError(f"the API exited: {process.stderr.read() if process.stderr else ''}")
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the API did not become ready")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def _data_import(settings: Settings, url: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
