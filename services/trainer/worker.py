@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from arq import cron, func
+from arq import func
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from fastapi import FastAPI
 from sqlalchemy import func as sql_func
@@ -47,14 +48,34 @@ async def startup(ctx: dict[str, Any]) -> None:
         server = BackgroundHealthServer(health_app(ctx), settings.host, settings.trainer_port)
         await server.start()
         ctx["health_server"] = server
+    ctx["reaper"] = asyncio.create_task(reaper_loop(ctx))
     log.info("trainer worker started", extra={"worker_id": ctx["worker_id"]})
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "reaper" in ctx:
+        ctx["reaper"].cancel()
+        await asyncio.gather(ctx["reaper"], return_exceptions=True)
     if "health_server" in ctx:
         await ctx["health_server"].stop()
     await ctx["engine"].dispose()
     log.info("trainer worker stopped", extra={"worker_id": ctx.get("worker_id")})
+
+
+REAP_EVERY_S = 10.0
+
+
+async def reaper_loop(ctx: dict[str, Any]) -> None:
+    """Every worker reaps, beside the job it runs (an arq cron would wait for the job's slot);
+    row locks with SKIP LOCKED keep concurrent reapers from touching the same job."""
+    while True:
+        try:
+            await reap_stale_jobs(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reaping failed; trying again shortly")
+        await asyncio.sleep(REAP_EVERY_S)
 
 
 async def reap_stale_jobs(ctx: dict[str, Any]) -> dict[str, int]:
@@ -130,9 +151,6 @@ class WorkerSettings:
     """Redis settings and the queue name are passed by `recforge worker` from the process settings."""
 
     functions: ClassVar[list[Any]] = [func(run_training_job, name=RUN_TRAINING_JOB)]
-    cron_jobs: ClassVar[list[Any]] = [
-        cron(reap_stale_jobs, second=set(range(0, 60, 10)), run_at_startup=True, unique=True, timeout=60)
-    ]
     on_startup = startup
     on_shutdown = shutdown
     health_check_interval = 10
