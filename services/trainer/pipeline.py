@@ -120,8 +120,7 @@ def _catalog_metrics(
     return ranking_metrics(run, judged.grades, k=10, recall_ks=(10, 100), relevant_from=relevant_from)
 
 
-def _bm25_catalog(judged: Judged, ids: list[str], texts: list[str], relevant_from: float) -> dict[str, float]:
-    index = BM25Index(ids, texts)
+def _bm25_catalog(judged: Judged, index: BM25Index, relevant_from: float) -> dict[str, float]:
     qids = list(judged.queries)
     hits = index.search([judged.queries[q] for q in qids], CATALOG_K + 50)
     run = {}
@@ -179,18 +178,18 @@ def _baselines(spec: JobSpec, base_dir: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     ids = list(ex.product_text)
     texts = [ex.product_text[p] for p in ids]
+    index = BM25Index(ids, texts)
     if ex.kind == DatasetKind.relevance:
-        index = BM25Index(ids, texts)
         run = {}
         for qid, candidates in ex.valid.candidates.items():
             scores = index.score(ex.valid.queries[qid], candidates)
             run[qid] = {p: float(s) for p, s in zip(candidates, scores, strict=True)}
         bm25 = ranking_metrics(run, ex.valid.grades, k=10, recall_ks=(10,), relevant_from=relevant_from)
-        catalog = _bm25_catalog(ex.valid, ids, texts, relevant_from)
+        catalog = _bm25_catalog(ex.valid, index, relevant_from)
         bm25.update({f"catalog_{k}": v for k, v in catalog.items() if k != "queries"})
         out["bm25"] = bm25
     else:
-        out["bm25"] = _bm25_catalog(ex.valid, ids, texts, 0.5)
+        out["bm25"] = _bm25_catalog(ex.valid, index, 0.5)
         out["popularity"] = _popularity(ex)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModel.from_pretrained(base_dir).to(spec.device).eval()

@@ -38,14 +38,6 @@ class Prepared:
         return int(self.tables[self.kind.value].num_rows)
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_hash(file_digests: Sequence[str], options: ImportOptions, spec: splits.SplitSpec) -> str:
     """The version's identity: the files' bytes (in any order, names ignored) and every option that
     changes what is stored. The same upload with the same options always maps to the same version."""

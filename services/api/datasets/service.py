@@ -36,7 +36,7 @@ from services.api.pagination import (
     invalid_cursor,
     time_cursor,
 )
-from services.api.projects.deps import ProjectContext, load_project_context
+from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
 from services.api.projects.service import audit_change
 from shared.datasets import catalog, storage
@@ -315,10 +315,7 @@ async def dataset_context(
     dataset = await repository.get_dataset(session, dataset_id)
     if dataset is None:
         raise NotFound("dataset not found")
-    try:
-        ctx = await load_project_context(session, principal, str(dataset.project_id))
-    except NotFound:
-        raise NotFound("dataset not found") from None
+    ctx = await load_entity_context(session, principal, dataset.project_id, "dataset")
     return ctx, dataset
 
 
@@ -330,10 +327,7 @@ async def version_context(
         raise NotFound("dataset version not found")
     dataset = await repository.get_dataset(session, version.dataset_id)
     assert dataset is not None
-    try:
-        ctx = await load_project_context(session, principal, str(dataset.project_id))
-    except NotFound:
-        raise NotFound("dataset version not found") from None
+    ctx = await load_entity_context(session, principal, dataset.project_id, "dataset version")
     return ctx, version
 
 
@@ -397,10 +391,7 @@ async def import_context(
     record = await repository.get_import(session, import_id)
     if record is None:
         raise NotFound("import not found")
-    try:
-        ctx = await load_project_context(session, principal, str(record.project_id))
-    except NotFound:
-        raise NotFound("import not found") from None
+    ctx = await load_entity_context(session, principal, record.project_id, "import")
     return ctx, record
 
 

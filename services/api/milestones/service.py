@@ -8,7 +8,7 @@ from services.api.auth.deps import Principal
 from services.api.milestones import repository
 from services.api.milestones.schemas import MilestoneCreate, MilestoneRead, MilestoneUpdate
 from services.api.projects import repository as projects_repository
-from services.api.projects.deps import ProjectContext, load_project_context
+from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
 from services.api.projects.service import audit_change
 from services.api.schemas import snapshot
@@ -44,10 +44,7 @@ async def load(
     milestone = await repository.get(session, milestone_id)
     if milestone is None:
         raise NotFound("milestone not found")
-    try:
-        ctx = await load_project_context(session, principal, str(milestone.project_id))
-    except NotFound:
-        raise NotFound("milestone not found") from None
+    ctx = await load_entity_context(session, principal, milestone.project_id, "milestone")
     return ctx, milestone
 
 

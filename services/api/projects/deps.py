@@ -61,6 +61,17 @@ async def load_project_context(session: SessionDep, principal: Principal, ref: s
     return ProjectContext(project=project, role=ProjectRole(role) if role else None, principal=principal)
 
 
+async def load_entity_context(
+    session: SessionDep, principal: Principal, project_id: uuid.UUID, entity: str
+) -> ProjectContext:
+    """The context of the project a row belongs to. A caller who cannot see that project gets the
+    same 404 as for a row that does not exist ("<entity> not found")."""
+    try:
+        return await load_project_context(session, principal, str(project_id))
+    except NotFound:
+        raise NotFound(f"{entity} not found") from None
+
+
 async def get_project_context(
     session: SessionDep,
     principal: CurrentPerson,

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api.auth.deps import Principal
 from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository as projects_repository
-from services.api.projects.deps import ProjectContext, load_project_context
+from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
 from services.api.projects.service import audit_change
 from services.api.schemas import snapshot
@@ -77,10 +77,7 @@ async def load(
     task = await repository.get(session, task_id, for_update=for_update)
     if task is None:
         raise NotFound("task not found")
-    try:
-        ctx = await load_project_context(session, principal, str(task.project_id))
-    except NotFound:
-        raise NotFound("task not found") from None
+    ctx = await load_entity_context(session, principal, task.project_id, "task")
     return ctx, task
 
 

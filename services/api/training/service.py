@@ -23,7 +23,7 @@ from services.api.pagination import (
     invalid_cursor,
     time_cursor,
 )
-from services.api.projects.deps import ProjectContext, load_project_context
+from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
 from services.api.projects.service import audit_change, ensure_budget
 from services.api.schemas import snapshot
@@ -202,10 +202,7 @@ async def job_context(
     job = await repository.get_job(session, job_id, for_update=for_update)
     if job is None:
         raise NotFound("training job not found")
-    try:
-        ctx = await load_project_context(session, principal, str(job.project_id))
-    except NotFound:
-        raise NotFound("training job not found") from None
+    ctx = await load_entity_context(session, principal, job.project_id, "training job")
     return ctx, job
 
 
@@ -302,10 +299,7 @@ async def model_version_context(
     version = await repository.get_model_version(session, version_id)
     if version is None:
         raise NotFound("model version not found")
-    try:
-        ctx = await load_project_context(session, principal, str(version.project_id))
-    except NotFound:
-        raise NotFound("model version not found") from None
+    ctx = await load_entity_context(session, principal, version.project_id, "model version")
     return ctx, version
 
 
