@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs"
 
     @property
+    def cache_dir(self) -> Path:
+        """Results that can be recomputed (baseline scores per dataset version and base model)."""
+        return self.data_dir / "cache"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 

@@ -13,6 +13,8 @@ from shared.models.enums import DatasetKind, JobType, ModelTaskType
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 FINE_TUNES = {JobType.bi_encoder, JobType.cross_encoder, JobType.classifier}
+# Jobs that work on a registered model version: score it, rebuild its graphs, embed a catalog with it.
+NEEDS_MODEL = {JobType.evaluate, JobType.export, JobType.index_catalog}
 
 # The dataset kinds each fine-tune learns from.
 TRAINS_ON: dict[JobType, frozenset[DatasetKind]] = {
@@ -25,6 +27,12 @@ TASK_OF: dict[JobType, ModelTaskType] = {
     JobType.bi_encoder: ModelTaskType.bi_encoder,
     JobType.cross_encoder: ModelTaskType.cross_encoder,
     JobType.classifier: ModelTaskType.classifier,
+}
+
+
+# The data an evaluate job may score a version of each task on: what that task trains on.
+EVALUATES_ON: dict[ModelTaskType, frozenset[DatasetKind]] = {
+    TASK_OF[job]: kinds for job, kinds in TRAINS_ON.items()
 }
 
 

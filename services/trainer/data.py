@@ -38,7 +38,7 @@ class Examples:
     )  # classifier: split -> (text, label)
 
 
-def _catalog_text(data_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
+def catalog_text(data_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
     catalog = read_table(data_dir, tables, "catalog", columns=["product_id", "title", "brand"])
     ids = catalog["product_id"].to_pylist()
     titles = catalog["title"].to_pylist()
@@ -57,7 +57,7 @@ def load(
     source = tables if "catalog" in tables else catalog_tables
     if source is None:
         raise ValidationFailed("the project has no catalog: import one before training on this data")
-    products = _catalog_text(data_dir, source)
+    products = catalog_text(data_dir, source)
     if kind == DatasetKind.relevance:
         return _relevance(data_dir, tables, products)
     if kind == DatasetKind.sequences:

@@ -6,7 +6,6 @@ files, `config.json` and `manifest.json`; checks the fp32 graph against the torc
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 import platform
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from shared.files import file_entry
 from shared.onnxmodel import OnnxTextModel
 
 Task = Literal["feature-extraction", "text-classification"]
@@ -87,19 +87,6 @@ def quantization_target() -> Literal["arm64", "avx512_vnni", "avx2"]:
     if "avx512_vnni" in flags:
         return "avx512_vnni"
     return "avx2"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_entry(out_dir: Path, name: str) -> dict[str, Any]:
-    path = out_dir / name
-    return {"path": name, "sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
 def _check_examples(task: Task, examples: Sequence[str] | Sequence[tuple[str, str]]) -> None:
@@ -343,13 +330,13 @@ def export_model(
         )
 
     files: dict[str, dict[str, Any]] = {
-        "model": _file_entry(out_dir, MODEL_FILE),
-        "model_int8": _file_entry(out_dir, INT8_FILE),
+        "model": file_entry(out_dir, MODEL_FILE),
+        "model_int8": file_entry(out_dir, INT8_FILE),
     }
     if fp16:
-        files["model_fp16"] = _file_entry(out_dir, FP16_FILE)
+        files["model_fp16"] = file_entry(out_dir, FP16_FILE)
     for name in support:
-        files[name] = _file_entry(out_dir, name)
+        files[name] = file_entry(out_dir, name)
 
     result = ExportResult(
         files=files,
@@ -370,3 +357,63 @@ def export_model(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     return result
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """The int8 and fp16 graphs rebuilt from a version's fp32 graph, and how closely they follow it."""
+
+    files: dict[str, dict[str, Any]]  # "model_int8", "model_fp16" -> {"path", "sha256", "bytes"}
+    int8_max_abs_diff: float
+    int8_mean_cosine: float | None
+    fp16_max_abs_diff: float | None  # None when this machine's onnxruntime cannot run the fp16 graph
+    int8_preset: str
+    seconds: float
+
+
+def rebuild_variants(
+    out_dir: Path,
+    *,
+    model_file: str = MODEL_FILE,
+    task: Task,
+    examples: Sequence[str] | Sequence[tuple[str, str]],
+    max_length: int = 128,
+) -> RebuildResult:
+    """Quantize `out_dir/model_file` to int8 with this machine's CPU preset and convert it to fp16.
+
+    The new graphs are written beside the old ones and renamed over them only after both are built
+    and checked against the fp32 graph on `examples`."""
+    from transformers import AutoConfig
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_examples(task, examples)
+    _float16_converter()
+    fp32_path = out_dir / model_file
+    if not fp32_path.is_file():
+        raise ExportError(f"{fp32_path} is missing: the version's fp32 graph is needed to rebuild it")
+    model_config = AutoConfig.from_pretrained(str(out_dir), local_files_only=True)
+    with tempfile.TemporaryDirectory(prefix=".rebuild-", dir=out_dir) as tmp:
+        staging = Path(tmp)
+        int8_staged, preset = _quantize_int8(fp32_path, model_config, staging)
+        fp16_staged = staging / FP16_FILE
+        _convert_fp16(fp32_path, fp16_staged)
+        reference = _onnx_outputs(fp32_path, out_dir, task, examples, max_length)
+        int8 = _onnx_outputs(int8_staged, out_dir, task, examples, max_length)
+        fp16_diff: float | None
+        try:
+            fp16 = _onnx_outputs(fp16_staged, out_dir, task, examples, max_length)
+            fp16_diff = float(np.max(np.abs(fp16 - reference)))
+        except Exception:  # onnxruntime builds without fp16 CPU kernels: the graph is checked where it runs
+            fp16_diff = None
+        shutil.move(int8_staged, out_dir / INT8_FILE)
+        shutil.move(fp16_staged, out_dir / FP16_FILE)
+    cosine = float(np.mean(np.sum(int8 * reference, axis=1))) if task == "feature-extraction" else None
+    return RebuildResult(
+        files={"model_int8": file_entry(out_dir, INT8_FILE), "model_fp16": file_entry(out_dir, FP16_FILE)},
+        int8_max_abs_diff=float(np.max(np.abs(int8 - reference))),
+        int8_mean_cosine=cosine,
+        fp16_max_abs_diff=fp16_diff,
+        int8_preset=preset,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,22 +1,30 @@
-"""One fine-tuning job, start to finish, in the worker's thread: train, evaluate against BM25 and
-the zero-shot base model on the validation split, export to ONNX (+int8), check the int8 model."""
+"""The work of each job type, in the worker's thread.
+
+A fine-tune trains, scores the model and the baselines on the validation split, exports to ONNX
+(+int8) and checks the int8 graph. `evaluate`, `export` and `index` work on a registered model version:
+score it on another dataset version, rebuild its int8/fp16 graphs on this machine, or embed a catalog
+for the inference service."""
 
 from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from services.trainer import assess
+from services.trainer.assess import HEADLINE, Scorer
 from services.trainer.control import JobControl
-from services.trainer.data import Examples, Judged
-from services.trainer.evaluation import BM25Index, classification_metrics, ranking_metrics, rmse
+from services.trainer.data import Examples
 from services.trainer.finetune import (
     BiEncoderTask,
     ClassifierTask,
@@ -29,12 +37,13 @@ from services.trainer.finetune import (
     resolve_base_model,
     seed_everything,
 )
-from shared.models.enums import DatasetKind, JobType
+from shared.files import file_entry
+from shared.models.enums import JobType
 from shared.onnxmodel import OnnxTextModel
 from shared.training import Hyperparameters
 
 EVAL_BATCH = 128
-CATALOG_K = 100
+OnnxTask = Literal["feature-extraction", "text-classification"]
 
 
 @dataclass
@@ -48,6 +57,7 @@ class JobSpec:
     out_dir: Path  # the model version's artifacts
     checkpoint_interval_s: float
     int8_tolerance: float
+    baselines_cache: Path | None = None
 
 
 @dataclass
@@ -60,7 +70,31 @@ class JobOutcome:
     export: dict[str, Any] = field(default_factory=dict)
 
 
-Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (queries, product texts) -> scores
+@dataclass
+class VersionSpec:
+    """A registered model version that an evaluate, export or index job works on."""
+
+    job_type: JobType  # the fine-tune that made it
+    directory: Path  # its artifacts folder
+    artifacts: dict[str, dict[str, Any]]  # entries' paths relative to `directory`
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    base_model: str
+    device: torch.device
+    int8_tolerance: float
+    examples: Examples | None = None  # evaluate: the data to score on; export: its own training data
+    catalog: dict[str, str] | None = None  # index: product id -> text
+    catalog_version_id: uuid.UUID | None = None
+    baselines_cache: Path | None = None
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.get("max_length") or 128)
+
+    def onnx(self, name: str) -> OnnxTextModel:
+        return OnnxTextModel(
+            self.directory / self.artifacts[name]["path"], self.directory, max_length=self.max_length
+        )
 
 
 def torch_embedder(
@@ -68,157 +102,59 @@ def torch_embedder(
 ) -> Callable[[Sequence[str]], np.ndarray]:
     @torch.no_grad()
     def embed(texts: Sequence[str]) -> np.ndarray:
-        # batches of similar length pad little; rows go back to the caller's order at the end
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
         for start in range(0, len(texts), EVAL_BATCH):
-            chunk = [texts[i] for i in order[start : start + EVAL_BATCH]]
             batch = tokenizer(
-                chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                list(texts[start : start + EVAL_BATCH]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
             ).to(device)
             hidden = model(**batch).last_hidden_state
             out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, 1), dtype=np.float32)
-        sorted_rows = np.concatenate(out)
-        rows = np.empty_like(sorted_rows)
-        rows[np.asarray(order)] = sorted_rows
-        return rows
+        return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
 
     return embed
 
 
-def _rerank_metrics(
-    judged: Judged, products: dict[str, str], score: Scorer, relevant_from: float
-) -> dict[str, float]:
-    run: dict[str, dict[str, float]] = {}
-    for qid, candidates in judged.candidates.items():
-        scores = score([judged.queries[qid]] * len(candidates), [products[p] for p in candidates])
-        run[qid] = {p: float(s) for p, s in zip(candidates, scores, strict=True)}
-    return ranking_metrics(run, judged.grades, k=10, recall_ks=(10,), relevant_from=relevant_from)
+def _zero_shot(base_dir: str, device: torch.device, max_length: int) -> Callable[[], Scorer]:
+    def build() -> Scorer:
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModel.from_pretrained(base_dir).to(device).eval()
+        return Scorer(embed=torch_embedder(model, tokenizer, device, max_length))
+
+    return build
 
 
-def _catalog_metrics(
-    judged: Judged,
-    ids: list[str],
-    query_vectors: np.ndarray,
-    catalog_vectors: np.ndarray,
-    relevant_from: float,
-) -> dict[str, float]:
-    run: dict[str, dict[str, float]] = {}
-    qids = list(judged.queries)
-    position = {pid: i for i, pid in enumerate(ids)}
-    for start in range(0, len(qids), 256):
-        scores = query_vectors[start : start + 256] @ catalog_vectors.T
-        for row, qid in enumerate(qids[start : start + 256]):
-            s = scores[row]
-            for pid in judged.exclude.get(qid, ()):
-                if pid in position:
-                    s[position[pid]] = -np.inf
-            top = np.argpartition(-s, min(CATALOG_K, len(s) - 1))[:CATALOG_K]
-            run[qid] = {ids[i]: float(s[i]) for i in top}
-    return ranking_metrics(run, judged.grades, k=10, recall_ks=(10, 100), relevant_from=relevant_from)
+def _torch_scorer(task: Task, device: torch.device, max_length: int) -> Scorer:
+    if isinstance(task, BiEncoderTask):
+        return Scorer(embed=torch_embedder(task.model, task.tokenizer, device, max_length))
+    if isinstance(task, CrossEncoderTask):
 
+        @torch.no_grad()
+        def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
+            parts = [
+                task.logits(queries[i : i + EVAL_BATCH], products[i : i + EVAL_BATCH], device)
+                .float()
+                .cpu()
+                .numpy()
+                for i in range(0, len(queries), EVAL_BATCH)
+            ]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
-def _bm25_catalog(judged: Judged, index: BM25Index, relevant_from: float) -> dict[str, float]:
-    qids = list(judged.queries)
-    hits = index.search([judged.queries[q] for q in qids], CATALOG_K + 50)
-    run = {}
-    for qid, ranked in zip(qids, hits, strict=True):
-        exclude = judged.exclude.get(qid, set())
-        run[qid] = {pid: score for pid, score in ranked if pid not in exclude}
-    return ranking_metrics(run, judged.grades, k=10, recall_ks=(10, 100), relevant_from=relevant_from)
+        return Scorer(score=score)
+    assert isinstance(task, ClassifierTask)
 
+    @torch.no_grad()
+    def logits(texts: Sequence[str]) -> np.ndarray:
+        parts = [
+            task.logits(texts[i : i + EVAL_BATCH], device).float().cpu().numpy()
+            for i in range(0, len(texts), EVAL_BATCH)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(task.labels)), dtype=np.float32)
 
-def _popularity(examples: Examples) -> dict[str, float]:
-    counts: dict[str, int] = {}
-    for _, pid, _ in examples.train:
-        counts[pid] = counts.get(pid, 0) + 1
-    ranked = sorted(counts, key=lambda p: (-counts[p], p))[: CATALOG_K + 60]
-    run = {}
-    for qid in examples.valid.queries:
-        exclude = examples.valid.exclude.get(qid, set())
-        run[qid] = {p: float(CATALOG_K + 60 - i) for i, p in enumerate(ranked) if p not in exclude}
-    return ranking_metrics(run, examples.valid.grades, k=10, recall_ks=(10, 100))
-
-
-def _ranking_suite(
-    spec: JobSpec, embed: Callable[[Sequence[str]], np.ndarray] | None, score: Scorer | None
-) -> dict[str, float]:
-    """The model's metrics on the validation split: judged-candidate reranking (relevance data) and
-    retrieval from the whole catalog (bi-encoders)."""
-    ex = spec.examples
-    low, high = ex.grade_range
-    relevant_from = low + (high - low) / 2
-    metrics: dict[str, float] = {}
-    if ex.kind == DatasetKind.relevance and score is not None:
-        metrics.update(_rerank_metrics(ex.valid, ex.product_text, score, relevant_from))
-    if embed is not None:
-        ids = list(ex.product_text)
-        catalog = embed([ex.product_text[p] for p in ids])
-        queries = embed([ex.valid.queries[q] for q in ex.valid.queries])
-        found = _catalog_metrics(ex.valid, ids, queries, catalog, relevant_from)
-        prefix = "catalog_" if ex.kind == DatasetKind.relevance else ""
-        metrics.update({f"{prefix}{k}": v for k, v in found.items() if k != "queries" or not prefix})
-    return metrics
-
-
-def _cosine_scorer(embed: Callable[[Sequence[str]], np.ndarray]) -> Scorer:
-    def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
-        scores: np.ndarray = np.sum(embed(queries) * embed(products), axis=1)
-        return scores
-
-    return score
-
-
-def _baselines(spec: JobSpec, base_dir: str) -> dict[str, dict[str, Any]]:
-    ex = spec.examples
-    low, high = ex.grade_range
-    relevant_from = low + (high - low) / 2
-    out: dict[str, dict[str, Any]] = {}
-    ids = list(ex.product_text)
-    texts = [ex.product_text[p] for p in ids]
-    index = BM25Index(ids, texts)
-    if ex.kind == DatasetKind.relevance:
-        run = {}
-        for qid, candidates in ex.valid.candidates.items():
-            scores = index.score(ex.valid.queries[qid], candidates)
-            run[qid] = {p: float(s) for p, s in zip(candidates, scores, strict=True)}
-        bm25 = ranking_metrics(run, ex.valid.grades, k=10, recall_ks=(10,), relevant_from=relevant_from)
-        catalog = _bm25_catalog(ex.valid, index, relevant_from)
-        bm25.update({f"catalog_{k}": v for k, v in catalog.items() if k != "queries"})
-        out["bm25"] = bm25
-    else:
-        out["bm25"] = _bm25_catalog(ex.valid, index, 0.5)
-        out["popularity"] = _popularity(ex)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModel.from_pretrained(base_dir).to(spec.device).eval()
-    embed = torch_embedder(model, tokenizer, spec.device, spec.hyperparameters.max_length)
-    out["zero_shot"] = _ranking_suite(spec, embed, _cosine_scorer(embed))
-    return out
-
-
-def _classifier_baselines(spec: JobSpec, base_dir: str) -> dict[str, dict[str, Any]]:
-    """Nearest labelled training text, found by BM25 and by the zero-shot base model's embeddings."""
-    train = spec.examples.texts.get("train", [])
-    valid = spec.examples.texts.get("valid", [])
-    if not train or not valid:
-        return {}
-    truth = [label for _, label in valid]
-    ids = [str(i) for i in range(len(train))]
-    hits = BM25Index(ids, [t for t, _ in train]).search([t for t, _ in valid], 1)
-    majority = max(set(label for _, label in train), key=[label for _, label in train].count)
-    bm25 = [train[int(h[0][0])][1] if h else majority for h in hits]
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModel.from_pretrained(base_dir).to(spec.device).eval()
-    embed = torch_embedder(model, tokenizer, spec.device, spec.hyperparameters.max_length)
-    nearest = (embed([t for t, _ in valid]) @ embed([t for t, _ in train]).T).argmax(axis=1)
-    zero_shot = [train[i][1] for i in nearest]
-    return {
-        "bm25": classification_metrics(truth, bm25),
-        "zero_shot": classification_metrics(truth, zero_shot),
-        "majority": classification_metrics(truth, [majority] * len(truth)),
-    }
+    return Scorer(logits=logits, labels=task.labels)
 
 
 def _train_task(spec: JobSpec, model_dir: str) -> Task:
@@ -231,78 +167,43 @@ def _train_task(spec: JobSpec, model_dir: str) -> Task:
     return ClassifierTask(model_dir, ex.texts.get("train", []), ex.labels, hp.max_length)
 
 
-def _model_metrics(spec: JobSpec, task: Task) -> dict[str, Any]:
-    device = spec.device
-    if isinstance(task, BiEncoderTask):
-        embed = torch_embedder(task.model, task.tokenizer, device, spec.hyperparameters.max_length)
-        return _ranking_suite(spec, embed, _cosine_scorer(embed))
-    if isinstance(task, CrossEncoderTask):
-
-        @torch.no_grad()
-        def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
-            return task.logits(queries, products, device).float().cpu().numpy()
-
-        metrics = _ranking_suite(spec, None, score)
-        metrics["rmse"] = _grade_rmse(spec, score)
-        return metrics
-    assert isinstance(task, ClassifierTask)
-    valid = spec.examples.texts.get("valid", [])
-    with torch.no_grad():
-        logits = (
-            np.concatenate(
-                [
-                    task.logits([t for t, _ in valid[i : i + EVAL_BATCH]], device).float().cpu().numpy()
-                    for i in range(0, len(valid), EVAL_BATCH)
-                ]
-            )
-            if valid
-            else np.zeros((0, len(task.labels)))
-        )
-    predicted = [task.labels[i] for i in logits.argmax(axis=1)]
-    return classification_metrics([label for _, label in valid], predicted)
-
-
-def _grade_rmse(spec: JobSpec, score: Scorer) -> float:
-    """RMSE of the grades the cross-encoder predicts (sigmoid of its logit on the grade scale)."""
-    ex = spec.examples
-    low, high = ex.grade_range
-    predicted: list[float] = []
-    actual: list[float] = []
-    for qid, candidates in ex.valid.candidates.items():
-        logits = score([ex.valid.queries[qid]] * len(candidates), [ex.product_text[p] for p in candidates])
-        predicted.extend((low + (high - low) / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).tolist())
-        actual.extend(ex.valid.grades[qid][p] for p in candidates)
-    return rmse(predicted, actual) if actual else 0.0
-
-
-def _onnx_metrics(spec: JobSpec, model: OnnxTextModel) -> dict[str, Any]:
-    if spec.job_type == JobType.bi_encoder:
-        embed = model.embed
-        return _ranking_suite(spec, embed, _cosine_scorer(embed))
-    if spec.job_type == JobType.cross_encoder:
-
-        def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
-            return np.asarray(model.score_pairs(list(zip(queries, products, strict=True))))
-
-        return _ranking_suite(spec, None, score)
-    valid = spec.examples.texts.get("valid", [])
-    logits = model.classify_logits([t for t, _ in valid])
-    predicted = [spec.examples.labels[i] for i in np.asarray(logits).argmax(axis=1)]
-    return classification_metrics([label for _, label in valid], predicted)
-
-
-HEADLINE = {JobType.bi_encoder: "ndcg@10", JobType.cross_encoder: "ndcg@10", JobType.classifier: "accuracy"}
-
-
-def _export_examples(spec: JobSpec) -> list[str] | list[tuple[str, str]]:
-    ex = spec.examples
-    if spec.job_type == JobType.classifier:
-        return [t for t, _ in ex.texts.get("valid", ex.texts.get("train", []))[:32]]
+def export_examples(job_type: JobType, ex: Examples) -> list[str] | list[tuple[str, str]]:
+    """Real texts for the parity checks: validation queries and catalog titles, or labelled texts."""
+    if job_type == JobType.classifier:
+        return [t for t, _ in ex.texts.get("valid", ex.texts.get("train", []))[:32]] or ["example"]
     queries = list(ex.valid.queries.values())[:16] or [q for q, _, _ in ex.train[:16]]
     titles = list(ex.product_text.values())[:16]
-    if spec.job_type == JobType.cross_encoder:
+    if job_type == JobType.cross_encoder:
         return list(zip(queries, titles, strict=False)) or [("query", "product")]
-    return queries + titles
+    return (queries + titles) or ["example"]
+
+
+def _onnx_task(job_type: JobType) -> OnnxTask:
+    return "feature-extraction" if job_type == JobType.bi_encoder else "text-classification"
+
+
+def _int8_check(
+    job_type: JobType,
+    examples: Examples,
+    int8: OnnxTextModel,
+    reference: dict[str, Any],
+    labels: list[str] | None,
+    tolerance: float,
+    control: JobControl,
+) -> dict[str, Any]:
+    """The int8 graph's headline metric against the model's: servable only within `tolerance`."""
+    control.report(phase="check_int8")
+    scorer = assess.onnx_scorer(int8, job_type, labels)
+    # on relevance data the headline is the judged-candidate reranking; the catalog pass is not needed
+    metrics = assess.model_metrics(job_type, examples, scorer, control, "int8", catalog=False)
+    headline = HEADLINE[job_type]
+    drop = float(reference.get(headline, 0.0)) - float(metrics.get(headline, 0.0))
+    return {
+        "int8_metrics": metrics,
+        "int8_metric_drop": round(drop, 6),
+        "int8_servable": drop <= tolerance,
+        "int8_tolerance": tolerance,
+    }
 
 
 def run_job(spec: JobSpec, control: JobControl) -> JobOutcome:
@@ -310,25 +211,23 @@ def run_job(spec: JobSpec, control: JobControl) -> JobOutcome:
     from services.trainer.export import export_model
 
     seed_everything(spec.hyperparameters.seed)
+    hp = spec.hyperparameters
     base_dir = resolve_base_model(spec.base_model)
     resume = checkpoint_model(spec.work_dir)
     task = _train_task(spec, str(resume) if resume else base_dir)
     train = fit(
-        task,
-        spec.hyperparameters,
-        spec.device,
-        control,
-        spec.work_dir,
-        checkpoint_interval_s=spec.checkpoint_interval_s,
+        task, hp, spec.device, control, spec.work_dir, checkpoint_interval_s=spec.checkpoint_interval_s
     )
     control.check()
     control.report(phase="evaluate")
-    metrics = _model_metrics(spec, task)
-    control.check()
-    baselines = (
-        _classifier_baselines(spec, base_dir)
-        if spec.job_type == JobType.classifier
-        else _baselines(spec, base_dir)
+    scorer = _torch_scorer(task, spec.device, hp.max_length)
+    metrics = assess.model_metrics(spec.job_type, spec.examples, scorer, control, "model")
+    baselines = assess.baselines(
+        spec.job_type,
+        spec.examples,
+        _zero_shot(base_dir, spec.device, hp.max_length),
+        control,
+        spec.baselines_cache,
     )
     control.check()
     control.report(phase="export")
@@ -336,46 +235,128 @@ def run_job(spec: JobSpec, control: JobControl) -> JobOutcome:
     shutil.rmtree(trained, ignore_errors=True)
     task.save(trained)
     started = time.monotonic()
-    onnx_task: Literal["feature-extraction", "text-classification"] = (
-        "feature-extraction" if spec.job_type == JobType.bi_encoder else "text-classification"
-    )
     exported = export_model(
         trained,
         spec.out_dir,
-        task=onnx_task,
-        examples=_export_examples(spec),
-        max_length=spec.hyperparameters.max_length,
+        task=_onnx_task(spec.job_type),
+        examples=export_examples(spec.job_type, spec.examples),
+        max_length=hp.max_length,
         fp16=spec.device.type == "cuda",
     )
     control.check()
-    control.report(phase="check_int8")
-    int8 = OnnxTextModel(
-        spec.out_dir / "model.int8.onnx", spec.out_dir, max_length=spec.hyperparameters.max_length
-    )
-    int8_metrics = _onnx_metrics(spec, int8)
-    headline = HEADLINE[spec.job_type]
-    drop = float(metrics.get(headline, 0.0)) - float(int8_metrics.get(headline, 0.0))
-    servable = drop <= spec.int8_tolerance
-    artifacts = dict(exported.files)
-    for entry in artifacts.values():
-        entry["servable"] = True
-    if "model_int8" in artifacts:
-        artifacts["model_int8"]["servable"] = servable
+    labels = spec.examples.labels if spec.job_type == JobType.classifier else None
+    int8 = OnnxTextModel(spec.out_dir / "model.int8.onnx", spec.out_dir, max_length=hp.max_length)
+    check = _int8_check(spec.job_type, spec.examples, int8, metrics, labels, spec.int8_tolerance, control)
+    artifacts = {name: {**entry, "servable": True} for name, entry in exported.files.items()}
+    artifacts["model_int8"]["servable"] = check["int8_servable"]
     config = {
-        "max_length": spec.hyperparameters.max_length,
+        "max_length": hp.max_length,
         "pooling": "mean" if spec.job_type == JobType.bi_encoder else None,
         "normalize": spec.job_type == JobType.bi_encoder,
-        "labels": spec.examples.labels if spec.job_type == JobType.classifier else None,
-        "headline_metric": headline,
+        "labels": labels,
+        "headline_metric": HEADLINE[spec.job_type],
     }
     export_info = {
         "parity_max_abs_diff": exported.parity_max_abs_diff,
         "int8_max_abs_diff": exported.int8_max_abs_diff,
         "int8_mean_cosine": exported.int8_mean_cosine,
-        "int8_metrics": int8_metrics,
-        "int8_metric_drop": round(drop, 6),
-        "int8_servable": servable,
+        **check,
         "opset": exported.opset,
         "seconds": round(time.monotonic() - started, 2),
     }
     return JobOutcome(metrics, baselines, artifacts, config, train, export_info)
+
+
+def run_evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
+    """Score the version's fp32 graph, BM25 and the zero-shot base model on a dataset version."""
+    assert spec.examples is not None
+    control.report(phase="evaluate")
+    labels = spec.config.get("labels")
+    scorer = assess.onnx_scorer(spec.onnx("model"), spec.job_type, labels)
+    metrics = assess.model_metrics(spec.job_type, spec.examples, scorer, control, "model")
+    base_dir = resolve_base_model(spec.base_model)
+    baselines = assess.baselines(
+        spec.job_type,
+        spec.examples,
+        _zero_shot(base_dir, spec.device, spec.max_length),
+        control,
+        spec.baselines_cache,
+    )
+    return {"model_file": "model", "metrics": metrics, "baselines": baselines}
+
+
+def run_export(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Rebuild the int8 graph for this machine's CPU and the fp16 graph from the fp32 one, check them,
+    and check the int8 graph's metric on the version's own validation split."""
+    from services.trainer.export import rebuild_variants
+
+    assert spec.examples is not None
+    control.report(phase="export")
+    rebuilt = rebuild_variants(
+        spec.directory,
+        model_file=spec.artifacts["model"]["path"],
+        task=_onnx_task(spec.job_type),
+        examples=export_examples(spec.job_type, spec.examples),
+        max_length=spec.max_length,
+    )
+    control.check()
+    int8 = OnnxTextModel(
+        spec.directory / rebuilt.files["model_int8"]["path"], spec.directory, max_length=spec.max_length
+    )
+    check = _int8_check(
+        spec.job_type,
+        spec.examples,
+        int8,
+        spec.metrics,
+        spec.config.get("labels"),
+        spec.int8_tolerance,
+        control,
+    )
+    files = {name: {**entry, "servable": True} for name, entry in rebuilt.files.items()}
+    files["model_int8"]["servable"] = check["int8_servable"]
+    info = {
+        "int8_max_abs_diff": rebuilt.int8_max_abs_diff,
+        "int8_mean_cosine": rebuilt.int8_mean_cosine,
+        "fp16_max_abs_diff": rebuilt.fp16_max_abs_diff,
+        "int8_preset": rebuilt.int8_preset,
+        **check,
+        "seconds": rebuilt.seconds,
+    }
+    return info, files
+
+
+def run_index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
+    """Embed every catalog product with the graph CPU serving uses; write `embeddings.npy` (float32,
+    one L2-normalised row per product) and `product_ids.parquet` (the rows' ids, in order)."""
+    assert spec.catalog is not None and spec.catalog_version_id is not None
+    control.report(phase="index")
+    int8 = spec.artifacts.get("model_int8")
+    model_file = "model_int8" if int8 and int8.get("servable") else "model"
+    ids = list(spec.catalog)
+    vectors = assess.embed_all(
+        spec.onnx(model_file).embed, [spec.catalog[p] for p in ids], control, "catalog"
+    )
+    control.check()
+    relative = Path("catalog") / str(spec.catalog_version_id)
+    final = spec.directory / relative
+    staging = spec.directory / "catalog" / f".{spec.catalog_version_id}.{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        np.save(staging / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        pq.write_table(pa.table({"product_id": pa.array(ids, pa.string())}), staging / "product_ids.parquet")
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {
+        "dataset_version_id": str(spec.catalog_version_id),
+        "model_file": model_file,
+        "count": len(ids),
+        "dim": int(vectors.shape[1]) if len(ids) else 0,
+        "files": {
+            "embeddings": file_entry(spec.directory, str(relative / "embeddings.npy")),
+            "product_ids": file_entry(spec.directory, str(relative / "product_ids.parquet")),
+        },
+    }

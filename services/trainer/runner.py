@@ -30,7 +30,7 @@ from shared.db import unit_of_work
 from shared.jobs import RUN_TRAINING_JOB, arq_job_id, progress_channel
 from shared.models import Dataset, DatasetVersion, ModelVersion, Project, TrainingJob
 from shared.models.enums import DatasetKind, JobStatus, JobType, ModelStatus
-from shared.training import TASK_OF, Hyperparameters
+from shared.training import NEEDS_MODEL, TASK_OF, Hyperparameters
 
 log = logging.getLogger("recforge.trainer")
 
@@ -54,10 +54,12 @@ class ComputeLimitReached(JobCancelled):
 @dataclass
 class Claimed:
     job: TrainingJob
-    kind: DatasetKind
+    kind: DatasetKind | None  # the data's kind; None for an index job (catalog only)
     tables: dict[str, Any]
-    catalog_tables: dict[str, Any] | None
+    catalog_tables: dict[str, Any] | None  # the project's catalog when `tables` has none
     compute_before: float
+    version: ModelVersion | None = None  # what an evaluate, export or index job works on
+    catalog_version_id: uuid.UUID | None = None  # index: the catalog being embedded
 
 
 def library_versions() -> dict[str, str]:
@@ -114,25 +116,12 @@ async def _claim(ctx: dict[str, Any], job_id: uuid.UUID) -> Claimed | str:
             job.error = f"gave up after {job.attempts} runs that did not finish"
             job.finished_at = func.now()
             return "failed"
-        if JobType(job.job_type) not in TASK_OF:
+        found = await _inputs(session, job)
+        if isinstance(found, str):
             job.status = JobStatus.failed.value
-            job.error = f"{job.job_type} jobs are not run by this trainer version"
+            job.error = found
             job.finished_at = func.now()
             return "failed"
-        row = (
-            await session.execute(
-                select(DatasetVersion, Dataset)
-                .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-                .where(DatasetVersion.id == job.dataset_version_id)
-            )
-        ).one()
-        version, dataset = row
-        catalog_tables = None
-        if "catalog" not in version.tables:
-            from shared.datasets.catalog import latest_catalog_version
-
-            catalog = await latest_catalog_version(session, project.id)
-            catalog_tables = catalog.tables if catalog else None
         job.status = JobStatus.running.value
         job.worker_id = ctx["worker_id"]
         job.attempts += 1
@@ -141,7 +130,66 @@ async def _claim(ctx: dict[str, Any], job_id: uuid.UUID) -> Claimed | str:
         job.progress = {**(job.progress or {}), "phase": "starting"}
         await session.flush()
         await session.refresh(job)
-        return Claimed(job, DatasetKind(dataset.kind), version.tables, catalog_tables, job.compute_seconds)
+        found.job = job
+        found.compute_before = job.compute_seconds
+        return found
+
+
+async def _data(
+    session: Any, dataset_version_id: uuid.UUID | None, project_id: uuid.UUID
+) -> tuple[DatasetKind, dict[str, Any], dict[str, Any] | None, uuid.UUID | None] | None:
+    """A dataset version's kind and tables, with the project's latest catalog when it has none."""
+    from shared.datasets.catalog import latest_catalog_version
+
+    row = (
+        await session.execute(
+            select(DatasetVersion, Dataset)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(DatasetVersion.id == dataset_version_id)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    version, dataset = row
+    if "catalog" in version.tables:
+        return DatasetKind(dataset.kind), version.tables, None, version.id
+    catalog = await latest_catalog_version(session, project_id)
+    return (
+        DatasetKind(dataset.kind),
+        version.tables,
+        catalog.tables if catalog else None,
+        catalog.id if catalog else None,
+    )
+
+
+async def _inputs(session: Any, job: TrainingJob) -> Claimed | str:
+    """What the job reads, or why it cannot run."""
+    from shared.datasets.catalog import latest_catalog_version
+
+    job_type = JobType(job.job_type)
+    version = None
+    if job_type in NEEDS_MODEL:
+        version = await session.get(ModelVersion, job.input_model_version_id)
+        if version is None or "model" not in (version.artifacts or {}):
+            return "its model version is gone or has no ONNX graph"
+    elif job_type not in TASK_OF:
+        return f"{job.job_type} jobs are not run by this trainer version"
+    if job_type == JobType.index_catalog:
+        if job.dataset_version_id is not None:
+            data = await _data(session, job.dataset_version_id, job.project_id)
+            if data is None or "catalog" not in data[1]:
+                return "its dataset version is gone or holds no catalog"
+            return Claimed(job, None, data[1], None, 0.0, version, data[3])
+        catalog = await latest_catalog_version(session, job.project_id)
+        if catalog is None:
+            return "the project has no catalog to index: import one first"
+        return Claimed(job, None, catalog.tables, None, 0.0, version, catalog.id)
+    source = version.dataset_version_id if job_type == JobType.export and version else job.dataset_version_id
+    data = await _data(session, source, job.project_id)
+    if data is None:
+        return "its dataset version is gone"
+    kind, tables, catalog_tables, _ = data
+    return Claimed(job, kind, tables, catalog_tables, 0.0, version)
 
 
 async def _publish(ctx: dict[str, Any], job_id: uuid.UUID, payload: dict[str, Any]) -> None:
@@ -274,6 +322,108 @@ async def _register(
     return version_id
 
 
+def _baselines_cache(
+    settings: Settings, dataset_version_id: Any, base_model: str, max_length: int, job_type: JobType
+) -> Path:
+    from services.trainer.assess import baselines_key
+
+    key = baselines_key(str(dataset_version_id), base_model, max_length, job_type)
+    return settings.cache_dir / "baselines" / f"{key}.json"
+
+
+def _in_version_dir(version: ModelVersion) -> dict[str, dict[str, Any]]:
+    """The version's artifact entries with paths relative to its own folder."""
+    prefix = f"artifacts/{version.project_id}/{version.id}/"
+    return {
+        name: {**entry, "path": entry["path"].removeprefix(prefix)}
+        for name, entry in version.artifacts.items()
+        if isinstance(entry, dict) and "path" in entry
+    }
+
+
+async def _complete(
+    ctx: dict[str, Any],
+    claimed: Claimed,
+    result: dict[str, Any],
+    artifacts: dict[str, Any] | None = None,
+    export: dict[str, Any] | None = None,
+) -> None:
+    """Store an evaluate/export/index job's result and, for export and index, the version's new files."""
+    job = claimed.job
+    version = claimed.version
+    assert version is not None
+    async with unit_of_work(ctx["sessionmaker"]) as session:
+        if artifacts or export:
+            row = (
+                await session.execute(
+                    select(ModelVersion).where(ModelVersion.id == version.id).with_for_update()
+                )
+            ).scalar_one()
+            if artifacts:
+                row.artifacts = {**row.artifacts, **artifacts}
+            if export:
+                row.compute = {**row.compute, "export": {**row.compute.get("export", {}), "rebuild": export}}
+        await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job.id)
+            .values(
+                status=JobStatus.succeeded.value,
+                finished_at=func.now(),
+                error=None,
+                result=result,
+                progress={"phase": "done"},
+            )
+        )
+    await _publish(ctx, job.id, {"id": str(job.id), "status": JobStatus.succeeded.value})
+
+
+async def _run_on_version(
+    ctx: dict[str, Any], claimed: Claimed, control: JobControl, device: Any
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """Run an evaluate, export or index job: (job result, artifact entries to merge, export info)."""
+    from services.trainer.data import catalog_text, load
+    from services.trainer.pipeline import VersionSpec, run_evaluate, run_export, run_index
+
+    settings: Settings = ctx["settings"]
+    job, version = claimed.job, claimed.version
+    assert version is not None
+    job_type = JobType(job.job_type)
+    task = JobType(version.task_type)
+    relative = Path("artifacts") / str(version.project_id) / str(version.id)
+    spec = VersionSpec(
+        job_type=task,
+        directory=settings.data_dir / relative,
+        artifacts=_in_version_dir(version),
+        config=version.config,
+        metrics=version.metrics,
+        base_model=version.base_model,
+        device=device,
+        int8_tolerance=settings.int8_tolerance,
+    )
+    if job_type == JobType.index_catalog:
+        spec.catalog = await anyio.to_thread.run_sync(catalog_text, settings.data_dir, claimed.tables)
+        spec.catalog_version_id = claimed.catalog_version_id
+        found = await anyio.to_thread.run_sync(run_index, spec, control, abandon_on_cancel=False)
+        found["files"] = {
+            name: {**entry, "path": str(relative / entry["path"])} for name, entry in found["files"].items()
+        }
+        return found, {"catalog_index": found}, None
+    assert claimed.kind is not None
+    spec.examples = await anyio.to_thread.run_sync(
+        load, settings.data_dir, claimed.kind, claimed.tables, claimed.catalog_tables
+    )
+    if job_type == JobType.evaluate:
+        spec.baselines_cache = _baselines_cache(
+            settings, job.dataset_version_id, version.base_model, spec.max_length, task
+        )
+        found = await anyio.to_thread.run_sync(run_evaluate, spec, control, abandon_on_cancel=False)
+        found.update(model_version_id=str(version.id), dataset_version_id=str(job.dataset_version_id))
+        return found, None, None
+    info, files = await anyio.to_thread.run_sync(run_export, spec, control, abandon_on_cancel=False)
+    files = {name: {**entry, "path": str(relative / entry["path"])} for name, entry in files.items()}
+    return {"model_version_id": str(version.id), **info, "files": files}, files, info
+
+
 async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
     """arq entry point. Idempotent: a job that is not queued is left alone."""
     from services.trainer.data import load
@@ -296,8 +446,8 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
     if isinstance(claimed, str):
         return claimed
     job = claimed.job
+    fine_tune = JobType(job.job_type) in TASK_OF
     work_dir = settings.jobs_dir / str(job.id)
-    work_dir.mkdir(parents=True, exist_ok=True)
     version_id = uuid.uuid4()
     out_dir = settings.artifacts_dir / str(job.project_id) / str(version_id)
     control = JobControl()
@@ -314,22 +464,35 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
         heartbeat = asyncio.create_task(_heartbeat(ctx, claimed, control, device_name))
         control.report(phase="loading data")
         setup_threads()
-        examples = await anyio.to_thread.run_sync(
-            load, settings.data_dir, claimed.kind, claimed.tables, claimed.catalog_tables
-        )
-        spec = JobSpec(
-            job_type=JobType(job.job_type),
-            base_model=job.base_model or "",
-            hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
-            examples=examples,
-            device=device,
-            work_dir=work_dir,
-            out_dir=out_dir,
-            checkpoint_interval_s=settings.checkpoint_interval_s,
-            int8_tolerance=settings.int8_tolerance,
-        )
         log.info("job running", extra={"job_id": job_id, "attempt": job.attempts, "device": device_name})
-        outcome = await anyio.to_thread.run_sync(run_job, spec, control, abandon_on_cancel=False)
+        if not fine_tune:
+            result, artifacts, export = await _run_on_version(ctx, claimed, control, device)
+        else:
+            assert claimed.kind is not None
+            work_dir.mkdir(parents=True, exist_ok=True)
+            examples = await anyio.to_thread.run_sync(
+                load, settings.data_dir, claimed.kind, claimed.tables, claimed.catalog_tables
+            )
+            hyperparameters = Hyperparameters.model_validate(job.hyperparameters)
+            spec = JobSpec(
+                job_type=JobType(job.job_type),
+                base_model=job.base_model or "",
+                hyperparameters=hyperparameters,
+                examples=examples,
+                device=device,
+                work_dir=work_dir,
+                out_dir=out_dir,
+                checkpoint_interval_s=settings.checkpoint_interval_s,
+                int8_tolerance=settings.int8_tolerance,
+                baselines_cache=_baselines_cache(
+                    settings,
+                    job.dataset_version_id,
+                    job.base_model or "",
+                    hyperparameters.max_length,
+                    JobType(job.job_type),
+                ),
+            )
+            outcome = await anyio.to_thread.run_sync(run_job, spec, control, abandon_on_cancel=False)
     except JobCancelled:
         _remove(out_dir)
         _remove(work_dir)
@@ -354,6 +517,10 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+    if not fine_tune:
+        await _complete(ctx, claimed, result, artifacts, export)
+        log.info("job succeeded", extra={"job_id": job_id})
+        return "succeeded"
     await _register(ctx, claimed, outcome, version_id, device_name, time.monotonic() - started)
     _remove(work_dir)
     log.info("job succeeded", extra={"job_id": job_id, "model_version_id": str(version_id)})

@@ -6,7 +6,6 @@ so a shared filesystem may be mounted at a different place on each machine."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -18,18 +17,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shared.errors import NotFound
+from shared.files import sha256_file
 
 
 def version_dir(project_id: uuid.UUID, version_id: uuid.UUID) -> str:
     return f"datasets/{project_id}/{version_id}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_version(data_dir: Path, relative: str, tables: dict[str, pa.Table]) -> dict[str, Any]:
@@ -46,7 +38,7 @@ def write_version(data_dir: Path, relative: str, tables: dict[str, pa.Table]) ->
                 "path": f"{relative}/{name}.parquet",
                 "rows": table.num_rows,
                 "bytes": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
                 "columns": table.column_names,
             }
         os.replace(staging, final)

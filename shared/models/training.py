@@ -59,6 +59,8 @@ class TrainingJob(UUIDPk, Timestamps, Base):
     # {step, total_steps, epoch, loss, pairs_per_s, eta_s, phase}
     progress: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     error: Mapped[str | None] = mapped_column(Text)
+    # what an evaluate, export or index job found or wrote (fine-tunes register a model version instead)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # runs started (crashes resume)
     retries: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # times a person retried it
     # The most compute the job may use; reserved against the project's budget while it is queued/running.

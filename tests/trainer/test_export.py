@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.trainer.export import ExportError, ExportResult, export_model
+from services.trainer.export import ExportError, ExportResult, export_model, rebuild_variants
 from shared.onnxmodel import OnnxTextModel, providers
 
 HOMEDEPOT_DEV = Path("/work/shared/data/homedepot/relevance_dev.csv")
@@ -253,6 +253,31 @@ def test_fp16_without_converter_is_a_clear_error(
     with pytest.raises(ExportError, match="fp16 export needs a float16 converter"):
         export_model(encoder_dir, tmp_path, task="feature-extraction", examples=TITLES, fp16=True)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_rebuild_variants_replaces_int8_and_adds_fp16(
+    encoder_export: tuple[Path, ExportResult], tmp_path: Path
+) -> None:
+    import shutil
+
+    source, exported = encoder_export
+    out = tmp_path / "version"
+    shutil.copytree(source, out)
+    (out / "model.int8.onnx").write_bytes(b"stale")
+    result = rebuild_variants(out, task="feature-extraction", examples=TITLES)
+    assert set(result.files) == {"model_int8", "model_fp16"}
+    for entry in result.files.values():
+        data = (out / entry["path"]).read_bytes()
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result.files["model_int8"]["sha256"] == exported.files["model_int8"]["sha256"]  # deterministic
+    assert result.fp16_max_abs_diff is not None and result.fp16_max_abs_diff < 1e-2
+    assert result.int8_mean_cosine is not None and result.int8_mean_cosine > 0.9
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".rebuild-")]
+
+
+def test_rebuild_without_fp32_graph_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="fp32 graph is needed"):
+        rebuild_variants(tmp_path, task="feature-extraction", examples=TITLES)
 
 
 def test_bad_inputs_are_export_errors(encoder_dir: Path, tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from arq import func
 from arq.worker import Worker
@@ -269,6 +271,76 @@ async def _run_job(w: World, settings: Settings, body: dict[str, Any]) -> dict[s
     assert job["status"] == "succeeded", job["error"]
     model = await w.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
     return dict(model.json())
+
+
+async def _job(w: World, job_id: str) -> dict[str, Any]:
+    return dict((await w.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json())
+
+
+async def test_evaluate_export_and_index_work_on_a_version(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    model = await _run_job(
+        world,
+        settings,
+        {
+            "job_type": "bi_encoder",
+            "dataset_version_id": version,
+            "base_model": str(tiny_model),
+            "hyperparameters": {"max_steps": 10, "batch_size": 16, "max_length": 24},
+        },
+    )
+    on_model = {"input_model_version_id": model["id"]}
+    refused = [
+        ({"job_type": "export", **on_model, "dataset_version_id": version}, "dataset_version_id"),
+        ({"job_type": "index", **on_model, "dataset_version_id": version}, "dataset_version_id"),
+        ({"job_type": "evaluate", **on_model}, "dataset_version_id"),
+    ]
+    for body, field in refused:
+        response = await world.call("member", "POST", f"{P}/training-jobs", json=body)
+        assert response.status_code == 422 and field in response.text, response.text
+    ids = {}
+    for body in (
+        {"job_type": "evaluate", **on_model, "dataset_version_id": version},
+        {"job_type": "export", **on_model},
+        {"job_type": "index", **on_model},
+    ):
+        response = await world.call("member", "POST", f"{P}/training-jobs", json=body)
+        assert response.status_code == 202, response.text
+        ids[body["job_type"]] = response.json()["id"]
+    await _run_worker(make_worker(settings))
+    jobs = {name: await _job(world, job_id) for name, job_id in ids.items()}
+    for job in jobs.values():
+        assert job["status"] == "succeeded", job["error"]
+        assert job["model_version_ids"] == []  # they register nothing new
+
+    evaluated = jobs["evaluate"]["result"]
+    assert evaluated["model_version_id"] == model["id"] and evaluated["dataset_version_id"] == version
+    # the ONNX fp32 graph scores the validation split as the torch model did after training
+    for key in ("ndcg@10", "catalog_ndcg@10"):
+        assert abs(evaluated["metrics"][key] - model["metrics"][key]) < 1e-3, key
+    assert evaluated["baselines"] == model["baselines"]  # same data, same base model: from the cache
+
+    after = (await world.call("member", "GET", f"/api/v1/model-versions/{model['id']}")).json()
+    exported = jobs["export"]["result"]
+    assert exported["fp16_max_abs_diff"] is not None and exported["fp16_max_abs_diff"] < 1e-2
+    assert "int8_metric_drop" in exported and exported["int8_servable"] in (True, False)
+    for name in ("model_int8", "model_fp16"):
+        entry = after["artifacts"][name]
+        assert entry == {**exported["files"][name], "servable": entry["servable"]}
+        assert (settings.data_dir / entry["path"]).stat().st_size == entry["bytes"]
+    assert after["compute"]["export"]["rebuild"]["int8_preset"]
+
+    index = jobs["index"]["result"]
+    catalog_versions = (await world.call("member", "GET", f"{P}/datasets")).json()["items"]
+    catalog_id = next(d["latest_version"]["id"] for d in catalog_versions if d["kind"] == "catalog")
+    assert index["dataset_version_id"] == catalog_id and after["artifacts"]["catalog_index"] == index
+    vectors = np.load(settings.data_dir / index["files"]["embeddings"]["path"])
+    ids_table = pq.read_table(settings.data_dir / index["files"]["product_ids"]["path"])
+    assert vectors.shape == (index["count"], index["dim"]) == (ids_table.num_rows, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert len(set(ids_table["product_id"].to_pylist())) == index["count"]
 
 
 async def test_cross_encoder_job(world: World, settings: Settings, tiny_model: Path) -> None:

@@ -18,10 +18,12 @@ class JobCreate(BaseModel):
         "evaluate, export, index (on a model version)."
     )
     dataset_version_id: uuid.UUID | None = Field(
-        None, description="The data to train or evaluate on (required for fine-tunes and evaluate)."
+        None,
+        description="The data to train or evaluate on (required for fine-tunes and evaluate); for index, "
+        "a version holding the catalog to embed (default: the project's latest catalog).",
     )
     input_model_version_id: uuid.UUID | None = Field(
-        None, description="The version evaluate/export/index work on, or the one a fine-tune continues from."
+        None, description="The version an evaluate, export or index job works on (not used by fine-tunes)."
     )
     base_model: str | None = Field(
         None, max_length=500, description="A local folder or hub id; default all-MiniLM-L6-v2 (fine-tunes)."
@@ -63,6 +65,11 @@ class JobRead(BaseModel):
     finished_at: dt.datetime | None
     created_by: uuid.UUID | None
     created_at: dt.datetime
+    result: dict[str, Any] | None = Field(
+        None,
+        description="evaluate: metrics and baselines; export: the rebuilt graphs and their checks; "
+        "index: the catalog embeddings written.",
+    )
     model_version_ids: list[uuid.UUID] = Field(default_factory=list, description="What the job registered.")
 
 

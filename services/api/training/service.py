@@ -29,12 +29,13 @@ from services.api.projects.service import audit_change, ensure_budget
 from services.api.schemas import snapshot
 from services.api.training import repository
 from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
+from shared.datasets.catalog import latest_catalog_version
 from shared.db import after_commit
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.jobs import CANCEL_CHANNEL, enqueue_training_job
 from shared.models import ModelVersion, TrainingJob
 from shared.models.enums import JobStatus, JobType, ModelStatus, ModelTaskType, ProjectStatus
-from shared.training import DEFAULT_BASE_MODEL, FINE_TUNES, TRAINS_ON
+from shared.training import DEFAULT_BASE_MODEL, EVALUATES_ON, FINE_TUNES, NEEDS_MODEL, TRAINS_ON
 
 AUDIT_FIELDS = ("job_type", "status", "priority", "dataset_version_id", "input_model_version_id", "retries")
 _IDEMPOTENT_FIELDS = (
@@ -47,7 +48,6 @@ _IDEMPOTENT_FIELDS = (
     "compute_limit_hours",
 )
 TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
-NEEDS_MODEL = {JobType.evaluate, JobType.export, JobType.index_catalog}
 
 
 @dataclass(frozen=True)
@@ -69,36 +69,52 @@ def to_read(job: TrainingJob, outputs: list[uuid.UUID] | None = None) -> JobRead
 async def _validate(session: AsyncSession, ctx: ProjectContext, data: JobCreate) -> None:
     project_id = ctx.project.id
     job_type = data.job_type
-    if job_type not in FINE_TUNES:
-        raise _invalid(
-            "job_type",
-            f"{job_type.value} jobs are not available yet; a fine-tune evaluates and exports its own model",
-        )
     needs_data = job_type in FINE_TUNES or job_type == JobType.evaluate
     if needs_data and data.dataset_version_id is None:
         raise _invalid("dataset_version_id", f"a {job_type.value} job needs a dataset version")
-    if data.dataset_version_id is not None:
-        found = await repository.dataset_version_in_project(session, data.dataset_version_id, project_id)
-        if found is None:
-            raise _invalid("dataset_version_id", "no such dataset version in this project")
-        kinds = TRAINS_ON.get(job_type)
-        if kinds is not None and found[1].kind not in kinds:
-            allowed = " or ".join(sorted(k.value for k in kinds))
-            raise _invalid(
-                "dataset_version_id", f"a {job_type.value} job trains on {allowed} data, not {found[1].kind}"
-            )
     if job_type in NEEDS_MODEL and data.input_model_version_id is None:
         raise _invalid("input_model_version_id", f"a {job_type.value} job works on a model version")
+    model = None
     if data.input_model_version_id is not None:
         model = await repository.model_version_in_project(session, data.input_model_version_id, project_id)
         if model is None:
             raise _invalid("input_model_version_id", "no such model version in this project")
+        if job_type in NEEDS_MODEL and "model" not in model.artifacts:
+            raise _invalid("input_model_version_id", "that model version has no ONNX graph")
         if job_type == JobType.index_catalog and model.task_type != ModelTaskType.bi_encoder.value:
             raise _invalid("input_model_version_id", "only a bi_encoder version embeds the catalog")
-        if job_type in FINE_TUNES and model.task_type != job_type.value:
+        if job_type in FINE_TUNES:
             raise _invalid(
-                "input_model_version_id", f"a {model.task_type} version cannot start a {job_type.value}"
+                "input_model_version_id",
+                "a fine-tune starts from a base model (a hub id or local folder), not from a model version",
             )
+    if data.dataset_version_id is not None:
+        found = await repository.dataset_version_in_project(session, data.dataset_version_id, project_id)
+        if found is None:
+            raise _invalid("dataset_version_id", "no such dataset version in this project")
+        version, dataset = found
+        if job_type == JobType.index_catalog:
+            if "catalog" not in version.tables:
+                raise _invalid("dataset_version_id", "an index job embeds a catalog: that version holds none")
+        elif job_type == JobType.export:
+            raise _invalid("dataset_version_id", "an export job checks its version on the version's own data")
+        else:
+            kinds = TRAINS_ON.get(job_type) or (
+                EVALUATES_ON[ModelTaskType(model.task_type)] if model else None
+            )
+            if kinds is not None and dataset.kind not in kinds:
+                allowed = " or ".join(sorted(k.value for k in kinds))
+                verb = "trains" if job_type in FINE_TUNES else "evaluates"
+                raise _invalid(
+                    "dataset_version_id",
+                    f"a {job_type.value} job {verb} on {allowed} data, not {dataset.kind}",
+                )
+    elif job_type == JobType.index_catalog and await latest_catalog_version(session, project_id) is None:
+        raise _invalid("dataset_version_id", "the project has no catalog to index: import one first")
+    if job_type == JobType.export and model is not None and model.dataset_version_id is None:
+        raise _invalid(
+            "input_model_version_id", "that version's training data is gone: nothing to check it on"
+        )
     if job_type not in FINE_TUNES and data.base_model is not None:
         raise _invalid("base_model", f"a {job_type.value} job uses its model version, not a base model")
 

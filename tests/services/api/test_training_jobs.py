@@ -97,7 +97,22 @@ async def test_invalid_submissions_write_nothing(
         ({"job_type": "bi_encoder"}, "dataset_version_id"),
         (_body(catalog_id), "dataset_version_id"),
         (_body(str(uuid.uuid4())), "dataset_version_id"),
-        ({"job_type": "export"}, "job_type"),
+        ({"job_type": "export"}, "input_model_version_id"),
+        ({"job_type": "index"}, "input_model_version_id"),
+        ({"job_type": "evaluate", "input_model_version_id": str(uuid.uuid4())}, "dataset_version_id"),
+        (
+            {
+                "job_type": "evaluate",
+                "dataset_version_id": version,
+                "input_model_version_id": str(uuid.uuid4()),
+            },
+            "input_model_version_id",
+        ),
+        ({**_body(version), "input_model_version_id": str(uuid.uuid4())}, "input_model_version_id"),
+        (
+            {"job_type": "export", "input_model_version_id": str(uuid.uuid4()), "base_model": "x"},
+            "input_model_version_id",
+        ),
         (_body(version, priority=11), "priority"),
         ({**_body(version), "job_type": "classifier"}, "dataset_version_id"),
     ]

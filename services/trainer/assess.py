@@ -1,0 +1,344 @@
+"""Scoring a model on a dataset version's validation split, and the baselines beside it.
+
+A model is seen through what it can do: embed texts (bi-encoder), score (query, product) pairs
+(cross-encoder) or give label logits (classifier), whether it runs in torch after training or in
+onnxruntime from a registered version. Long loops report progress and stop within a chunk when the job
+is cancelled. Baselines (BM25 and the zero-shot base model) depend only on the data and the base model,
+so they are computed once per dataset version and kept in a cache file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.trainer.control import JobControl
+from services.trainer.data import Examples, Judged
+from services.trainer.evaluation import BM25Index, classification_metrics, ranking_metrics, rmse
+from shared.models.enums import DatasetKind, JobType
+from shared.onnxmodel import OnnxTextModel
+
+log = logging.getLogger("recforge.trainer")
+
+CHUNK = 1024  # texts or pairs scored between progress reports and cancellation checks
+CATALOG_K = 100
+BASELINES_REVISION = 2  # bump when the baselines' definition changes, so cached ones are recomputed
+
+Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors
+PairScore = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (queries, products) -> scores
+Logits = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, labels)
+
+HEADLINE = {JobType.bi_encoder: "ndcg@10", JobType.cross_encoder: "ndcg@10", JobType.classifier: "accuracy"}
+
+
+@dataclass
+class Scorer:
+    """What a model can do; exactly one is set."""
+
+    embed: Embed | None = None
+    score: PairScore | None = None
+    logits: Logits | None = None
+    labels: list[str] | None = None  # the classifier's label order
+
+
+def onnx_scorer(model: OnnxTextModel, job_type: JobType, labels: list[str] | None = None) -> Scorer:
+    if job_type == JobType.bi_encoder:
+        return Scorer(embed=model.embed)
+    if job_type == JobType.cross_encoder:
+
+        def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
+            return np.asarray(model.score_pairs(list(zip(queries, products, strict=True))))
+
+        return Scorer(score=score)
+    return Scorer(logits=lambda texts: np.asarray(model.classify_logits(list(texts))), labels=labels)
+
+
+def relevant_from(examples: Examples) -> float:
+    """Grades at or above the middle of the scale count as relevant for MRR and recall."""
+    low, high = examples.grade_range
+    return low + (high - low) / 2
+
+
+def _in_chunks(
+    run: Callable[[list[int]], np.ndarray], n: int, control: JobControl, label: str
+) -> list[np.ndarray]:
+    parts = []
+    for start in range(0, n, CHUNK):
+        control.check()
+        parts.append(run(list(range(start, min(start + CHUNK, n)))))
+        control.report(phase="evaluate", evaluating=label, done=min(start + CHUNK, n), total=n)
+    return parts
+
+
+def embed_all(embed: Embed, texts: Sequence[str], control: JobControl, label: str) -> np.ndarray:
+    """Embed texts in length order (little padding), chunk by chunk; rows come back in input order."""
+    order = np.asarray(sorted(range(len(texts)), key=lambda i: len(texts[i])), dtype=np.int64)
+    parts = _in_chunks(lambda idx: embed([texts[order[i]] for i in idx]), len(texts), control, label)
+    if not parts:
+        return np.zeros((0, 1), dtype=np.float32)
+    sorted_rows = np.concatenate(parts).astype(np.float32, copy=False)
+    rows = np.empty_like(sorted_rows)
+    rows[order] = sorted_rows
+    return rows
+
+
+def score_all(
+    score: PairScore, queries: Sequence[str], products: Sequence[str], control: JobControl, label: str
+) -> np.ndarray:
+    parts = _in_chunks(
+        lambda idx: np.asarray(score([queries[i] for i in idx], [products[i] for i in idx])),
+        len(queries),
+        control,
+        label,
+    )
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _judged_pairs(judged: Judged) -> tuple[list[str], list[str]]:
+    qids, pids = [], []
+    for qid, candidates in judged.candidates.items():
+        qids.extend([qid] * len(candidates))
+        pids.extend(candidates)
+    return qids, pids
+
+
+def _run_of(qids: list[str], pids: list[str], scores: np.ndarray) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for qid, pid, s in zip(qids, pids, scores.tolist(), strict=True):
+        run.setdefault(qid, {})[pid] = float(s)
+    return run
+
+
+def _top_of_catalog(
+    judged: Judged, ids: list[str], query_vectors: np.ndarray, catalog_vectors: np.ndarray
+) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    qids = list(judged.queries)
+    position = {pid: i for i, pid in enumerate(ids)}
+    k = min(CATALOG_K, len(ids))
+    for start in range(0, len(qids), 256):
+        scores = query_vectors[start : start + 256] @ catalog_vectors.T
+        for row, qid in enumerate(qids[start : start + 256]):
+            s = scores[row]
+            for pid in judged.exclude.get(qid, ()):
+                if pid in position:
+                    s[position[pid]] = -np.inf
+            top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+            run[qid] = {ids[i]: float(s[i]) for i in top if np.isfinite(s[i])}
+    return run
+
+
+def ranking_suite(
+    examples: Examples, scorer: Scorer, control: JobControl, label: str, *, catalog: bool = True
+) -> dict[str, float]:
+    """Reranking of each validation query's judged products (relevance data) and, for embedding
+    models, retrieval from the whole catalog (prefixed `catalog_` on relevance data). Every text is
+    embedded once."""
+    valid = examples.valid
+    cut = relevant_from(examples)
+    metrics: dict[str, float] = {}
+    relevance = examples.kind == DatasetKind.relevance
+    qids, pids = _judged_pairs(valid)
+    if scorer.score is not None and relevance:
+        scores = score_all(
+            scorer.score,
+            [valid.queries[q] for q in qids],
+            [examples.product_text[p] for p in pids],
+            control,
+            label,
+        )
+        metrics.update(ranking_metrics(_run_of(qids, pids, scores), valid.grades, k=10, relevant_from=cut))
+    if scorer.embed is None:
+        return metrics
+    query_ids = list(valid.queries)
+    query_vectors = embed_all(
+        scorer.embed, [valid.queries[q] for q in query_ids], control, f"{label} queries"
+    )
+    catalog = catalog or not relevance  # retrieval is the only view of sequence data
+    ids = list(examples.product_text) if catalog else list(dict.fromkeys(pids))
+    vectors = embed_all(scorer.embed, [examples.product_text[p] for p in ids], control, f"{label} products")
+    if relevance:
+        q_row = {q: i for i, q in enumerate(query_ids)}
+        p_row = {p: i for i, p in enumerate(ids)}
+        scores = np.einsum(
+            "ij,ij->i",
+            query_vectors[[q_row[q] for q in qids]].reshape(len(qids), -1),
+            vectors[[p_row[p] for p in pids]].reshape(len(pids), -1),
+        )
+        metrics.update(ranking_metrics(_run_of(qids, pids, scores), valid.grades, k=10, relevant_from=cut))
+    if catalog:
+        found = ranking_metrics(
+            _top_of_catalog(valid, ids, query_vectors, vectors),
+            valid.grades,
+            k=10,
+            recall_ks=(10, 100),
+            relevant_from=cut,
+        )
+        if relevance:
+            found = {f"catalog_{k}": v for k, v in found.items() if k != "queries"}
+        found["catalog_size"] = len(ids)
+        metrics.update(found)
+    return metrics
+
+
+def grade_rmse(examples: Examples, score: PairScore, control: JobControl) -> float:
+    """RMSE of the grades a cross-encoder predicts (the sigmoid of its logit on the grade scale)."""
+    low, high = examples.grade_range
+    qids, pids = _judged_pairs(examples.valid)
+    if not qids:
+        return 0.0
+    logits = score_all(
+        score,
+        [examples.valid.queries[q] for q in qids],
+        [examples.product_text[p] for p in pids],
+        control,
+        "grades",
+    ).astype(np.float64)
+    predicted = low + (high - low) / (1 + np.exp(-logits))
+    actual = [examples.valid.grades[q][p] for q, p in zip(qids, pids, strict=True)]
+    return rmse(predicted.tolist(), actual)
+
+
+def classifier_suite(examples: Examples, scorer: Scorer, control: JobControl, label: str) -> dict[str, Any]:
+    assert scorer.logits is not None and scorer.labels is not None
+    valid = examples.texts.get("valid", [])
+    texts = [t for t, _ in valid]
+    parts = _in_chunks(lambda idx: scorer.logits([texts[i] for i in idx]), len(texts), control, label)  # type: ignore[misc]
+    labels = scorer.labels
+    predicted = [labels[i] for i in np.concatenate(parts).argmax(axis=1)] if parts else []
+    return classification_metrics([gold for _, gold in valid], predicted)
+
+
+def model_metrics(
+    job_type: JobType,
+    examples: Examples,
+    scorer: Scorer,
+    control: JobControl,
+    label: str,
+    *,
+    catalog: bool = True,
+) -> dict[str, Any]:
+    if job_type == JobType.classifier:
+        return classifier_suite(examples, scorer, control, label)
+    metrics: dict[str, Any] = ranking_suite(examples, scorer, control, label, catalog=catalog)
+    if job_type == JobType.cross_encoder and scorer.score is not None:
+        metrics["rmse"] = grade_rmse(examples, scorer.score, control)
+    return metrics
+
+
+# Baselines
+
+
+def _bm25_catalog(judged: Judged, index: BM25Index, cut: float) -> dict[str, float]:
+    qids = list(judged.queries)
+    hits = index.search([judged.queries[q] for q in qids], CATALOG_K + 50)
+    run = {}
+    for qid, ranked in zip(qids, hits, strict=True):
+        exclude = judged.exclude.get(qid, set())
+        run[qid] = {pid: score for pid, score in ranked if pid not in exclude}
+    return ranking_metrics(run, judged.grades, k=10, recall_ks=(10, 100), relevant_from=cut)
+
+
+def _popularity(examples: Examples) -> dict[str, float]:
+    counts: dict[str, int] = {}
+    for _, pid, _ in examples.train:
+        counts[pid] = counts.get(pid, 0) + 1
+    ranked = sorted(counts, key=lambda p: (-counts[p], p))[: CATALOG_K + 60]
+    run = {}
+    for qid in examples.valid.queries:
+        exclude = examples.valid.exclude.get(qid, set())
+        run[qid] = {p: float(CATALOG_K + 60 - i) for i, p in enumerate(ranked) if p not in exclude}
+    return ranking_metrics(run, examples.valid.grades, k=10, recall_ks=(10, 100))
+
+
+def _ranking_baselines(
+    examples: Examples, zero_shot: Scorer, control: JobControl
+) -> dict[str, dict[str, Any]]:
+    cut = relevant_from(examples)
+    ids = list(examples.product_text)
+    index = BM25Index(ids, [examples.product_text[p] for p in ids])
+    out: dict[str, dict[str, Any]] = {}
+    if examples.kind == DatasetKind.relevance:
+        valid = examples.valid
+        run = {}
+        for qid, candidates in valid.candidates.items():
+            scores = index.score(valid.queries[qid], candidates)
+            run[qid] = {p: float(s) for p, s in zip(candidates, scores, strict=True)}
+        bm25: dict[str, Any] = ranking_metrics(run, valid.grades, k=10, relevant_from=cut)
+        catalog = _bm25_catalog(valid, index, cut)
+        bm25.update({f"catalog_{k}": v for k, v in catalog.items() if k != "queries"})
+        out["bm25"] = bm25
+    else:
+        out["bm25"] = _bm25_catalog(examples.valid, index, cut)
+        out["popularity"] = _popularity(examples)
+    control.check()
+    out["zero_shot"] = ranking_suite(examples, zero_shot, control, "zero-shot")
+    return out
+
+
+def _classifier_baselines(
+    examples: Examples, zero_shot: Scorer, control: JobControl
+) -> dict[str, dict[str, Any]]:
+    """Nearest labelled training text, found by BM25 and by the zero-shot base model's embeddings."""
+    assert zero_shot.embed is not None
+    train = examples.texts.get("train", [])
+    valid = examples.texts.get("valid", [])
+    if not train or not valid:
+        return {}
+    truth = [label for _, label in valid]
+    train_labels = [label for _, label in train]
+    majority = max(sorted(set(train_labels)), key=train_labels.count)
+    ids = [str(i) for i in range(len(train))]
+    hits = BM25Index(ids, [t for t, _ in train]).search([t for t, _ in valid], 1)
+    bm25 = [train[int(h[0][0])][1] if h else majority for h in hits]
+    valid_vectors = embed_all(zero_shot.embed, [t for t, _ in valid], control, "zero-shot valid")
+    train_vectors = embed_all(zero_shot.embed, [t for t, _ in train], control, "zero-shot train")
+    nearest = (valid_vectors @ train_vectors.T).argmax(axis=1)
+    return {
+        "bm25": classification_metrics(truth, bm25),
+        "zero_shot": classification_metrics(truth, [train[i][1] for i in nearest]),
+        "majority": classification_metrics(truth, [majority] * len(truth)),
+    }
+
+
+def baselines_key(dataset_version_id: str, base_model: str, max_length: int, job_type: JobType) -> str:
+    family = "classifier" if job_type == JobType.classifier else "ranking"
+    raw = json.dumps([BASELINES_REVISION, dataset_version_id, base_model, max_length, family])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def baselines(
+    job_type: JobType,
+    examples: Examples,
+    zero_shot: Callable[[], Scorer],
+    control: JobControl,
+    cache_file: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """BM25 and the zero-shot base model (plus popularity or majority) on the validation split.
+
+    `zero_shot` builds the base model's embedder only when the cache has no answer."""
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached: dict[str, dict[str, Any]] = json.loads(cache_file.read_text(encoding="utf-8"))
+            return cached
+        except (OSError, ValueError):
+            log.warning("ignoring an unreadable baselines cache file", extra={"path": str(cache_file)})
+    control.report(phase="baselines")
+    found = (
+        _classifier_baselines(examples, zero_shot(), control)
+        if job_type == JobType.classifier
+        else _ranking_baselines(examples, zero_shot(), control)
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(found, sort_keys=True), encoding="utf-8")
+        partial.replace(cache_file)
+    return found
