@@ -27,7 +27,7 @@ from shared.onnxmodel import OnnxTextModel
 
 log = logging.getLogger("recforge.trainer")
 
-CHUNK = 1024  # texts or pairs scored between progress reports and cancellation checks
+CHUNK = 512  # texts or pairs scored between progress reports and cancellation checks
 CATALOG_K = 100
 BASELINES_REVISION = 2  # bump when the baselines' definition changes, so cached ones are recomputed
 
@@ -73,7 +73,7 @@ def _in_chunks(
     for start in range(0, n, CHUNK):
         control.check()
         parts.append(run(list(range(start, min(start + CHUNK, n)))))
-        control.report(phase="evaluate", evaluating=label, done=min(start + CHUNK, n), total=n)
+        control.report(evaluating=label, done=min(start + CHUNK, n), total=n)
     return parts
 
 

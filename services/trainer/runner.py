@@ -347,6 +347,7 @@ async def _complete(
     result: dict[str, Any],
     artifacts: dict[str, Any] | None = None,
     export: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> None:
     """Store an evaluate/export/index job's result and, for export and index, the version's new files."""
     job = claimed.job
@@ -371,7 +372,7 @@ async def _complete(
                 finished_at=func.now(),
                 error=None,
                 result=result,
-                progress={"phase": "done"},
+                progress={**(progress or {}), "phase": "done"},
             )
         )
     await _publish(ctx, job.id, {"id": str(job.id), "status": JobStatus.succeeded.value})
@@ -518,7 +519,7 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
     if not fine_tune:
-        await _complete(ctx, claimed, result, artifacts, export)
+        await _complete(ctx, claimed, result, artifacts, export, control.snapshot()[1])
         log.info("job succeeded", extra={"job_id": job_id})
         return "succeeded"
     await _register(ctx, claimed, outcome, version_id, device_name, time.monotonic() - started)

@@ -41,13 +41,13 @@ def watch_job(client: Any, job_id: str, interval: float = 1.0) -> dict[str, Any]
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
     ) as progress:
-        task = progress.add_task("queued", total=None, detail="")
+        task = progress.add_task("queued", total=None, detail="", unit="steps")
         while True:
             response = client.get(f"/api/v1/training-jobs/{job_id}")
             if response.status_code != 200:
@@ -59,11 +59,18 @@ def watch_job(client: Any, job_id: str, interval: float = 1.0) -> dict[str, Any]
                 detail.append(f"loss {p['loss']:.4f}")
             if p.get("pairs_per_s"):
                 detail.append(f"{p['pairs_per_s']} pairs/s")
+            phase = p.get("phase", "")
+            if phase != "train" and p.get("total"):  # evaluation, baselines, indexing: texts embedded
+                done, total, unit = p.get("done", 0), p["total"], p.get("evaluating", "texts")
+                detail = []
+            else:
+                done, total, unit = p.get("step", 0), p.get("total_steps"), "steps"
             progress.update(
                 task,
-                description=f"{job['status']}: {p.get('phase', '')}".strip(": "),
-                completed=p.get("step", 0),
-                total=p.get("total_steps"),
+                description=f"{job['status']}: {phase}".strip(": "),
+                completed=done,
+                total=total,
+                unit=unit,
                 detail=", ".join(detail),
             )
             if job["status"] in TERMINAL:
@@ -71,30 +78,74 @@ def watch_job(client: Any, job_id: str, interval: float = 1.0) -> dict[str, Any]
             time.sleep(interval)
 
 
+def _metrics_table(metrics: dict[str, Any], baselines: dict[str, Any], name: str) -> Table:
+    """One row per metric, one column per model: readable in a narrow terminal."""
+    keys = [
+        k for k, v in metrics.items() if isinstance(v, int | float) and k not in ("queries", "catalog_size")
+    ]
+    columns = {name: metrics, **baselines}
+    table = Table("metric", *columns)
+    for key in keys:
+        table.add_row(key, *(f"{values[key]:.4f}" if key in values else "-" for values in columns.values()))
+    return table
+
+
+def _print_result(job: dict[str, Any]) -> None:
+    result = job.get("result") or {}
+    if job["job_type"] == "evaluate":
+        console.print(
+            f"Model version {result['model_version_id']} on dataset version {result['dataset_version_id']}"
+        )
+        console.print(_metrics_table(result["metrics"], result["baselines"], "model"))
+    elif job["job_type"] == "export":
+        for name, entry in result.get("files", {}).items():
+            console.print(f"{name:12} {entry['path']}  {entry['bytes']:,} bytes")
+        console.print(
+            f"int8 ({result['int8_preset']}): metric drop {result['int8_metric_drop']:.4f}, "
+            f"servable {result['int8_servable']}; fp16 max abs diff {result['fp16_max_abs_diff']}"
+        )
+    elif job["job_type"] == "index":
+        console.print(
+            f"Embedded {result['count']:,} products ({result['dim']} dimensions, {result['model_file']}) "
+            f"into {result['files']['embeddings']['path']}"
+        )
+
+
 def _print_outcome(client: Any, job: dict[str, Any]) -> None:
     if job["status"] != "succeeded":
         fail(f"job {job['id']} {job['status']}: {job.get('error') or ''}".strip())
+    _print_result(job)
     for version_id in job.get("model_version_ids", []):
         response = client.get(f"/api/v1/model-versions/{version_id}")
         if response.status_code != 200:
             response_error(response)
         model = response.json()
         console.print(f"Model version {model['version']} ({model['task_type']}), id {model['id']}")
-        keys = [k for k, v in model["metrics"].items() if isinstance(v, int | float) and k != "queries"]
-        table = Table("model", *keys)
-        rows = {"fine-tuned": model["metrics"], **model["baselines"]}
-        for name, metrics in rows.items():
-            table.add_row(name, *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in keys))
-        console.print(table)
+        console.print(_metrics_table(model["metrics"], model["baselines"], "fine-tuned"))
 
 
 @app.command("submit")
 def submit(
     project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
-    job_type: Annotated[JobType, typer.Option("--type", help="bi_encoder, cross_encoder or classifier.")],
-    dataset_version: Annotated[
-        str, typer.Option("--dataset-version", help="The dataset version to train on.")
+    job_type: Annotated[
+        JobType,
+        typer.Option(
+            "--type",
+            help="bi_encoder, cross_encoder, classifier (fine-tunes); "
+            "evaluate, export, index (on a model version).",
+        ),
     ],
+    dataset_version: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset-version",
+            help="The data to train or evaluate on; for index, the catalog (default: the latest).",
+        ),
+    ] = None,
+    model_version: Annotated[
+        str | None,
+        typer.Option("--model-version", help="The model version an evaluate, export or index job works on."),
+    ] = None,
     base_model: Annotated[str | None, typer.Option(help="A local folder or hub id (default MiniLM).")] = None,
     set_: Annotated[
         list[str] | None,
@@ -107,15 +158,18 @@ def submit(
     url: ApiUrl = None,
     key: ApiKey = None,
 ) -> None:
-    """Queue a fine-tuning job; by default follow it with a progress bar and print its evaluation."""
+    """Queue a job; by default follow it with a progress bar and print its evaluation or result."""
     settings = load_settings()
     body: dict[str, Any] = {
         "job_type": job_type.value,
-        "dataset_version_id": dataset_version,
         "hyperparameters": _hyperparameters(set_ or []),
         "priority": priority,
         "compute_limit_hours": compute_limit_hours,
     }
+    if dataset_version:
+        body["dataset_version_id"] = dataset_version
+    if model_version:
+        body["input_model_version_id"] = model_version
     if base_model:
         body["base_model"] = base_model
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}

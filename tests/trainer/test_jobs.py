@@ -501,3 +501,19 @@ async def test_cli_submits_a_job_and_follows_it(
     assert cli.returncode == 0, stderr.decode()
     assert "Model version 1 (bi_encoder)" in stdout.decode()
     assert "fine-tuned" in stdout.decode() and "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
+
+    model_id = (await world.call("member", "GET", f"{P}/model-versions")).json()["items"][0]["id"]
+    args = [sys.executable, "-m", "shared.cli", "jobs", "submit", "-p", "search-a", "--type", "evaluate",
+            "--dataset-version", version, "--model-version", model_id]  # fmt: skip
+    cli = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    for _ in range(100):
+        if len((await world.call("member", "GET", f"{P}/training-jobs")).json()["items"]) == 2:
+            break
+        await asyncio.sleep(0.2)
+    await _run_worker(make_worker(settings))
+    stdout, stderr = await asyncio.wait_for(cli.communicate(), timeout=120)
+    assert cli.returncode == 0, stderr.decode()
+    assert f"Model version {model_id} on dataset version {version}" in stdout.decode()
+    assert "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
