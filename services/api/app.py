@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from services.api.audit.router import router as audit_router
 from services.api.auth.router import router as auth_router
 from services.api.datasets.router import router as datasets_router
+from services.api.deployments.router import router as deployments_router
 from services.api.deps import ApiResources, get_resources
 from services.api.milestones.router import router as milestones_router
 from services.api.projects.router import router as projects_router
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_router,
         datasets_router,
         training_router,
+        deployments_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

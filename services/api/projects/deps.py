@@ -27,6 +27,7 @@ _ACTION_WORDS = {
     Action.read_audit: "read the audit log",
     Action.write_datasets: "import datasets",
     Action.run_jobs: "submit, cancel or retry training jobs",
+    Action.deploy: "promote model versions",
 }
 
 

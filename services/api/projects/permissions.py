@@ -18,6 +18,7 @@ class Action(StrEnum):
     read_audit = "read_audit"
     write_datasets = "write_datasets"  # import data, new dataset versions
     run_jobs = "run_jobs"  # submit, cancel and retry training jobs
+    deploy = "deploy"  # promote model versions, canaries
 
 
 _OWNER, _MAINTAINER, _MEMBER, _VIEWER = (
@@ -38,6 +39,7 @@ ALLOWED: dict[Action, frozenset[ProjectRole]] = {
     Action.read_audit: frozenset({_OWNER, _MAINTAINER}),
     Action.write_datasets: frozenset({_OWNER, _MAINTAINER, _MEMBER}),
     Action.run_jobs: frozenset({_OWNER, _MAINTAINER, _MEMBER}),
+    Action.deploy: frozenset({_OWNER, _MAINTAINER}),
 }
 
 

@@ -37,6 +37,7 @@ class World:
     keys: dict[str, str] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)
     projects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None  # for rows only services write
 
     def as_(self, who: str) -> dict[str, str]:
         return bearer(self.admin if who == "admin" else self.keys[who])
@@ -59,8 +60,10 @@ async def _user(client: httpx.AsyncClient, admin: str, name: str) -> tuple[str, 
 
 
 @pytest.fixture
-async def world(api_client: httpx.AsyncClient, admin_key: str) -> World:
-    w = World(client=api_client, admin=admin_key)
+async def world(
+    api_client: httpx.AsyncClient, admin_key: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> World:
+    w = World(client=api_client, admin=admin_key, sessionmaker=sessionmaker)
     for name in ("owner", "maintainer", "member", "viewer", "outsider", "owner_b"):
         w.users[name], w.keys[name] = await _user(api_client, admin_key, name)
     for slug, owner in (("search-a", "owner"), ("search-b", "owner_b")):

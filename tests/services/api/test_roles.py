@@ -126,6 +126,15 @@ async def training_jobs(w: World, who: str) -> list[httpx.Response]:
     return [submitted, cancelled, retried]
 
 
+async def promote(w: World, who: str) -> list[httpx.Response]:
+    from tests.services.api.test_deployments import add_version
+
+    assert w.sessionmaker is not None
+    number = int(uuid.uuid4().int % 1_000_000) + 10
+    version = await add_version(w.sessionmaker, w.projects["search-a"]["id"], number=number)
+    return [await w.call(who, "POST", f"/api/v1/model-versions/{version}/promote")]
+
+
 async def service_key(w: World, who: str) -> list[httpx.Response]:
     user = w.users.get(who, w.users["owner"]) if who != "admin" else w.users["owner"]
     body = {"user_id": user, "name": "svc", "role": "service", "project_id": "search-a"}
@@ -155,6 +164,7 @@ OPERATIONS: dict[str, Callable[[World, str], Awaitable[list[httpx.Response]]]] =
     "Read the audit log": audit,
     "Import datasets (new dataset versions)": import_dataset,
     "Submit, cancel and retry training jobs": training_jobs,
+    "Promote model versions (deployments, canaries)": promote,
     "Issue a service key for the project": service_key,
     "Create a project (and become its owner)": create_project,
     "Create users": create_users,

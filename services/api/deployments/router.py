@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from services.api.auth.deps import CurrentPerson
+from services.api.deployments import service
+from services.api.deployments.schemas import DeploymentRead, PromoteRequest
+from services.api.deps import ResourcesDep, SessionDep
+from services.api.errors import ERRORS
+from services.api.projects.deps import ProjectDep
+
+router = APIRouter(tags=["deployments"])
+
+
+@router.post(
+    "/model-versions/{version_id}/promote",
+    response_model=DeploymentRead,
+    responses={**ERRORS, 409: {"description": "Nothing to serve, or no current version for a canary"}},
+)
+async def promote(
+    version_id: uuid.UUID,
+    session: SessionDep,
+    resources: ResourcesDep,
+    principal: CurrentPerson,
+    data: PromoteRequest | None = None,
+) -> DeploymentRead:
+    """Deploy a model version in the role its task implies (bi-encoder: retriever, cross-encoder:
+    reranker, classifier: classifier), with all traffic or as a canary beside the current version.
+    The version becomes `production` (or `staging` as a canary); the one it replaces is `retired`.
+    Inference services load it in the background and swap atomically."""
+    return await service.promote(session, resources, principal, version_id, data or PromoteRequest())
+
+
+@router.get("/projects/{project_id}/deployments", response_model=list[DeploymentRead], responses=ERRORS)
+async def list_deployments(
+    ctx: ProjectDep, session: SessionDep, history: bool = False
+) -> list[DeploymentRead]:
+    """The active deployment of each role; with `history=true`, every past one too, newest first."""
+    return await service.list_deployments(session, ctx, history=history)

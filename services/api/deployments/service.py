@@ -1,0 +1,145 @@
+"""Promotion: which model version serves each of a project's roles.
+
+A deployment row is never rewritten: a promotion deactivates the role's active row and inserts a new
+one, so the table is the history. Inference services hear of a promotion on Redis once it commits
+(and also re-read the active rows periodically, so a lost message only delays the swap)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.auth.deps import Principal
+from services.api.deployments.schemas import DeploymentRead, PromoteRequest
+from services.api.deps import ApiResources
+from services.api.projects.deps import ProjectContext
+from services.api.projects.permissions import Action
+from services.api.projects.service import audit_change
+from services.api.schemas import snapshot
+from services.api.training import repository as training_repository
+from services.api.training.service import model_version_context
+from shared.db import after_commit
+from shared.errors import Conflict
+from shared.jobs import DEPLOYMENTS_CHANNEL
+from shared.models import Deployment, ModelVersion
+from shared.models.enums import DeploymentRole, ModelStatus, ModelTaskType
+
+ROLE_OF = {
+    ModelTaskType.bi_encoder: DeploymentRole.retriever,
+    ModelTaskType.cross_encoder: DeploymentRole.reranker,
+    ModelTaskType.classifier: DeploymentRole.classifier,
+}
+FIELDS = ("role", "model_version_id", "canary_model_version_id", "canary_percent", "is_active")
+
+
+async def _active(session: AsyncSession, project_id: uuid.UUID, role: DeploymentRole) -> Deployment | None:
+    found: Deployment | None = (
+        await session.execute(
+            select(Deployment)
+            .where(Deployment.project_id == project_id, Deployment.role == role.value, Deployment.is_active)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    return found
+
+
+async def _set_status(session: AsyncSession, version_id: uuid.UUID | None, status: ModelStatus) -> None:
+    if version_id is None:
+        return
+    version = await session.get(ModelVersion, version_id)
+    if version is not None:
+        version.status = status.value
+
+
+async def promote(
+    session: AsyncSession,
+    resources: ApiResources,
+    principal: Principal,
+    version_id: uuid.UUID,
+    data: PromoteRequest,
+) -> DeploymentRead:
+    ctx, version = await model_version_context(session, principal, version_id)
+    ctx.require(Action.deploy)
+    if "model" not in (version.artifacts or {}):
+        raise Conflict("the model version has no ONNX graph to serve")
+    if version.status == ModelStatus.retired.value and data.canary_percent is not None:
+        raise Conflict("a retired version is promoted with all traffic, not as a canary")
+    role = ROLE_OF[ModelTaskType(version.task_type)]
+    await training_repository.lock_project(session, ctx.project.id)  # one promotion per project at a time
+    current = await _active(session, ctx.project.id, role)
+    before = snapshot(current, FIELDS) if current else None
+    if data.canary_percent is not None:
+        if current is None:
+            raise Conflict(
+                f"the project has no {role.value} deployed yet: promote a version with all traffic first"
+            )
+        if current.model_version_id == version.id:
+            raise Conflict("this version already serves all of the role's traffic")
+        primary, canary, percent = current.model_version_id, version.id, data.canary_percent
+    else:
+        if (
+            current is not None
+            and current.model_version_id == version.id
+            and current.canary_model_version_id is None
+        ):
+            return DeploymentRead.model_validate(current)  # already so: nothing changes
+        primary, canary, percent = version.id, None, 0
+    if current is not None:
+        current.is_active = False
+        current.deactivated_at = func.now()
+        await session.flush()  # the partial unique index allows one active row per role
+    deployment = Deployment(
+        project_id=ctx.project.id,
+        role=role.value,
+        model_version_id=primary,
+        canary_model_version_id=canary,
+        canary_percent=percent,
+        created_by=principal.user_id,
+    )
+    session.add(deployment)
+    if canary is None:
+        version.status = ModelStatus.production.value
+        version.promoted_at = func.now()
+        if current is not None:
+            if current.model_version_id != version.id:
+                await _set_status(session, current.model_version_id, ModelStatus.retired)
+            if current.canary_model_version_id not in (None, version.id):
+                await _set_status(session, current.canary_model_version_id, ModelStatus.candidate)
+    else:
+        version.status = ModelStatus.staging.value
+        if current is not None and current.canary_model_version_id not in (None, version.id):
+            await _set_status(session, current.canary_model_version_id, ModelStatus.candidate)
+    await session.flush()
+    await session.refresh(deployment)
+    await audit_change(
+        session,
+        ctx,
+        "model_version.promote",
+        "deployment",
+        deployment.id,
+        before,
+        snapshot(deployment, FIELDS),
+    )
+    message = json.dumps(
+        {"project_id": str(ctx.project.id), "role": role.value, "deployment_id": str(deployment.id)}
+    )
+    redis = resources.redis
+
+    async def notify() -> None:
+        await redis.publish(DEPLOYMENTS_CHANNEL, message)
+
+    after_commit(session, notify)
+    return DeploymentRead.model_validate(deployment)
+
+
+async def list_deployments(
+    session: AsyncSession, ctx: ProjectContext, *, history: bool
+) -> list[DeploymentRead]:
+    query = select(Deployment).where(Deployment.project_id == ctx.project.id)
+    if not history:
+        query = query.where(Deployment.is_active)
+    rows = (await session.execute(query.order_by(Deployment.created_at.desc(), Deployment.id))).scalars()
+    return [DeploymentRead.model_validate(row) for row in rows]
