@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
+import onnxruntime as ort
 from fastapi import FastAPI, Request
-from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.inference.app_state import InferenceResources, get_resources
+from services.inference.auth import KeyChecker
+from services.inference.metrics import InferenceMetrics
 from services.inference.registry import ModelRegistry
+from services.inference.router import router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.http import Check, infra_checks, setup_common
 from shared.redis import create_redis
 
 VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class InferenceResources:
-    settings: Settings
-    engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    redis: Redis
-    registry: ModelRegistry
-
-
-def get_resources(request: Request) -> InferenceResources:
-    resources: InferenceResources = request.state.resources
-    return resources
+log = logging.getLogger("recforge.inference")
 
 
 def _checks(request: Request) -> Mapping[str, Check]:
@@ -41,7 +32,8 @@ def _checks(request: Request) -> Mapping[str, Check]:
         async with resources.sessionmaker() as session:
             missing = await resources.registry.missing_versions(session)
         if missing:
-            raise RuntimeError(f"deployed model versions not loaded yet: {sorted(map(str, missing))}")
+            detail = f" ({resources.registry.last_error})" if resources.registry.last_error else ""
+            raise RuntimeError(f"deployed model versions not loaded yet: {sorted(map(str, missing))}{detail}")
         return {"loaded": len(resources.registry.loaded_versions)}
 
     return {**infra_checks(resources.engine, resources.redis), "models": models_loaded}
@@ -54,16 +46,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InferenceResources]]:
         engine = create_engine(settings)
         redis = create_redis(settings)
+        sessionmaker = create_sessionmaker(engine)
+        metrics = InferenceMetrics()
+        registry = ModelRegistry(settings, sessionmaker, redis, observe=metrics.observe_batch)
         resources = InferenceResources(
             settings=settings,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             redis=redis,
-            registry=ModelRegistry(),
+            registry=registry,
+            keys=KeyChecker(sessionmaker, settings.secret_key.get_secret_value()),
+            metrics=metrics,
         )
+        log.info("onnxruntime providers", extra={"available": ort.get_available_providers()})
+        await registry.start()
         try:
             yield {"resources": resources}
         finally:
+            await registry.close()
+            if resources.background:
+                await asyncio.gather(*resources.background, return_exceptions=True)
             await redis.aclose()
             await engine.dispose()
 
@@ -74,4 +76,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     setup_common(app, _checks)
+    app.include_router(router)
     return app

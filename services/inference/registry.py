@@ -1,27 +1,163 @@
-"""Which model versions this process holds, per project and role."""
+"""Which model versions this process serves, per project and role, and how they are swapped.
+
+The registry reads the active deployments from Postgres when it starts, when the API publishes a
+promotion on Redis, and every `deployment_refresh_s` (a lost notice only delays a swap). A version
+that is not loaded yet is loaded in a worker thread (its ONNX session, and for a retriever the
+catalog's embeddings and indexes) while requests keep being served by what is loaded; then the
+project's snapshot is replaced in one assignment, so a request sees either the old set or the new."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+from redis.asyncio import Redis
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.models import Deployment
+from services.inference.batching import MicroBatcher
+from services.inference.catalog import CatalogIndex, load_vectors
+from shared.config import Settings
+from shared.datasets.catalog import catalog_text, latest_catalog_version
+from shared.errors import NotFound, ServiceUnavailable
+from shared.jobs import DEPLOYMENTS_CHANNEL
+from shared.models import Deployment, ModelVersion, Project
+from shared.models.enums import DeploymentRole, ModelTaskType
+from shared.onnxmodel import OnnxTextModel, providers
+
+log = logging.getLogger("recforge.inference")
+
+Observer = Callable[[str, int, int], None]
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """One model version, loaded: its session behind a micro-batcher, and a retriever's catalog."""
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    number: int
+    task: ModelTaskType
+    model_file: str
+    provider: str
+    labels: list[str] | None
+    model: OnnxTextModel
+    batcher: MicroBatcher[Any, Any]
+    catalog: CatalogIndex | None = None
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number}"
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(await self.batcher.submit(texts), dtype=np.float32)
+
+    async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Cross-encoder logits, or the cosine of the two embeddings for a bi-encoder."""
+        if self.task == ModelTaskType.cross_encoder:
+            return np.asarray(await self.batcher.submit(pairs), dtype=np.float32).reshape(-1)
+        vectors = await self.embed([q for q, _ in pairs] + [d for _, d in pairs])
+        n = len(pairs)
+        cosine: np.ndarray = np.sum(vectors[:n] * vectors[n:], axis=1)
+        return cosine
+
+    async def logits(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(await self.batcher.submit(texts), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class RoleServing:
+    deployment_id: uuid.UUID
+    primary: ServedVersion
+    canary: ServedVersion | None
+    canary_percent: int
+
+    def pick(self, key: str) -> ServedVersion:
+        """The canary for `canary_percent` of keys (a user or request id), stably; else the primary."""
+        if self.canary is None or self.canary_percent <= 0:
+            return self.primary
+        bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
+        return self.canary if bucket < self.canary_percent else self.primary
+
+
+@dataclass(frozen=True)
+class ProjectServing:
+    project_id: uuid.UUID
+    slug: str
+    roles: dict[DeploymentRole, RoleServing] = field(default_factory=dict)
+
+    def role(self, role: DeploymentRole) -> RoleServing:
+        found = self.roles.get(role)
+        if found is None:
+            raise NotFound(
+                f"project {self.slug!r} has no {role.value} deployed: promote a model version first"
+            )
+        return found
+
+
+def _choose_file(artifacts: dict[str, Any], prefer_gpu: bool) -> tuple[str, list[str]]:
+    """The graph to serve and the providers to ask for: fp16 on CUDA, else int8 when servable, else fp32."""
+    wanted = providers(prefer_gpu=prefer_gpu)
+    if "CUDAExecutionProvider" in wanted and "model_fp16" in artifacts:
+        return "model_fp16", wanted
+    int8 = artifacts.get("model_int8")
+    if int8 and int8.get("servable"):
+        return "model_int8", ["CPUExecutionProvider"]
+    return "model", wanted
 
 
 class ModelRegistry:
-    """Holds the loaded versions; readiness compares them with the active deployments."""
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+        redis: Redis | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sessionmaker = sessionmaker
+        self._redis = redis
+        self._observe = observe
+        self._projects: dict[uuid.UUID, ProjectServing] = {}
+        self._slugs: dict[str, uuid.UUID] = {}
+        self._versions: dict[tuple[uuid.UUID, str | None], ServedVersion] = {}
+        self._wanted: set[uuid.UUID] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_error: str | None = None
 
-    def __init__(self) -> None:
-        self._loaded: set[uuid.UUID] = set()
+    # -- lookups ------------------------------------------------------------------------------
 
     @property
     def loaded_versions(self) -> frozenset[uuid.UUID]:
-        return frozenset(self._loaded)
+        return frozenset(version_id for version_id, _ in self._versions)
+
+    def project(self, ref: str) -> ProjectServing:
+        """A project by id or slug; 404 when it has nothing deployed here."""
+        project_id = self._slugs.get(ref.lower())
+        if project_id is None:
+            with contextlib.suppress(ValueError):
+                project_id = uuid.UUID(ref)
+        serving = self._projects.get(project_id) if project_id else None
+        if serving is None:
+            raise NotFound(f"project {ref!r} has no deployed model versions")
+        return serving
 
     async def missing_versions(self, session: AsyncSession) -> set[uuid.UUID]:
         """Deployed versions (primary and canary) that this process has not loaded yet."""
+        return await self._wanted_versions(session) - self.loaded_versions
+
+    async def _wanted_versions(self, session: AsyncSession) -> set[uuid.UUID]:
         rows = await session.execute(
             select(Deployment.model_version_id, Deployment.canary_model_version_id).where(
                 Deployment.is_active
@@ -32,4 +168,234 @@ class ModelRegistry:
             wanted.add(primary)
             if canary is not None:
                 wanted.add(canary)
-        return wanted - self._loaded
+        return wanted
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _load(self, version: ModelVersion, catalog: tuple[str, dict[str, Any]] | None) -> ServedVersion:
+        """Blocking: the version's ONNX session and, for a retriever, its catalog index."""
+        settings = self.settings
+        directory = settings.data_dir / "artifacts" / str(version.project_id) / str(version.id)
+        prefix = f"artifacts/{version.project_id}/{version.id}/"
+        model_file, wanted = _choose_file(version.artifacts, settings.prefer_gpu)
+        path = directory / version.artifacts[model_file]["path"].removeprefix(prefix)
+        max_length = int(version.config.get("max_length") or 128)
+        model = OnnxTextModel(
+            path, directory, max_length=max_length, threads=settings.inference_threads, providers=wanted
+        )
+        task = ModelTaskType(version.task_type)
+        log.info(
+            "loaded a model version",
+            extra={"model_version_id": str(version.id), "file": model_file, "provider": model.provider},
+        )
+        run: Callable[[list[Any]], Any]
+        if task == ModelTaskType.bi_encoder:
+            run = model.embed
+        elif task == ModelTaskType.cross_encoder:
+            run = model.score_pairs
+        else:
+            run = model.classify_logits
+        batcher: MicroBatcher[Any, Any] = MicroBatcher(
+            lambda items: list(run(items)),
+            name=f"{version.project_id}:v{version.version}",
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.batch_wait_ms,
+            max_queue=settings.max_queue,
+            observe=self._observe,
+        )
+        served = ServedVersion(
+            id=version.id,
+            project_id=version.project_id,
+            number=version.version,
+            task=task,
+            model_file=model_file,
+            provider=model.provider,
+            labels=version.config.get("labels"),
+            model=model,
+            batcher=batcher,
+        )
+        if task == ModelTaskType.bi_encoder and catalog is not None:
+            served.catalog = self._catalog(version, served, model_file, directory, prefix, catalog)
+        return served
+
+    def _catalog(
+        self,
+        version: ModelVersion,
+        served: ServedVersion,
+        model_file: str,
+        directory: Path,
+        prefix: str,
+        catalog: tuple[str, dict[str, Any]],
+    ) -> CatalogIndex:
+        catalog_id, tables = catalog
+        table = read_catalog_table(self.settings, tables)
+        texts = catalog_text(self.settings.data_dir, tables)
+        index = version.artifacts.get("catalog_index") or {}
+
+        def vectors(ids: list[str]) -> np.ndarray:
+            if index.get("dataset_version_id") == catalog_id and index.get("model_file") == model_file:
+                files = {
+                    name: {**entry, "path": entry["path"].removeprefix(prefix)}
+                    for name, entry in index["files"].items()
+                }
+                found = load_vectors(directory, files, ids)
+                if found is not None:
+                    return found
+            log.info(
+                "embedding the catalog", extra={"model_version_id": str(version.id), "products": len(ids)}
+            )
+            embedded: np.ndarray = served.model.embed([texts[p] for p in ids], batch_size=128)
+            return embedded
+
+        return CatalogIndex(
+            catalog_id,
+            table,
+            texts,
+            vectors,
+            ann_threshold=self.settings.ann_threshold,
+            threads=self.settings.inference_threads or os.cpu_count() or 1,
+        )
+
+    async def refresh(self) -> None:
+        """Load what the active deployments name and swap each project's snapshot."""
+        assert self._sessionmaker is not None
+        async with self._lock:
+            async with self._sessionmaker() as session:
+                rows = (
+                    await session.execute(
+                        select(Deployment, Project.slug)
+                        .join(Project, Project.id == Deployment.project_id)
+                        .where(Deployment.is_active)
+                    )
+                ).all()
+                version_ids = {d.model_version_id for d, _ in rows} | {
+                    d.canary_model_version_id for d, _ in rows if d.canary_model_version_id
+                }
+                versions = {
+                    v.id: v
+                    for v in (
+                        await session.execute(select(ModelVersion).where(ModelVersion.id.in_(version_ids)))
+                    ).scalars()
+                }
+                catalogs: dict[uuid.UUID, tuple[str, dict[str, Any]] | None] = {}
+                for deployment, _ in rows:
+                    if deployment.project_id not in catalogs:
+                        found = await latest_catalog_version(session, deployment.project_id)
+                        catalogs[deployment.project_id] = (str(found.id), found.tables) if found else None
+            projects: dict[uuid.UUID, dict[DeploymentRole, RoleServing]] = {}
+            slugs: dict[str, uuid.UUID] = {}
+            errors = []
+            keep: set[tuple[uuid.UUID, str | None]] = set()
+            for deployment, slug in rows:
+                slugs[slug] = deployment.project_id
+                catalog = catalogs.get(deployment.project_id)
+                try:
+                    primary = await self._ensure(versions[deployment.model_version_id], catalog, keep)
+                    canary = (
+                        await self._ensure(versions[deployment.canary_model_version_id], catalog, keep)
+                        if deployment.canary_model_version_id
+                        else None
+                    )
+                except Exception as exc:  # keep serving what is loaded; readiness says what is missing
+                    log.exception("could not load a deployment", extra={"deployment_id": str(deployment.id)})
+                    errors.append(f"{deployment.id}: {type(exc).__name__}: {exc}")
+                    old = self._projects.get(deployment.project_id)
+                    role = DeploymentRole(deployment.role)
+                    if old is not None and role in old.roles:
+                        projects.setdefault(deployment.project_id, {})[role] = old.roles[role]
+                        for version in (old.roles[role].primary, old.roles[role].canary):
+                            if version is not None:
+                                keep.add(
+                                    (
+                                        version.id,
+                                        version.catalog.catalog_version_id if version.catalog else None,
+                                    )
+                                )
+                    continue
+                projects.setdefault(deployment.project_id, {})[DeploymentRole(deployment.role)] = RoleServing(
+                    deployment.id, primary, canary, deployment.canary_percent
+                )
+            self._projects = {
+                project_id: ProjectServing(
+                    project_id, next(s for s, p in slugs.items() if p == project_id), roles
+                )
+                for project_id, roles in projects.items()
+            }
+            self._slugs = slugs
+            self.last_error = "; ".join(errors) or None
+            retired = [key for key in self._versions if key not in keep]
+            for key in retired:  # in-flight requests finish on the batcher they hold
+                await self._versions.pop(key).batcher.close()
+
+    async def _ensure(
+        self,
+        version: ModelVersion,
+        catalog: tuple[str, dict[str, Any]] | None,
+        keep: set[tuple[uuid.UUID, str | None]],
+    ) -> ServedVersion:
+        catalog_id = catalog[0] if catalog and version.task_type == ModelTaskType.bi_encoder.value else None
+        key = (version.id, catalog_id)
+        keep.add(key)
+        served = self._versions.get(key)
+        if served is None:
+            served = await asyncio.to_thread(self._load, version, catalog if catalog_id else None)
+            self._versions[key] = served
+        return served
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """First load in the background (readiness reports it), then follow notices and the clock."""
+        self._tasks = [
+            asyncio.create_task(self._follow_notices(), name="deployments:notices"),
+            asyncio.create_task(self._poll(), name="deployments:poll"),
+        ]
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("deployment refresh failed")
+            await asyncio.sleep(self.settings.deployment_refresh_s)
+
+    async def _follow_notices(self) -> None:
+        assert self._redis is not None
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(DEPLOYMENTS_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    log.info("deployment notice", extra={"notice": json.loads(message["data"])})
+                    await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("lost the deployments channel; resubscribing", exc_info=True)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for served in self._versions.values():
+            await served.batcher.close()
+        self._versions.clear()
+
+
+def read_catalog_table(settings: Settings, tables: dict[str, Any]) -> Any:
+    from shared.datasets.storage import read_table
+
+    wanted = ["product_id", "title", "brand", "category", "price", "in_stock"]
+    table = read_table(settings.data_dir, tables, "catalog")
+    return table.select([c for c in wanted if c in table.column_names])
+
+
+def require_ready(registry: ModelRegistry) -> None:
+    if registry.last_error:
+        raise ServiceUnavailable(f"some deployments could not be loaded: {registry.last_error}")

@@ -21,9 +21,10 @@ import numpy as np
 
 from services.trainer.control import JobControl
 from services.trainer.data import Examples, Judged
-from services.trainer.evaluation import BM25Index, classification_metrics, ranking_metrics, rmse
+from services.trainer.evaluation import classification_metrics, ranking_metrics, rmse
 from shared.models.enums import DatasetKind, JobType
 from shared.onnxmodel import OnnxTextModel
+from shared.search import BM25Index
 
 log = logging.getLogger("recforge.trainer")
 

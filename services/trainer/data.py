@@ -8,11 +8,10 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from shared.datasets.catalog import catalog_text, history_text
 from shared.datasets.storage import read_table
 from shared.errors import ValidationFailed
 from shared.models.enums import DatasetKind
-
-HISTORY_ITEMS = 3  # the most recent items that make a user's query text
 
 
 @dataclass
@@ -36,17 +35,6 @@ class Examples:
     texts: dict[str, list[tuple[str, str]]] = field(
         default_factory=dict
     )  # classifier: split -> (text, label)
-
-
-def catalog_text(data_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
-    catalog = read_table(data_dir, tables, "catalog", columns=["product_id", "title", "brand"])
-    ids = catalog["product_id"].to_pylist()
-    titles = catalog["title"].to_pylist()
-    brands = catalog["brand"].to_pylist()
-    return {
-        pid: f"{brand} {title}" if brand and brand.lower() not in title.lower() else title
-        for pid, title, brand in zip(ids, titles, brands, strict=True)
-    }
 
 
 def load(
@@ -88,11 +76,6 @@ def _relevance(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
             valid.candidates.setdefault(query, []).append(pid)
             valid.grades.setdefault(query, {})[pid] = grade
     return Examples(DatasetKind.relevance, products, train, valid, (low, high))
-
-
-def history_text(history: list[str], products: dict[str, str]) -> str:
-    recent = [products[p] for p in reversed(history[-HISTORY_ITEMS:]) if p in products]
-    return " | ".join(recent)
 
 
 def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str]) -> Examples:

@@ -382,8 +382,9 @@ async def _run_on_version(
     ctx: dict[str, Any], claimed: Claimed, control: JobControl, device: Any
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Run an evaluate, export or index job: (job result, artifact entries to merge, export info)."""
-    from services.trainer.data import catalog_text, load
+    from services.trainer.data import load
     from services.trainer.pipeline import VersionSpec, run_evaluate, run_export, run_index
+    from shared.datasets.catalog import catalog_text
 
     settings: Settings = ctx["settings"]
     job, version = claimed.job, claimed.version

@@ -5,6 +5,8 @@ The trainer and the inference service call these to read products straight from 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,3 +37,24 @@ def read_catalog(settings: Settings, version: DatasetVersion, columns: list[str]
 def product_ids(settings: Settings, version: DatasetVersion) -> pa.Array:
     ids = read_catalog(settings, version, ["product_id"])["product_id"].combine_chunks()
     return pc.unique(ids)
+
+
+def catalog_text(data_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
+    """Product id -> the text models see: the title, led by the brand when the title lacks it."""
+    catalog = read_table(data_dir, tables, "catalog", columns=["product_id", "title", "brand"])
+    ids = catalog["product_id"].to_pylist()
+    titles = catalog["title"].to_pylist()
+    brands = catalog["brand"].to_pylist()
+    return {
+        pid: f"{brand} {title}" if brand and brand.lower() not in title.lower() else title
+        for pid, title, brand in zip(ids, titles, brands, strict=True)
+    }
+
+
+HISTORY_ITEMS = 3  # the most recent items that make a user's query text
+
+
+def history_text(history: list[str], products: dict[str, str]) -> str:
+    """A user as a bi-encoder reads them: the texts of their latest items, newest first."""
+    recent = [products[p] for p in reversed(history[-HISTORY_ITEMS:]) if p in products]
+    return " | ".join(recent)

@@ -16,13 +16,13 @@ import pytest
 from ir_measures import RR, R, nDCG
 
 from services.trainer.evaluation import (
-    BM25Index,
     _ranking_order,
     classification_metrics,
     ranking_metrics,
     rmse,
     run_from_scores,
 )
+from shared.search import BM25Index
 
 HOMEDEPOT_DEV = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "homedepot" / "relevance_dev.csv"

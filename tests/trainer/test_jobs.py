@@ -51,6 +51,7 @@ def make_worker(settings: Settings, **overrides: Any) -> Worker:
         on_shutdown=shutdown,
         ctx={"settings": quiet},
         max_tries=100,
+        max_jobs=1,  # as WorkerSettings: one job at a time per worker process
     )
 
 

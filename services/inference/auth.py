@@ -1,0 +1,83 @@
+"""Who may call the inference service: a project's service keys (scope `inference`, or `events` for
+/events) and admin keys. Keys are checked against Postgres and remembered for a short while, so the
+hot path does not wait on the database for every request; a revoked key stops working within
+`KEY_CACHE_S`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.errors import Forbidden, Unauthorized
+from shared.models import ApiKey, User
+from shared.models.enums import KeyRole
+from shared.security import hash_api_key
+
+KEY_CACHE_S = 30.0
+KEY_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: uuid.UUID
+    role: KeyRole
+    project_id: uuid.UUID | None
+    scopes: frozenset[str]
+
+    def require(self, project_id: uuid.UUID, scope: str) -> None:
+        if self.role == KeyRole.admin:
+            return
+        if self.role != KeyRole.service or self.project_id != project_id:
+            raise Forbidden("use a service key of this project (or an admin key)")
+        if scope not in self.scopes:
+            raise Forbidden(f"this service key lacks the {scope!r} scope")
+
+
+class KeyChecker:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], secret: str) -> None:
+        self._sessionmaker = sessionmaker
+        self._secret = secret
+        self._cache: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
+
+    async def check(self, authorization: str | None) -> Caller:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized()
+        digest = hash_api_key(authorization[7:].strip(), self._secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < KEY_CACHE_S:
+            if cached[1] is None:
+                raise Unauthorized()
+            return cached[1]
+        caller = await self._lookup(digest)
+        self._cache[digest] = (now, caller)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > KEY_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        if caller is None:
+            raise Unauthorized()
+        return caller
+
+    async def _lookup(self, digest: str) -> Caller | None:
+        async with self._sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(ApiKey, User.is_active)
+                    .join(User, User.id == ApiKey.user_id)
+                    .where(ApiKey.key_hash == digest)
+                )
+            ).first()
+        if row is None:
+            return None
+        key, active = row
+        if key.revoked_at is not None or not active:
+            return None
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+            return None
+        return Caller(key.id, KeyRole(key.role), key.project_id, frozenset(key.scopes or ()))

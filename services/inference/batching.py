@@ -1,0 +1,149 @@
+"""Dynamic micro-batching: concurrent requests to one model are coalesced into one run.
+
+Requests wait in a bounded queue (counted in items, so memory has a ceiling); a full queue refuses new
+work with `Overloaded` (HTTP 429) instead of growing. One task per model takes what is queued, up to
+`max_batch` items, waiting at most `max_wait_ms` for more when the batch is not full, and runs it in a
+worker thread, so the event loop never blocks on onnxruntime. A request larger than `max_batch` runs
+as one batch of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from shared.errors import TooManyRequests
+
+log = logging.getLogger("recforge.inference")
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Overloaded(TooManyRequests):
+    """The model's queue is full: the client should retry after a short pause (429, Retry-After)."""
+
+    error = "overloaded"
+
+
+@dataclass
+class _Request(Generic[In, Out]):
+    items: Sequence[In]
+    future: asyncio.Future[list[Out]]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        run: Callable[[list[In]], Sequence[Out]],
+        *,
+        name: str,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 1024,
+        observe: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        self.name = name
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self._observe = observe  # (name, batch size, queue depth) after each run
+        self._queue: deque[_Request[In, Out]] = deque()
+        self._queued_items = 0
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
+
+    async def close(self) -> None:
+        """Stop taking work; requests already queued still run."""
+        self._closed = True
+        self._arrived.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, items: Sequence[In]) -> list[Out]:
+        if self._closed:
+            raise Overloaded(f"{self.name} is being replaced; retry")
+        if not items:
+            return []
+        if self._queued_items + len(items) > self.max_queue and self._queued_items > 0:
+            raise Overloaded(f"{self.name} is at capacity ({self._queued_items} items queued)")
+        self.start()
+        future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(items, future))
+        self._queued_items += len(items)
+        self._arrived.set()
+        return await future
+
+    def _take(self) -> list[_Request[In, Out]]:
+        taken: list[_Request[In, Out]] = []
+        size = 0
+        while self._queue:
+            request = self._queue[0]
+            if request.future.cancelled():  # the client went away before its turn
+                self._queue.popleft()
+                self._queued_items -= len(request.items)
+                continue
+            if taken and size + len(request.items) > self.max_batch:
+                break
+            self._queue.popleft()
+            self._queued_items -= len(request.items)
+            taken.append(request)
+            size += len(request.items)
+        return taken
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if self.max_wait_s > 0 and self._queued_items < self.max_batch:
+                deadline = self._queue[0].queued_at + self.max_wait_s
+                while self._queued_items < self.max_batch and not self._closed:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+            batch = self._take()
+            if not batch:
+                continue
+            flat = [item for request in batch for item in request.items]
+            try:
+                results = await asyncio.to_thread(self._run, flat)
+            except Exception as exc:  # every waiting request hears of it; the loop goes on
+                log.exception("batch failed", extra={"model": self.name, "size": len(flat)})
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
+            if self._observe is not None:
+                self._observe(self.name, len(flat), self._queued_items)
+            start = 0
+            for request in batch:
+                end = start + len(request.items)
+                if not request.future.done():
+                    request.future.set_result(list(results[start:end]))
+                start = end

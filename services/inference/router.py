@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.inference import service
+from services.inference.app_state import InferenceResources, get_resources
+from services.inference.auth import Caller
+from services.inference.registry import ProjectServing
+from services.inference.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EventsRequest,
+    EventsResponse,
+    RecommendRequest,
+    RecommendResponse,
+    RerankRequest,
+    RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+log = logging.getLogger("recforge.inference")
+router = APIRouter()
+REQUEST_TTL_S = 7 * 24 * 3600  # how long a request id stays linked to the version that served it
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid key"},
+    403: {"description": "Not a service key of this project"},
+    404: {"description": "Nothing deployed for the project or role"},
+    429: {"description": "The model's queue is full; retry after Retry-After seconds"},
+}
+
+Resources = Annotated[InferenceResources, Depends(get_resources)]
+
+
+async def _caller(resources: Resources, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    return await resources.keys.check(authorization)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _serving(
+    resources: InferenceResources, caller: Caller, project: str, scope: str = "inference"
+) -> ProjectServing:
+    serving = resources.registry.project(project)
+    caller.require(serving.project_id, scope)
+    return serving
+
+
+def _request_id(request: Request) -> str:
+    return str(request.state.request_id)
+
+
+def _remember(resources: InferenceResources, request_id: str, version_id: str) -> None:
+    """Link the request id to the version that answered, for events that arrive later (not awaited)."""
+
+    async def write() -> None:
+        try:
+            await resources.redis.set(f"recforge:request:{request_id}", version_id, ex=REQUEST_TTL_S)
+        except Exception:
+            log.warning("could not record the request's model version", exc_info=True)
+
+    task = asyncio.create_task(write())
+    resources.background.add(task)
+    task.add_done_callback(resources.background.discard)
+
+
+@router.post("/recommend", response_model=RecommendResponse, responses=ERRORS, tags=["inference"])
+async def recommend(
+    data: RecommendRequest, request: Request, resources: Resources, caller: CallerDep
+) -> RecommendResponse:
+    """Products for a query (hybrid: the deployed bi-encoder and BM25, fused by reciprocal rank, with
+    an optional cross-encoder rerank) or for a user (their history as one vector; seen items excluded)."""
+    started = time.perf_counter()
+    serving = _serving(resources, caller, data.project)
+    answer = await service.recommend(
+        resources.registry, resources.sessionmaker, serving, data, _request_id(request)
+    )
+    _remember(resources, answer.request_id, answer.model_version)
+    resources.metrics.latency.labels("/recommend", answer.model_version).observe(
+        time.perf_counter() - started
+    )
+    return answer
+
+
+@router.post("/score", response_model=ScoreResponse, responses=ERRORS, tags=["inference"])
+async def score(
+    data: ScoreRequest, request: Request, resources: Resources, caller: CallerDep
+) -> ScoreResponse:
+    """Relevance of products (ids or texts) to a query: the cross-encoder's logit when a reranker is
+    deployed, else the cosine of the retriever's embeddings."""
+    started = time.perf_counter()
+    answer = await service.score(_serving(resources, caller, data.project), data, _request_id(request))
+    resources.metrics.latency.labels("/score", answer.model_version).observe(time.perf_counter() - started)
+    return answer
+
+
+@router.post("/rerank", response_model=RerankResponse, responses=ERRORS, tags=["inference"])
+async def rerank(
+    data: RerankRequest, request: Request, resources: Resources, caller: CallerDep
+) -> RerankResponse:
+    """Documents ordered by relevance to the query, best first (as the Cohere and TEI rerank APIs)."""
+    started = time.perf_counter()
+    answer = await service.rerank(_serving(resources, caller, data.project), data, _request_id(request))
+    resources.metrics.latency.labels("/rerank", answer.model_version).observe(time.perf_counter() - started)
+    return answer
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["inference"])
+async def classify(
+    data: ClassifyRequest, request: Request, resources: Resources, caller: CallerDep
+) -> ClassifyResponse:
+    """Each text's label and the probability of every label, from the deployed classifier."""
+    started = time.perf_counter()
+    answer = await service.classify(_serving(resources, caller, data.project), data, _request_id(request))
+    resources.metrics.latency.labels("/classify", answer.model_version).observe(time.perf_counter() - started)
+    return answer
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS, tags=["openai"])
+async def embeddings(
+    data: EmbeddingRequest, request: Request, response: Response, resources: Resources, caller: CallerDep
+) -> EmbeddingResponse:
+    """OpenAI-compatible embeddings from the project's deployed bi-encoder; `model` is the project's id
+    or slug. The `openai` client works against it (base_url `http://host:8001/v1`)."""
+    started = time.perf_counter()
+    answer, version = await service.embeddings(
+        _serving(resources, caller, data.model), data, _request_id(request)
+    )
+    response.headers["X-Model-Version"] = version
+    resources.metrics.latency.labels("/v1/embeddings", version).observe(time.perf_counter() - started)
+    return answer
+
+
+@router.post(
+    "/events",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EventsResponse,
+    responses=ERRORS,
+    tags=["events"],
+)
+async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -> EventsResponse:
+    """Store impressions, clicks, carts and purchases for feedback training and online metrics; each
+    event with a request_id is tied to the model version that served that request."""
+    serving = _serving(resources, caller, data.project, scope="events")
+    request_ids = sorted({e.request_id for e in data.events if e.request_id})
+    versions: dict[str, str] = {}
+    if request_ids:
+        found = await resources.redis.mget([f"recforge:request:{r}" for r in request_ids])
+        versions = {
+            r: (v.decode() if isinstance(v, bytes) else v)
+            for r, v in zip(request_ids, found, strict=True)
+            if v
+        }
+    accepted = await service.store_events(resources.sessionmaker, serving.project_id, data, versions)
+    return EventsResponse(accepted=accepted)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(resources: Resources) -> Response:
+    return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)

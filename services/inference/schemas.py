@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ProjectRef = Field(min_length=1, max_length=200, description="The project's id or slug.")
+
+
+class FilterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = Field(None, max_length=500, description="A category or a prefix of its path.")
+    price_min: float | None = Field(None, ge=0)
+    price_max: float | None = Field(None, ge=0)
+    in_stock: bool | None = None
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = ProjectRef
+    query: str | None = Field(None, min_length=1, max_length=1000)
+    user_id: str | None = Field(None, min_length=1, max_length=200)
+    history: list[str] | None = Field(
+        None, max_length=1000, description="Product ids the user saw or bought, oldest first."
+    )
+    k: int = Field(10, ge=1, le=200)
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+    rerank: bool = Field(False, description="Rerank the top candidates with the deployed cross-encoder.")
+    candidates: int = Field(100, ge=1, le=2000, description="How many each retriever returns before fusion.")
+
+    @model_validator(mode="after")
+    def _something_to_go_on(self) -> RecommendRequest:
+        if self.query is None and self.user_id is None and not self.history:
+            raise ValueError("give a query, a user_id or a history")
+        return self
+
+
+class Item(BaseModel):
+    product_id: str
+    title: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    model_version: str = Field(description="The retriever version that answered (a canary or the primary).")
+    reranker_version: str | None = None
+    items: list[Item]
+    took_ms: float
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = ProjectRef
+    query: str = Field(min_length=1, max_length=1000)
+    product_ids: list[str] | None = Field(None, min_length=1, max_length=1000)
+    documents: list[str] | None = Field(
+        None, min_length=1, max_length=1000, description="Texts, instead of ids."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScoreRequest:
+        if (self.product_ids is None) == (self.documents is None):
+            raise ValueError("give either product_ids or documents")
+        return self
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    scores: list[float]
+    took_ms: float
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = ProjectRef
+    texts: list[str] = Field(min_length=1, max_length=1000)
+
+
+class Classification(BaseModel):
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    model_version: str
+    results: list[Classification]
+    took_ms: float
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = ProjectRef
+    query: str = Field(min_length=1, max_length=1000)
+    documents: list[str] = Field(min_length=1, max_length=1000)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: str | None = None
+
+
+class RerankResponse(BaseModel):
+    model_version: str
+    results: list[RerankResult]
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request. `model` is the project's id or slug."""
+
+    input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
+    model: str = ProjectRef
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+EventType = Literal["impression", "click", "cart", "purchase"]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: EventType
+    product_id: str = Field(min_length=1, max_length=200)
+    request_id: str | None = Field(None, max_length=64)
+    user_id: str | None = Field(None, max_length=200)
+    position: int | None = Field(None, ge=0)
+    value: float | None = Field(None, description="An amount, e.g. a purchase's price.")
+    properties: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = ProjectRef
+    events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+class EventsResponse(BaseModel):
+    accepted: int

@@ -1,0 +1,253 @@
+"""What each inference endpoint does, given the loaded deployments."""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.inference.catalog import Filters
+from services.inference.registry import ModelRegistry, ProjectServing, ServedVersion
+from services.inference.schemas import (
+    Classification,
+    ClassifyRequest,
+    ClassifyResponse,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EventsRequest,
+    Item,
+    RecommendRequest,
+    RecommendResponse,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
+from shared.datasets.catalog import history_text
+from shared.errors import Conflict, ValidationFailed
+from shared.models import Event
+from shared.models.enums import DeploymentRole, ModelTaskType
+
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
+RERANK_TOP = 20  # how many fused candidates the cross-encoder reorders
+STORED_HISTORY = 50  # the latest events that make a stored user history
+HISTORY_EVENTS = ("click", "cart", "purchase")
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def fuse(lists: list[list[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of ranked lists of (position, score): sum of 1 / (k + rank)."""
+    fused: dict[int, float] = {}
+    for ranked in lists:
+        for rank, (position, _) in enumerate(ranked, start=1):
+            fused[position] = fused.get(position, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+async def _stored_history(
+    sessionmaker: async_sessionmaker[AsyncSession], project_id: uuid.UUID, user_id: str
+) -> list[str]:
+    async with sessionmaker() as session:
+        rows = await session.execute(
+            select(Event.product_id)
+            .where(
+                Event.project_id == project_id, Event.user_id == user_id, Event.event_type.in_(HISTORY_EVENTS)
+            )
+            .order_by(Event.occurred_at.desc(), Event.id.desc())
+            .limit(STORED_HISTORY)
+        )
+        return [pid for (pid,) in rows][::-1]
+
+
+async def recommend(
+    registry: ModelRegistry,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    serving: ProjectServing,
+    data: RecommendRequest,
+    request_id: str,
+) -> RecommendResponse:
+    started = time.perf_counter()
+    role = serving.role(DeploymentRole.retriever)
+    version = role.pick(data.user_id or request_id)
+    catalog = version.catalog
+    if catalog is None:
+        raise Conflict(f"project {serving.slug!r} has no catalog: import one, then the retriever serves it")
+    filters = Filters(**data.filters.model_dump())
+    allowed = catalog.mask(filters)
+    history = list(data.history or [])
+    if not history and data.user_id and data.query is None:
+        history = await _stored_history(sessionmaker, serving.project_id, data.user_id)
+    seen = {catalog.position[p] for p in history if p in catalog.position}
+    wanted = max(data.candidates, data.k)
+    if data.query is not None:
+        vector = (await version.embed([data.query]))[0]
+        dense = catalog.dense(vector, wanted, allowed, seen)
+        lexical = [
+            hit for hit in catalog.lexical(data.query, wanted + len(seen), allowed) if hit[0] not in seen
+        ]
+        ranked = fuse([dense, lexical[:wanted]])
+    else:
+        text = history_text(history, catalog.texts)
+        if not text:
+            raise ValidationFailed(
+                "none of the user's history is in the catalog: give a query or known product ids",
+                detail=[{"loc": ["body", "history"], "msg": "no known products"}],
+            )
+        vector = (await version.embed([text]))[0]
+        ranked = catalog.dense(vector, wanted, allowed, seen)
+    reranker: ServedVersion | None = None
+    if data.rerank and data.query is not None and ranked:
+        reranker = serving.role(DeploymentRole.reranker).pick(data.user_id or request_id)
+        head = ranked[: max(RERANK_TOP, data.k) if data.k > RERANK_TOP else RERANK_TOP]
+        scores = await reranker.score([(data.query, catalog.texts[catalog.ids[p]]) for p, _ in head])
+        order = np.argsort(-scores, kind="stable")
+        ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[len(head) :]
+    items = [
+        Item(product_id=catalog.ids[p], title=catalog.titles[p], score=round(float(score), 6))
+        for p, score in ranked[: data.k]
+    ]
+    return RecommendResponse(
+        request_id=request_id,
+        model_version=str(version.id),
+        reranker_version=str(reranker.id) if reranker else None,
+        items=items,
+        took_ms=_ms(started),
+    )
+
+
+def _scorer(serving: ProjectServing, key: str) -> ServedVersion:
+    """The reranker when one is deployed, else the retriever (cosine of embeddings)."""
+    role = serving.roles.get(DeploymentRole.reranker) or serving.role(DeploymentRole.retriever)
+    return role.pick(key)
+
+
+async def score(serving: ProjectServing, data: ScoreRequest, request_id: str) -> ScoreResponse:
+    started = time.perf_counter()
+    version = _scorer(serving, request_id)
+    if data.documents is not None:
+        documents = data.documents
+    else:
+        retriever = serving.roles.get(DeploymentRole.retriever)
+        catalog = retriever.primary.catalog if retriever else None
+        if catalog is None:
+            raise Conflict(
+                "scoring product ids needs a deployed retriever with a catalog; send documents instead"
+            )
+        unknown = [p for p in data.product_ids or [] if p not in catalog.texts]
+        if unknown:
+            raise ValidationFailed(
+                f"unknown product ids: {unknown[:10]}",
+                detail=[{"loc": ["body", "product_ids"], "msg": "unknown"}],
+            )
+        documents = [catalog.texts[p] for p in data.product_ids or []]
+    scores = await version.score([(data.query, d) for d in documents])
+    return ScoreResponse(
+        model_version=str(version.id), scores=[float(s) for s in scores], took_ms=_ms(started)
+    )
+
+
+async def rerank(serving: ProjectServing, data: RerankRequest, request_id: str) -> RerankResponse:
+    version = _scorer(serving, request_id)
+    scores = await version.score([(data.query, d) for d in data.documents])
+    if version.task == ModelTaskType.cross_encoder:
+        scores = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))  # a logit becomes a 0..1 relevance
+    order = np.argsort(-scores, kind="stable")[: data.top_n or len(data.documents)]
+    return RerankResponse(
+        model_version=str(version.id),
+        results=[
+            RerankResult(
+                index=int(i),
+                relevance_score=float(scores[i]),
+                document=data.documents[i] if data.return_documents else None,
+            )
+            for i in order
+        ],
+    )
+
+
+async def classify(serving: ProjectServing, data: ClassifyRequest, request_id: str) -> ClassifyResponse:
+    started = time.perf_counter()
+    version = serving.role(DeploymentRole.classifier).pick(request_id)
+    logits = (await version.logits(data.texts)).astype(np.float64)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    labels = version.labels or [str(i) for i in range(probabilities.shape[1])]
+    results = []
+    for row in probabilities:
+        best = int(row.argmax())
+        results.append(
+            Classification(
+                label=labels[best],
+                score=round(float(row[best]), 6),
+                probabilities={label: round(float(p), 6) for label, p in zip(labels, row, strict=True)},
+            )
+        )
+    return ClassifyResponse(model_version=str(version.id), results=results, took_ms=_ms(started))
+
+
+async def embeddings(
+    serving: ProjectServing, data: EmbeddingRequest, request_id: str
+) -> tuple[EmbeddingResponse, str]:
+    texts = [data.input] if isinstance(data.input, str) else data.input
+    if not texts or any(not t for t in texts):
+        raise ValidationFailed("input must be a non-empty text or list of non-empty texts")
+    if len(texts) > 2048:
+        raise ValidationFailed("at most 2048 texts per request")
+    version = serving.role(DeploymentRole.retriever).pick(data.user or request_id)
+    vectors = await version.embed(texts)
+    if data.dimensions is not None and data.dimensions != vectors.shape[1]:
+        raise ValidationFailed(f"this model's embeddings have {vectors.shape[1]} dimensions")
+    tokens = sum(len(e.ids) for e in version.model.tokenizer.encode_batch(texts))
+    data_out = []
+    for i, vector in enumerate(vectors):
+        value: list[float] | str = (
+            base64.b64encode(vector.astype("<f4").tobytes()).decode()
+            if data.encoding_format == "base64"
+            else vector.tolist()
+        )
+        data_out.append(Embedding(index=i, embedding=value))
+    return (
+        EmbeddingResponse(
+            data=data_out, model=data.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+        ),
+        str(version.id),
+    )
+
+
+async def store_events(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    project_id: uuid.UUID,
+    data: EventsRequest,
+    versions: dict[str, str],
+) -> int:
+    """Insert the events in one statement; each names the model version that served its request."""
+    rows: list[dict[str, Any]] = [
+        {
+            "project_id": project_id,
+            "model_version_id": uuid.UUID(versions[e.request_id]) if e.request_id in versions else None,
+            "request_id": e.request_id,
+            "event_type": e.type,
+            "user_id": e.user_id,
+            "product_id": e.product_id,
+            "position": e.position,
+            "value": e.value if e.value is None or math.isfinite(e.value) else None,
+            "properties": e.properties,
+        }
+        for e in data.events
+    ]
+    async with sessionmaker() as session:
+        await session.execute(insert(Event), rows)
+        await session.commit()
+    return len(rows)

@@ -1,0 +1,63 @@
+"""Micro-batching: coalescing, bounded queues that refuse with 429, failures reach every caller."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from services.inference.batching import MicroBatcher, Overloaded
+
+
+async def test_concurrent_requests_share_runs_and_keep_their_order() -> None:
+    runs: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        runs.append(list(items))
+        time.sleep(0.01)
+        return [i * 10 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=16, max_wait_ms=5)
+    results = await asyncio.gather(*(batcher.submit([i, i + 100]) for i in range(20)))
+    await batcher.close()
+    assert results == [[i * 10, (i + 100) * 10] for i in range(20)]
+    assert max(len(r) for r in runs) <= 16 and len(runs) < 20  # coalesced, never over max_batch
+
+
+async def test_a_full_queue_refuses_and_memory_stays_bounded() -> None:
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=4, max_wait_ms=0, max_queue=8)
+    first = asyncio.create_task(batcher.submit([0, 1, 2, 3]))  # taken into the (blocked) run
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(batcher.submit([i])) for i in range(8)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as refused:
+        await batcher.submit([99])
+    assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "1"
+    assert batcher.queued_items == 8
+    gate.set()
+    assert await first == [0, 1, 2, 3]
+    assert [await w for w in waiting] == [[i] for i in range(8)]
+    await batcher.close()
+
+
+async def test_a_failed_run_reaches_its_callers_and_the_loop_goes_on() -> None:
+    def run(items: list[int]) -> list[int]:
+        if -1 in items:
+            raise ValueError("bad input")
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=1, max_wait_ms=0)
+    with pytest.raises(ValueError, match="bad input"):
+        await batcher.submit([-1])
+    assert await batcher.submit([5]) == [5]
+    await batcher.close()
+    with pytest.raises(Overloaded):
+        await batcher.submit([1])

@@ -1,0 +1,364 @@
+"""The inference service over versions the real trainer made (a tiny random BERT, exported to ONNX)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.config import Settings
+from shared.models import Event
+from shared.onnxmodel import OnnxTextModel
+from tests.services.api.conftest import World, bearer
+from tests.trainer.test_jobs import _run_worker, make_worker
+
+P = "/api/v1/projects/search-a"
+KINDS = ["drill", "hammer", "hose", "lamp", "saw", "paint", "ladder", "faucet", "tile", "fan"]
+
+
+def catalog_csv(products: int = 80) -> str:
+    rows = ["product_id,title,brand,category,price,in_stock"]
+    for i in range(products):
+        kind = KINDS[i % 10]
+        rows.append(
+            f"p{i},{kind.title()} model {i},Acme,Tools > {kind.title()},{i * 1.5:.2f},{'no' if i % 20 == 10 else 'yes'}"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def judgments_csv() -> str:
+    rows = ["query,product_id,grade"]
+    for q in range(60):
+        kind = KINDS[q % 10]
+        for i in range(q % 7, 80, 9):
+            rows.append(f"{kind} for home {q},p{i},{3 if KINDS[i % 10] == kind else 1}")
+    return "\n".join(dict.fromkeys(rows)) + "\n"
+
+
+async def _upload(w: World, name: str, body: str, kind: str) -> str:
+    response = await w.call(
+        "member",
+        "POST",
+        f"{P}/datasets",
+        files=[("file", (name, io.BytesIO(body.encode())))],
+        data={"kind": kind},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["version_id"])
+
+
+async def _train(w: World, settings: Settings, bodies: list[dict[str, Any]]) -> list[str]:
+    ids = []
+    for body in bodies:
+        response = await w.call("member", "POST", f"{P}/training-jobs", json=body)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    await _run_worker(make_worker(settings))
+    versions = []
+    for job_id in ids:
+        job = (await w.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+        assert job["status"] == "succeeded", job["error"]
+        versions.append(job["model_version_ids"][0])
+    return versions
+
+
+async def _service_key(w: World) -> dict[str, str]:
+    return bearer(w.keys["service"])
+
+
+async def _wait_loaded(client: httpx.AsyncClient) -> None:
+    for _ in range(600):
+        ready = await client.get("/readyz")
+        if ready.status_code == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"inference never became ready: {ready.text}")
+
+
+@pytest.fixture
+async def deployed(world: World, settings: Settings, tiny_model: Path) -> dict[str, Any]:
+    await world.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
+    await _upload(world, "catalog.csv", catalog_csv(), "catalog")
+    relevance = await _upload(world, "judgments.csv", judgments_csv(), "relevance")
+    intents = "\n".join(
+        json.dumps({"text": t, "label": label})
+        for i in range(40)
+        for t, label in ((f"where is my order {i}", "order_status"), (f"refund item {i} please", "refund"))
+    )
+    labeled = await _upload(world, "intents.jsonl", intents + "\n", "labeled_text")
+    common = {"base_model": str(tiny_model)}
+    bi, cross, classifier = await _train(
+        world,
+        settings,
+        [
+            {"job_type": "bi_encoder", "dataset_version_id": relevance, **common,
+             "hyperparameters": {"max_steps": 30, "batch_size": 16, "max_length": 32, "learning_rate": 1e-3}},
+            {"job_type": "cross_encoder", "dataset_version_id": relevance, **common,
+             "hyperparameters": {"max_steps": 10, "batch_size": 16, "max_length": 32}},
+            {"job_type": "classifier", "dataset_version_id": labeled, **common,
+             "hyperparameters": {"epochs": 5, "batch_size": 16, "max_length": 16, "learning_rate": 1e-3}},
+        ],
+    )  # fmt: skip
+    for version in (bi, cross, classifier):
+        promoted = await world.call("owner", "POST", f"/api/v1/model-versions/{version}/promote")
+        assert promoted.status_code == 200, promoted.text
+    return {"bi": bi, "cross": cross, "classifier": classifier}
+
+
+def _model(settings: Settings, version: dict[str, Any], name: str) -> OnnxTextModel:
+    path = settings.data_dir / version["artifacts"][name]["path"]
+    return OnnxTextModel(path, path.parent, max_length=version["config"]["max_length"])
+
+
+async def test_every_endpoint_answers_from_the_deployed_versions(
+    world: World,
+    settings: Settings,
+    deployed: dict[str, Any],
+    inference_client: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    client = inference_client
+    await _wait_loaded(client)
+    key = await _service_key(world)
+    bi = (await world.call("member", "GET", f"/api/v1/model-versions/{deployed['bi']}")).json()
+
+    # /recommend by query: hybrid retrieval, names the version, honours k and filters
+    answer = await client.post(
+        "/recommend", json={"project": "search-a", "query": "drill", "k": 5}, headers=key
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_version"] == deployed["bi"] and body["reranker_version"] is None
+    assert len(body["items"]) == 5 and body["took_ms"] > 0 and body["request_id"]
+    assert body["items"][0]["title"].startswith("Drill")  # BM25 finds the word even if the tiny model cannot
+    filtered = await client.post(
+        "/recommend",
+        json={"project": "search-a", "query": "drill", "k": 50,
+              "filters": {"category": "tools > drill", "price_max": 60, "in_stock": True}},
+        headers=key,
+    )  # fmt: skip
+    items = filtered.json()["items"]
+    assert items and all(it["title"].startswith("Drill") for it in items)
+    assert {it["product_id"] for it in items} == {"p0", "p20", "p40"}  # p10, p30 are out of stock
+    reranked = await client.post(
+        "/recommend", json={"project": "search-a", "query": "drill", "k": 5, "rerank": True}, headers=key
+    )
+    assert reranked.json()["reranker_version"] == deployed["cross"]
+
+    # /recommend for a user: the history becomes one vector; seen items never come back
+    history = ["p1", "p2", "p3"]
+    user = await client.post(
+        "/recommend", json={"project": "search-a", "user_id": "u1", "history": history, "k": 20}, headers=key
+    )
+    assert user.status_code == 200, user.text
+    ids = [it["product_id"] for it in user.json()["items"]]
+    assert len(ids) == 20 and not set(ids) & set(history)
+
+    # /v1/embeddings with the openai client: the same vectors as the int8 graph gives directly
+    import openai
+
+    oa = openai.AsyncOpenAI(base_url="http://inference/v1", api_key=world.keys["service"], http_client=client)
+    embedded = await oa.embeddings.create(model="search-a", input=["cordless drill", "garden hose"])
+    served_file = "model_int8" if bi["artifacts"]["model_int8"]["servable"] else "model"
+    reference = _model(settings, bi, served_file).embed(["cordless drill", "garden hose"])
+    np.testing.assert_allclose(np.array([d.embedding for d in embedded.data]), reference, atol=1e-5)
+    assert embedded.usage.prompt_tokens > 0
+
+    # /score and /rerank use the deployed cross-encoder
+    scores = await client.post(
+        "/score", json={"project": "search-a", "query": "drill", "product_ids": ["p0", "p1"]}, headers=key
+    )
+    assert scores.status_code == 200 and scores.json()["model_version"] == deployed["cross"]
+    documents = ["Drill model 0", "Hose model 2", "Lamp model 3"]
+    ranked = await client.post(
+        "/rerank",
+        json={"project": "search-a", "query": "drill", "documents": documents, "top_n": 2},
+        headers=key,
+    )
+    results = ranked.json()["results"]
+    assert len(results) == 2 and results[0]["relevance_score"] >= results[1]["relevance_score"]
+    cross = (await world.call("member", "GET", f"/api/v1/model-versions/{deployed['cross']}")).json()
+    logits = _model(settings, cross, "model").score_pairs([("drill", d) for d in documents])
+    assert [r["index"] for r in results] == list(np.argsort(-logits, kind="stable")[:2])
+
+    # /classify
+    labels = await client.post(
+        "/classify",
+        json={"project": "search-a", "texts": ["where is my order 3", "refund item 7 please"]},
+        headers=key,
+    )
+    assert labels.status_code == 200, labels.text
+    got = labels.json()["results"]
+    classifier = (
+        await world.call("member", "GET", f"/api/v1/model-versions/{deployed['classifier']}")
+    ).json()
+    served = "model_int8" if classifier["artifacts"]["model_int8"]["servable"] else "model"
+    direct = _model(settings, classifier, served).classify_logits(
+        ["where is my order 3", "refund item 7 please"]
+    )
+    assert [r["label"] for r in got] == [classifier["config"]["labels"][i] for i in direct.argmax(axis=1)]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in got)
+
+    # /events tie each event to the version that served its request
+    stored = await client.post(
+        "/events",
+        json={"project": "search-a", "events": [
+            {"type": "impression", "request_id": body["request_id"], "product_id": body["items"][0]["product_id"],
+             "user_id": "u1", "position": 0},
+            {"type": "purchase", "product_id": "p7", "user_id": "u1", "value": 19.9},
+        ]},
+        headers=key,
+    )  # fmt: skip
+    assert stored.status_code == 202 and stored.json() == {"accepted": 2}
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
+    assert [str(r.model_version_id) if r.model_version_id else None for r in rows] == [deployed["bi"], None]
+    # a stored history serves a user who sends none
+    stored_user = await client.post(
+        "/recommend", json={"project": "search-a", "user_id": "u1", "k": 10}, headers=key
+    )
+    assert "p7" not in [it["product_id"] for it in stored_user.json()["items"]]
+
+    metrics = await client.get("/metrics")
+    assert 'recforge_inference_request_seconds_count{model_version="' in metrics.text
+    assert "recforge_inference_batch_size_bucket" in metrics.text
+
+
+async def test_callers_need_a_service_key_of_the_project(
+    world: World, deployed: dict[str, Any], inference_client: httpx.AsyncClient
+) -> None:
+    await _wait_loaded(inference_client)
+    body = {"project": "search-a", "query": "drill"}
+    assert (await inference_client.post("/recommend", json=body)).status_code == 401
+    assert (
+        await inference_client.post("/recommend", json=body, headers=bearer("rf_nope"))
+    ).status_code == 401
+    person = await inference_client.post("/recommend", json=body, headers=bearer(world.keys["owner"]))
+    assert person.status_code == 403
+    admin = await inference_client.post("/recommend", json=body, headers=bearer(world.admin))
+    assert admin.status_code == 200
+    unknown = await inference_client.post(
+        "/recommend", json={**body, "project": "nope"}, headers=bearer(world.keys["service"])
+    )
+    assert unknown.status_code == 404
+    bad = await inference_client.post(
+        "/recommend", json={"project": "search-a"}, headers=bearer(world.keys["service"])
+    )
+    assert bad.status_code == 422
+
+
+async def test_a_promotion_under_load_fails_no_request(
+    world: World,
+    settings: Settings,
+    deployed: dict[str, Any],
+    inference_client: httpx.AsyncClient,
+    tiny_model: Path,
+) -> None:
+    client = inference_client
+    await _wait_loaded(client)
+    key = bearer(world.keys["service"])
+    relevance = (await world.call("member", "GET", f"/api/v1/model-versions/{deployed['bi']}")).json()[
+        "dataset_version_id"
+    ]
+    (second,) = await _train(
+        world,
+        settings,
+        [{"job_type": "bi_encoder", "dataset_version_id": relevance, "base_model": str(tiny_model),
+          "hyperparameters": {"max_steps": 5, "batch_size": 16, "max_length": 32, "seed": 7}}],
+    )  # fmt: skip
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def caller(n: int) -> None:
+        while not stop.is_set():
+            response = await client.post(
+                "/recommend", json={"project": "search-a", "query": f"saw {n}", "k": 3}, headers=key
+            )
+            if response.status_code != 200:
+                failures.append(response.text)
+            else:
+                seen.append(response.json()["model_version"])
+
+    callers = [asyncio.create_task(caller(n)) for n in range(8)]
+    await asyncio.sleep(0.5)
+    promoted = await world.call("owner", "POST", f"/api/v1/model-versions/{second}/promote")
+    assert promoted.status_code == 200
+    for _ in range(300):
+        if seen and seen[-1] == second:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*callers)
+    assert failures == []
+    assert seen[0] == deployed["bi"] and seen[-1] == second
+    first_new = seen.index(second)
+    assert set(seen[first_new + 8 :]) <= {second}  # once swapped, every new request gets the new version
+
+
+async def test_a_canary_serves_its_share_by_user(
+    world: World,
+    settings: Settings,
+    deployed: dict[str, Any],
+    inference_client: httpx.AsyncClient,
+    tiny_model: Path,
+) -> None:
+    relevance = (await world.call("member", "GET", f"/api/v1/model-versions/{deployed['bi']}")).json()[
+        "dataset_version_id"
+    ]
+    (second,) = await _train(
+        world,
+        settings,
+        [{"job_type": "bi_encoder", "dataset_version_id": relevance, "base_model": str(tiny_model),
+          "hyperparameters": {"max_steps": 5, "batch_size": 16, "max_length": 32, "seed": 3}}],
+    )  # fmt: skip
+    canary = await world.call(
+        "owner", "POST", f"/api/v1/model-versions/{second}/promote", json={"canary_percent": 30}
+    )
+    assert canary.status_code == 200
+    await _wait_loaded(inference_client)
+    key = bearer(world.keys["service"])
+    served: dict[str, str] = {}
+    for user in range(200):
+        response = await inference_client.post(
+            "/recommend", json={"project": "search-a", "query": "fan", "user_id": f"u{user}"}, headers=key
+        )
+        served[f"u{user}"] = response.json()["model_version"]
+    share = sum(v == second for v in served.values()) / len(served)
+    assert 0.18 < share < 0.42, share
+    again = await inference_client.post(
+        "/recommend", json={"project": "search-a", "query": "fan", "user_id": "u5"}, headers=key
+    )
+    assert again.json()["model_version"] == served["u5"]  # a user stays on their side
+
+
+def test_the_service_never_imports_torch(settings: Settings) -> None:
+    code = (
+        "import sys\n"
+        "from services.inference.app import create_app\n"
+        "from services.inference import service, registry, catalog, batching\n"
+        "create_app()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    env = {
+        "RECFORGE_DATABASE_URL": settings.resolved_database_url(),
+        "RECFORGE_REDIS_URL": settings.resolved_redis_url(),
+    }
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
