@@ -27,12 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference.batching import MicroBatcher
 from services.inference.catalog import CatalogIndex, load_vectors
+from services.inference.merchandising import Rule
 from shared.config import Settings
 from shared.datasets.catalog import catalog_text, latest_catalog_version
 from shared.errors import NotFound, ServiceUnavailable
 from shared.jobs import DEPLOYMENTS_CHANNEL
-from shared.models import Deployment, ModelVersion, Project
-from shared.models.enums import DeploymentRole, ModelTaskType
+from shared.models import Deployment, MerchandisingRule, ModelVersion, Project
+from shared.models.enums import DeploymentRole, ModelTaskType, RuleAction
 from shared.onnxmodel import OnnxTextModel, providers
 
 log = logging.getLogger("recforge.inference")
@@ -95,6 +96,7 @@ class ProjectServing:
     project_id: uuid.UUID
     slug: str
     roles: dict[DeploymentRole, RoleServing] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()  # merchandising, in creation order
 
     def role(self, role: DeploymentRole) -> RoleServing:
         found = self.roles.get(role)
@@ -277,6 +279,22 @@ class ModelRegistry:
                         await session.execute(select(ModelVersion).where(ModelVersion.id.in_(version_ids)))
                     ).scalars()
                 }
+                rules: dict[uuid.UUID, list[Rule]] = {}
+                for rule in (
+                    await session.execute(
+                        select(MerchandisingRule).order_by(MerchandisingRule.created_at, MerchandisingRule.id)
+                    )
+                ).scalars():
+                    rules.setdefault(rule.project_id, []).append(
+                        Rule(
+                            RuleAction(rule.action),
+                            rule.query,
+                            rule.product_id,
+                            rule.category,
+                            rule.position,
+                            rule.weight,
+                        )
+                    )
                 catalogs: dict[uuid.UUID, tuple[str, dict[str, Any]] | None] = {}
                 for deployment, _ in rows:
                     if deployment.project_id not in catalogs:
@@ -317,7 +335,10 @@ class ModelRegistry:
                 )
             self._projects = {
                 project_id: ProjectServing(
-                    project_id, next(s for s, p in slugs.items() if p == project_id), roles
+                    project_id,
+                    next(s for s, p in slugs.items() if p == project_id),
+                    roles,
+                    tuple(rules.get(project_id, ())),
                 )
                 for project_id, roles in projects.items()
             }

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference.catalog import Filters
+from services.inference.merchandising import apply_rules
 from services.inference.registry import ModelRegistry, ProjectServing, ServedVersion
 from services.inference.schemas import (
     Classification,
@@ -110,10 +111,12 @@ async def recommend(
     reranker: ServedVersion | None = None
     if data.rerank and data.query is not None and ranked:
         reranker = serving.role(DeploymentRole.reranker).pick(data.user_id or request_id)
-        head = ranked[: max(RERANK_TOP, data.k) if data.k > RERANK_TOP else RERANK_TOP]
+        head = ranked[: max(RERANK_TOP, data.k)]
         scores = await reranker.score([(data.query, catalog.texts[catalog.ids[p]]) for p, _ in head])
         order = np.argsort(-scores, kind="stable")
         ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[len(head) :]
+    if serving.rules:
+        ranked = apply_rules(ranked, catalog, serving.rules, data.query, allowed, seen)
     items = [
         Item(product_id=catalog.ids[p], title=catalog.titles[p], score=round(float(score), 6))
         for p, score in ranked[: data.k]

@@ -3,7 +3,7 @@
 from shared.models.audit import AuditLog
 from shared.models.base import Base
 from shared.models.datasets import Dataset, DatasetImport, DatasetVersion
-from shared.models.deployments import Deployment
+from shared.models.deployments import Deployment, MerchandisingRule
 from shared.models.events import Event
 from shared.models.model_versions import ModelVersion
 from shared.models.projects import Milestone, Project, ProjectMember
@@ -20,6 +20,7 @@ __all__ = [
     "DatasetVersion",
     "Deployment",
     "Event",
+    "MerchandisingRule",
     "Milestone",
     "ModelVersion",
     "Project",

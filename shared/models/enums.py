@@ -105,3 +105,11 @@ class EventType(StrEnum):
 
 def values(enum: type[StrEnum]) -> tuple[str, ...]:
     return tuple(member.value for member in enum)
+
+
+class RuleAction(StrEnum):
+    pin = "pin"  # put the product at `position` for the query
+    boost = "boost"  # multiply the rank score of matching products by `weight`
+    bury = "bury"  # move matching products after all others
+    hide = "hide"  # never return matching products
+    hide_out_of_stock = "hide_out_of_stock"  # never return products marked out of stock

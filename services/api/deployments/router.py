@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
 
 from services.api.auth.deps import CurrentPerson
 from services.api.deployments import service
-from services.api.deployments.schemas import DeploymentRead, PromoteRequest
+from services.api.deployments.schemas import DeploymentRead, PromoteRequest, RuleCreate, RuleRead
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
 from services.api.projects.deps import ProjectDep
@@ -39,3 +39,42 @@ async def list_deployments(
 ) -> list[DeploymentRead]:
     """The active deployment of each role; with `history=true`, every past one too, newest first."""
     return await service.list_deployments(session, ctx, history=history)
+
+
+@router.get(
+    "/projects/{project_id}/merchandising-rules",
+    response_model=list[RuleRead],
+    responses=ERRORS,
+    tags=["merchandising"],
+)
+async def list_rules(ctx: ProjectDep, session: SessionDep) -> list[RuleRead]:
+    """The rules /recommend applies after ranking, oldest first."""
+    return await service.list_rules(session, ctx)
+
+
+@router.post(
+    "/projects/{project_id}/merchandising-rules",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RuleRead,
+    responses=ERRORS,
+    tags=["merchandising"],
+)
+async def add_rule(
+    data: RuleCreate, ctx: ProjectDep, session: SessionDep, resources: ResourcesDep
+) -> RuleRead:
+    """Pin a product to a slot for a query, boost or bury products or categories, hide them, or hide
+    everything out of stock. Inference services apply a new rule within moments (a Redis notice)."""
+    return await service.add_rule(session, resources, ctx, data)
+
+
+@router.delete(
+    "/merchandising-rules/{rule_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=ERRORS,
+    tags=["merchandising"],
+)
+async def delete_rule(
+    rule_id: uuid.UUID, session: SessionDep, resources: ResourcesDep, principal: CurrentPerson
+) -> Response:
+    await service.delete_rule(session, resources, principal, rule_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

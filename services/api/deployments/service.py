@@ -13,18 +13,18 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.auth.deps import Principal
-from services.api.deployments.schemas import DeploymentRead, PromoteRequest
+from services.api.deployments.schemas import DeploymentRead, PromoteRequest, RuleCreate, RuleRead
 from services.api.deps import ApiResources
-from services.api.projects.deps import ProjectContext
+from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
 from services.api.projects.service import audit_change
 from services.api.schemas import snapshot
 from services.api.training import repository as training_repository
 from services.api.training.service import model_version_context
 from shared.db import after_commit
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound
 from shared.jobs import DEPLOYMENTS_CHANNEL
-from shared.models import Deployment, ModelVersion
+from shared.models import Deployment, MerchandisingRule, ModelVersion
 from shared.models.enums import DeploymentRole, ModelStatus, ModelTaskType
 
 ROLE_OF = {
@@ -32,6 +32,7 @@ ROLE_OF = {
     ModelTaskType.cross_encoder: DeploymentRole.reranker,
     ModelTaskType.classifier: DeploymentRole.classifier,
 }
+MAX_RULES = 1000
 FIELDS = ("role", "model_version_id", "canary_model_version_id", "canary_percent", "is_active")
 
 
@@ -143,3 +144,77 @@ async def list_deployments(
         query = query.where(Deployment.is_active)
     rows = (await session.execute(query.order_by(Deployment.created_at.desc(), Deployment.id))).scalars()
     return [DeploymentRead.model_validate(row) for row in rows]
+
+
+# -- merchandising rules ----------------------------------------------------------------------
+
+RULE_FIELDS = ("action", "query", "product_id", "category", "position", "weight", "note")
+
+
+def _notify_rules(session: AsyncSession, resources: ApiResources, project_id: uuid.UUID) -> None:
+    message = json.dumps({"project_id": str(project_id), "rules": True})
+    redis = resources.redis
+
+    async def notify() -> None:
+        await redis.publish(DEPLOYMENTS_CHANNEL, message)
+
+    after_commit(session, notify)
+
+
+async def list_rules(session: AsyncSession, ctx: ProjectContext) -> list[RuleRead]:
+    rows = await session.execute(
+        select(MerchandisingRule)
+        .where(MerchandisingRule.project_id == ctx.project.id)
+        .order_by(MerchandisingRule.created_at, MerchandisingRule.id)
+    )
+    return [RuleRead.model_validate(rule) for rule in rows.scalars()]
+
+
+async def add_rule(
+    session: AsyncSession, resources: ApiResources, ctx: ProjectContext, data: RuleCreate
+) -> RuleRead:
+    ctx.require(Action.deploy)
+    count = (
+        await session.execute(select(func.count()).where(MerchandisingRule.project_id == ctx.project.id))
+    ).scalar_one()
+    if count >= MAX_RULES:
+        raise Conflict(f"a project has at most {MAX_RULES} merchandising rules; delete some first")
+    rule = MerchandisingRule(
+        project_id=ctx.project.id,
+        action=data.action.value,
+        query=data.query.strip().lower() if data.query else None,
+        product_id=data.product_id,
+        category=data.category,
+        position=data.position,
+        weight=data.weight,
+        note=data.note,
+        created_by=ctx.principal.user_id,
+    )
+    session.add(rule)
+    await session.flush()
+    await session.refresh(rule)
+    await audit_change(
+        session,
+        ctx,
+        "merchandising_rule.create",
+        "merchandising_rule",
+        rule.id,
+        None,
+        snapshot(rule, RULE_FIELDS),
+    )
+    _notify_rules(session, resources, ctx.project.id)
+    return RuleRead.model_validate(rule)
+
+
+async def delete_rule(
+    session: AsyncSession, resources: ApiResources, principal: Principal, rule_id: uuid.UUID
+) -> None:
+    rule = await session.get(MerchandisingRule, rule_id)
+    if rule is None:
+        raise NotFound("merchandising rule not found")
+    ctx = await load_entity_context(session, principal, rule.project_id, "merchandising rule")
+    ctx.require(Action.deploy)
+    before = snapshot(rule, RULE_FIELDS)
+    await session.delete(rule)
+    await audit_change(session, ctx, "merchandising_rule.delete", "merchandising_rule", rule_id, before, None)
+    _notify_rules(session, resources, ctx.project.id)

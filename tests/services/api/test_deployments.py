@@ -163,3 +163,40 @@ async def test_concurrent_promotions_leave_one_active_row(
     assert len(active) == 1
     statuses = [await _status(world, v) for v in versions]
     assert statuses.count("production") == 1 and statuses.count("retired") == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "pin", "product_id": "p1"},
+        {"action": "pin", "position": 1},
+        {"action": "boost", "product_id": "p1"},
+        {"action": "boost", "product_id": "p1", "category": "Tools", "weight": 2},
+        {"action": "hide"},
+        {"action": "bury", "product_id": "p1", "weight": 2},
+        {"action": "hide_out_of_stock", "product_id": "p1"},
+        {"action": "promote", "product_id": "p1"},
+        {"action": "boost", "category": "Tools", "weight": 0},
+    ],
+)
+async def test_invalid_rules_are_refused(world: World, body: dict[str, Any]) -> None:
+    response = await world.call("owner", "POST", f"{P}/merchandising-rules", json=body)
+    assert response.status_code == 422, response.text
+    assert (await world.call("owner", "GET", f"{P}/merchandising-rules")).json() == []
+
+
+async def test_rules_belong_to_owners_and_maintainers(world: World) -> None:
+    rule = {"action": "boost", "category": "Tools > Saws", "weight": 1.5, "query": "  Saw "}
+    assert (await world.call("member", "POST", f"{P}/merchandising-rules", json=rule)).status_code == 403
+    assert (await world.call("owner_b", "POST", f"{P}/merchandising-rules", json=rule)).status_code == 404
+    created = await world.call("maintainer", "POST", f"{P}/merchandising-rules", json=rule)
+    assert created.status_code == 201 and created.json()["query"] == "saw"
+    rule_id = created.json()["id"]
+    assert (await world.call("member", "DELETE", f"/api/v1/merchandising-rules/{rule_id}")).status_code == 403
+    assert (
+        await world.call("owner_b", "DELETE", f"/api/v1/merchandising-rules/{rule_id}")
+    ).status_code == 404
+    assert (await world.call("owner", "DELETE", f"/api/v1/merchandising-rules/{rule_id}")).status_code == 204
+    assert (await world.call("owner", "DELETE", f"/api/v1/merchandising-rules/{rule_id}")).status_code == 404
+    audit = (await world.call("owner", "GET", f"{P}/audit")).json()["items"]
+    assert {"merchandising_rule.create", "merchandising_rule.delete"} <= {row["action"] for row in audit}

@@ -135,6 +135,13 @@ async def promote(w: World, who: str) -> list[httpx.Response]:
     return [await w.call(who, "POST", f"/api/v1/model-versions/{version}/promote")]
 
 
+async def merchandising(w: World, who: str) -> list[httpx.Response]:
+    created = await w.call(who, "POST", f"{P}/merchandising-rules", json={"action": "hide", "product_id": "p1"})
+    if created.status_code != 201:
+        return [created]
+    return [created, await w.call(who, "DELETE", f"/api/v1/merchandising-rules/{created.json()['id']}")]
+
+
 async def service_key(w: World, who: str) -> list[httpx.Response]:
     user = w.users.get(who, w.users["owner"]) if who != "admin" else w.users["owner"]
     body = {"user_id": user, "name": "svc", "role": "service", "project_id": "search-a"}
@@ -165,6 +172,7 @@ OPERATIONS: dict[str, Callable[[World, str], Awaitable[list[httpx.Response]]]] =
     "Import datasets (new dataset versions)": import_dataset,
     "Submit, cancel and retry training jobs": training_jobs,
     "Promote model versions (deployments, canaries)": promote,
+    "Create and delete merchandising rules": merchandising,
     "Issue a service key for the project": service_key,
     "Create a project (and become its owner)": create_project,
     "Create users": create_users,

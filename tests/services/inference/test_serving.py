@@ -362,3 +362,60 @@ def test_the_service_never_imports_torch(settings: Settings) -> None:
         [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+async def _recommend_ids(
+    client: httpx.AsyncClient, key: dict[str, str], query: str, k: int = 10
+) -> list[str]:
+    response = await client.post(
+        "/recommend", json={"project": "search-a", "query": query, "k": k}, headers=key
+    )
+    assert response.status_code == 200, response.text
+    return [item["product_id"] for item in response.json()["items"]]
+
+
+async def test_merchandising_rules_reshape_the_ranking(
+    world: World, deployed: dict[str, Any], inference_client: httpx.AsyncClient
+) -> None:
+    client = inference_client
+    await _wait_loaded(client)
+    key = bearer(world.keys["service"])
+    out_of_stock = {"p10", "p30", "p50", "p70"}
+    before = [p for p in await _recommend_ids(client, key, "drill", k=30) if p not in out_of_stock]
+    hose_before = await _recommend_ids(client, key, "hose", k=200)
+    rules = [
+        {"action": "hide", "product_id": before[0]},
+        {"action": "bury", "product_id": before[1]},
+        {"action": "pin", "product_id": "p55", "position": 2, "query": "Drill"},
+        {"action": "hide_out_of_stock"},
+    ]
+    created = []
+    for rule in rules:
+        response = await world.call("maintainer", "POST", f"{P}/merchandising-rules", json=rule)
+        assert response.status_code == 201, response.text
+        created.append(response.json()["id"])
+    after: list[str] = []
+    for _ in range(100):  # the Redis notice makes the service reload
+        after = await _recommend_ids(client, key, "drill")
+        if len(after) > 1 and after[1] == "p55" and not {"p10", "p30", "p50", "p70"} & set(after):
+            break
+        await asyncio.sleep(0.05)
+    assert after[1] == "p55"
+    assert before[0] not in after and before[1] not in after
+    assert not {"p10", "p30", "p50", "p70"} & set(after)  # out of stock
+    everything = await _recommend_ids(client, key, "drill", k=200)
+    assert everything[-1] == before[1]  # buried: after every other product
+    hidden = {before[0]} | out_of_stock
+    hose = [p for p in hose_before if p not in hidden and p != before[1]]
+    hose += [before[1]] if before[1] in hose_before else []
+    assert await _recommend_ids(client, key, "hose", k=200) == hose  # the pin is for "drill" only
+    deleted = await world.call("maintainer", "DELETE", f"/api/v1/merchandising-rules/{created[2]}")
+    assert deleted.status_code == 204
+    for _ in range(100):
+        after = await _recommend_ids(client, key, "drill")
+        if after[1] != "p55":
+            break
+        await asyncio.sleep(0.05)
+    assert after[1] != "p55"
+    listed = (await world.call("viewer", "GET", f"{P}/merchandising-rules")).json()
+    assert [r["action"] for r in listed] == ["hide", "bury", "hide_out_of_stock"]
