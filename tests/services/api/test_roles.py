@@ -136,7 +136,9 @@ async def promote(w: World, who: str) -> list[httpx.Response]:
 
 
 async def merchandising(w: World, who: str) -> list[httpx.Response]:
-    created = await w.call(who, "POST", f"{P}/merchandising-rules", json={"action": "hide", "product_id": "p1"})
+    created = await w.call(
+        who, "POST", f"{P}/merchandising-rules", json={"action": "hide", "product_id": "p1"}
+    )
     if created.status_code != 201:
         return [created]
     return [created, await w.call(who, "DELETE", f"/api/v1/merchandising-rules/{created.json()['id']}")]
