@@ -21,10 +21,12 @@ PRIORITY_STEP = timedelta(days=30)
 JOB_EXPIRES = PRIORITY_STEP * 10 + timedelta(days=7)
 
 
-def arq_job_id(training_job_id: uuid.UUID, retries: int = 0) -> str:
+def arq_job_id(training_job_id: uuid.UUID, retries: int = 0, attempts: int = 0) -> str:
     """A fixed arq id per run of a training job: arq refuses a second enqueue of the same id, so a
-    double submission can never run twice, while a retry (a new run) gets a new id."""
-    return f"training-job:{training_job_id}:{retries}"
+    double submission can never run twice, while a retry (a new run) and a resumption after a lost
+    worker (a new attempt) get new ids; arq keeps an id's result for an hour and would refuse it."""
+    base = f"training-job:{training_job_id}:{retries}"
+    return f"{base}:a{attempts}" if attempts else base
 
 
 async def enqueue_training_job(
@@ -34,6 +36,7 @@ async def enqueue_training_job(
     *,
     retries: int,
     priority: int,
+    attempts: int = 0,
     suffix: str = "",
 ) -> bool:
     """Put a committed training job on the queue. Priority 9 runs first, 0 last; FIFO within one.
@@ -43,7 +46,7 @@ async def enqueue_training_job(
     job = await redis.enqueue_job(
         RUN_TRAINING_JOB,
         str(training_job_id),
-        _job_id=arq_job_id(training_job_id, retries) + suffix,
+        _job_id=arq_job_id(training_job_id, retries, attempts) + suffix,
         _queue_name=queue_name,
         _defer_until=run_at,
         _expires=JOB_EXPIRES,

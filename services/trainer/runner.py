@@ -8,6 +8,8 @@ reaper (see worker.py) queues the job again so another worker resumes from it.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -15,11 +17,12 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import func, select, update
@@ -33,6 +36,7 @@ from shared.models.enums import DatasetKind, JobStatus, JobType, ModelStatus
 from shared.training import NEEDS_MODEL, TASK_OF, Hyperparameters
 
 log = logging.getLogger("recforge.trainer")
+T = TypeVar("T")
 
 CONCURRENCY_RETRY = timedelta(seconds=15)
 LIBRARIES = (
@@ -322,6 +326,34 @@ async def _register(
     return version_id
 
 
+async def _in_thread(control: JobControl, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking work in a thread. When the worker is stopping (the arq task is cancelled), ask the
+    thread to stop at its next check and wait for it, so nothing is left writing files."""
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        control.stop.set()
+        with contextlib.suppress(BaseException):
+            await future
+        raise
+
+
+async def _hand_back(ctx: dict[str, Any], job: TrainingJob) -> None:
+    """The worker is shutting down: queue the job again now (its checkpoint stays) rather than leave
+    it `running` until the reaper notices the silence."""
+    async with unit_of_work(ctx["sessionmaker"]) as session:
+        await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job.id, TrainingJob.worker_id == ctx["worker_id"])
+            .values(
+                status=JobStatus.queued.value,
+                worker_id=None,
+                error="its worker stopped; the next run resumes from the last checkpoint",
+            )
+        )
+
+
 def _baselines_cache(
     settings: Settings, dataset_version_id: Any, base_model: str, max_length: int, job_type: JobType
 ) -> Path:
@@ -405,7 +437,7 @@ async def _run_on_version(
     if job_type == JobType.index_catalog:
         spec.catalog = await anyio.to_thread.run_sync(catalog_text, settings.data_dir, claimed.tables)
         spec.catalog_version_id = claimed.catalog_version_id
-        found = await anyio.to_thread.run_sync(run_index, spec, control, abandon_on_cancel=False)
+        found = await _in_thread(control, run_index, spec, control)
         found["files"] = {
             name: {**entry, "path": str(relative / entry["path"])} for name, entry in found["files"].items()
         }
@@ -418,10 +450,10 @@ async def _run_on_version(
         spec.baselines_cache = _baselines_cache(
             settings, job.dataset_version_id, version.base_model, spec.max_length, task
         )
-        found = await anyio.to_thread.run_sync(run_evaluate, spec, control, abandon_on_cancel=False)
+        found = await _in_thread(control, run_evaluate, spec, control)
         found.update(model_version_id=str(version.id), dataset_version_id=str(job.dataset_version_id))
         return found, None, None
-    info, files = await anyio.to_thread.run_sync(run_export, spec, control, abandon_on_cancel=False)
+    info, files = await _in_thread(control, run_export, spec, control)
     files = {name: {**entry, "path": str(relative / entry["path"])} for name, entry in files.items()}
     return {"model_version_id": str(version.id), **info, "files": files}, files, info
 
@@ -494,7 +526,12 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
                     JobType(job.job_type),
                 ),
             )
-            outcome = await anyio.to_thread.run_sync(run_job, spec, control, abandon_on_cancel=False)
+            outcome = await _in_thread(control, run_job, spec, control)
+    except asyncio.CancelledError:
+        _remove(out_dir)
+        await _hand_back(ctx, job)
+        log.info("job handed back: the worker is stopping", extra={"job_id": job_id})
+        raise
     except JobCancelled:
         _remove(out_dir)
         _remove(work_dir)

@@ -125,16 +125,22 @@ async def reap_stale_jobs(ctx: dict[str, Any]) -> dict[str, int]:
             job
             for job in lost
             if job not in requeued
-            and not await redis.exists(job_key_prefix + arq_job_id(job.id, job.retries))
+            and not await redis.exists(job_key_prefix + arq_job_id(job.id, job.retries, job.attempts))
         ]
     for job in requeued:
         # the dead worker's claim in arq would otherwise hold the job until arq's own timeout
-        await redis.delete(in_progress_key_prefix + arq_job_id(job.id, job.retries))
+        for attempts in {0, job.attempts - 1}:
+            await redis.delete(in_progress_key_prefix + arq_job_id(job.id, job.retries, attempts))
     for job in [*requeued, *missing]:
-        if not await redis.exists(job_key_prefix + arq_job_id(job.id, job.retries)):
-            await enqueue_training_job(
-                redis, settings.queue_name, job.id, retries=job.retries, priority=job.priority
-            )
+        # each attempt has its own arq id: the dead run's id may hold a result arq keeps for an hour
+        await enqueue_training_job(
+            redis,
+            settings.queue_name,
+            job.id,
+            retries=job.retries,
+            priority=job.priority,
+            attempts=job.attempts,
+        )
     if requeued or failed or missing:
         log.warning(
             "reaped jobs",

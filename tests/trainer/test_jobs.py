@@ -162,11 +162,16 @@ async def test_reaper_requeues_a_job_whose_worker_vanished(
             {"id": job_id},
         )
         await session.commit()
-    from redis.asyncio import Redis
+    from arq.connections import create_pool
 
-    redis = Redis.from_url(settings.resolved_redis_url())
+    redis = await create_pool(redis_settings(settings))
     try:
+        # arq keeps the dead run's result (e.g. a re-run that found the job still running) for an
+        # hour; the resumption must not be refused because of it
+        await redis.set(f"arq:result:training-job:{job_id}:0", b"x", ex=3600)
+        await redis.delete(f"arq:job:training-job:{job_id}:0")
         result = await reap_stale_jobs({"settings": settings, "sessionmaker": sessionmaker, "redis": redis})
+        assert await redis.exists(f"arq:job:training-job:{job_id}:0:a1")
     finally:
         await redis.aclose()
     assert result["requeued"] == 1
@@ -184,7 +189,7 @@ async def test_reaper_requeues_a_job_whose_worker_vanished(
             )
         )
         await session.commit()
-    redis = Redis.from_url(settings.resolved_redis_url())
+    redis = await create_pool(redis_settings(settings))
     try:
         result = await reap_stale_jobs({"settings": settings, "sessionmaker": sessionmaker, "redis": redis})
     finally:

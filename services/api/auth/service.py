@@ -58,7 +58,8 @@ async def issue_key(
             name=name,
             role=role.value,
             project_id=project_id,
-            scopes=scopes or [],
+            # a service key is given every scope unless the caller narrows it
+            scopes=scopes or ([scope.value for scope in ServiceScope] if role == KeyRole.service else []),
             key_prefix=new.prefix,
             key_hash=new.digest,
             expires_at=expires_at,

@@ -202,11 +202,16 @@ def _replay(first: TrainingJob, data: JobCreate, base_model: str | None) -> Subm
 
 
 def _enqueue_after_commit(session: AsyncSession, resources: ApiResources, job: TrainingJob) -> None:
-    job_id, retries, priority = job.id, job.retries, job.priority
+    job_id, retries, priority, attempts = job.id, job.retries, job.priority, job.attempts
 
     async def enqueue() -> None:
         await enqueue_training_job(
-            resources.redis, resources.settings.queue_name, job_id, retries=retries, priority=priority
+            resources.redis,
+            resources.settings.queue_name,
+            job_id,
+            retries=retries,
+            priority=priority,
+            attempts=attempts,
         )
 
     after_commit(session, enqueue)
@@ -271,7 +276,9 @@ async def retry(
     before = snapshot(job, AUDIT_FIELDS)
     job.status = JobStatus.queued.value
     job.retries += 1
+    job.attempts = 0  # a person's retry starts with every run allowed again
     job.error = None
+    job.result = None
     job.progress = {}
     job.cancel_requested_at = None
     job.started_at = None
