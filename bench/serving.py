@@ -1,0 +1,230 @@
+"""Serving latency and throughput of a running RecForge inference service, with peers side by side.
+
+    python bench/serving.py --project homedepot --api-key $SERVICE_KEY \\
+        --queries ../shared/data/homedepot/relevance_dev.csv
+
+Needs a stack with a deployed retriever for the project (and a reranker for the rerank row). Measures
+`/recommend` by query at concurrency 1 (p50/p95/p99), with `rerank: true` when a reranker is deployed,
+`/score` of 100 products, and `/v1/embeddings` throughput at several concurrencies with one short
+title per request. The same load generator then drives the peers, started by this script on the same
+machine: a naive FastAPI + torch eager server (bench/naive_server.py) and, when `--infinity` names an
+`infinity_emb` executable, infinity-emb with `--engine optimum`. Ratios are printed beside the figures.
+The load generator (httpx, asyncio) shares the machine's cores with the servers, as in production
+benchmarks on one box; the ratios compare like with like."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+NAIVE_SERVER = Path(__file__).with_name("naive_server.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def load_queries(path: Path | None, count: int, seed: int = 7) -> list[str]:
+    if path is None:
+        return ["cordless drill", "ceiling fan", "deck paint", "toilet", "garden hose", "led bulb"] * (
+            count // 6 + 1
+        )
+    with path.open(encoding="latin-1", newline="") as handle:
+        queries = sorted({row["search_term"] for row in csv.DictReader(handle)})
+    random.Random(seed).shuffle(queries)
+    return queries[:count]
+
+
+async def latency(
+    client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]], headers: dict[str, str]
+) -> dict[str, float]:
+    for body in bodies[:10]:  # warm-up
+        (await client.post(url, json=body, headers=headers)).raise_for_status()
+    took = []
+    for body in bodies:
+        started = time.perf_counter()
+        response = await client.post(url, json=body, headers=headers)
+        took.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return {
+        "p50": _percentile(took, 50),
+        "p95": _percentile(took, 95),
+        "p99": _percentile(took, 99),
+        "n": len(took),
+    }
+
+
+async def throughput(
+    base: str,
+    path: str,
+    texts: list[str],
+    model: str,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+) -> dict[str, float]:
+    done = 0
+    refused = 0
+    took: list[float] = []
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def worker(n: int) -> None:
+            nonlocal done, refused
+            i = n
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = await client.post(
+                    path, json={"input": texts[i % len(texts)], "model": model}, headers=headers
+                )
+                i += concurrency
+                if response.status_code == 429:
+                    refused += 1
+                    continue
+                response.raise_for_status()
+                took.append((time.perf_counter() - started) * 1000)
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "per_s": done / elapsed,
+        "p50": statistics.median(took) if took else 0.0,
+        "p99": _percentile(took, 99) if took else 0.0,
+        "refused": refused,
+    }
+
+
+def _start(command: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1).status_code < 500:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise SystemExit(f"{command[0]} exited with {process.returncode} before answering on :{port}")
+        time.sleep(0.5)
+    process.terminate()
+    raise SystemExit(f"{command} did not answer on :{port} within 300 s")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8001", help="The inference service.")
+    parser.add_argument("--project", required=True, help="Project id or slug with a deployed retriever.")
+    parser.add_argument("--api-key", default=os.environ.get("RECFORGE_SERVICE_KEY"), help="A service key.")
+    parser.add_argument("--queries", type=Path, help="A Home Depot CSV to sample queries and titles from.")
+    parser.add_argument("--requests", type=int, default=300, help="Requests per latency measurement.")
+    parser.add_argument("--seconds", type=float, default=15, help="Duration of each throughput run.")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--naive-port", type=int, default=8010)
+    parser.add_argument("--no-naive", action="store_true", help="Skip the naive torch server.")
+    parser.add_argument("--infinity", help="Path of an `infinity_emb` executable to run side by side.")
+    parser.add_argument("--infinity-model", help="The folder infinity-emb serves (an ONNX export of MiniLM).")
+    parser.add_argument("--infinity-port", type=int, default=8011)
+    args = parser.parse_args()
+    if not args.api_key:
+        raise SystemExit(
+            "pass --api-key or set RECFORGE_SERVICE_KEY (recforge keys create --role service ...)"
+        )
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    queries = load_queries(args.queries, max(args.requests, 500))
+    titles = queries  # short texts of the same shape as the titles a shop embeds
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+
+    async with httpx.AsyncClient(base_url=args.url, timeout=60) as client:
+        bodies = [{"project": args.project, "query": q, "k": 10} for q in queries[: args.requests]]
+        rows: list[tuple[str, dict[str, float]]] = [
+            ("/recommend by query, c=1", await latency(client, "/recommend", bodies, headers))
+        ]
+        probe = await client.post("/recommend", json={**bodies[0], "rerank": True}, headers=headers)
+        if probe.status_code == 200:
+            rows.append(
+                (
+                    "/recommend + rerank top 20, c=1",
+                    await latency(client, "/recommend", [{**b, "rerank": True} for b in bodies], headers),
+                )
+            )
+        else:
+            print(f"rerank not measured: {probe.status_code} {probe.text[:120]}")
+        first = await client.post("/recommend", json={**bodies[0], "k": 100}, headers=headers)
+        products = [item["product_id"] for item in first.json()["items"]]
+        score_bodies = [{"project": args.project, "query": q, "product_ids": products} for q in queries[:100]]
+        rows.append(
+            (f"/score {len(products)} products, c=1", await latency(client, "/score", score_bodies, headers))
+        )
+    print("\nlatency (ms)")
+    print(f"{'':40} {'p50':>8} {'p95':>8} {'p99':>8}")
+    for name, row in rows:
+        print(f"{name:40} {row['p50']:8.2f} {row['p95']:8.2f} {row['p99']:8.2f}")
+
+    servers: list[tuple[str, str, str, dict[str, str]]] = [("recforge", args.url, args.project, headers)]
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        if not args.no_naive:
+            script = str(NAIVE_SERVER)
+            env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+            started.append(
+                _start([sys.executable, script, "--port", str(args.naive_port)], args.naive_port, env)
+            )
+            servers.append(("naive torch", f"http://127.0.0.1:{args.naive_port}", "naive", {}))
+        if args.infinity:
+            if not args.infinity_model:
+                raise SystemExit("--infinity needs --infinity-model (a folder with an ONNX export)")
+            command = [args.infinity, "v2", "--model-id", args.infinity_model, "--engine", "optimum",
+                       "--port", str(args.infinity_port), "--url-prefix", "/v1"]  # fmt: skip
+            started.append(_start(command, args.infinity_port))
+            servers.append(
+                ("infinity-emb", f"http://127.0.0.1:{args.infinity_port}", args.infinity_model, {})
+            )
+        results: dict[str, dict[int, dict[str, float]]] = {}
+        for name, base, model, auth in servers:
+            results[name] = {}
+            for c in args.concurrency:
+                results[name][c] = await throughput(
+                    base, "/v1/embeddings", titles, model, auth, c, args.seconds
+                )
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=30)
+    print("\n/v1/embeddings, one short text per request: texts/s (p50 ms, p99 ms)")
+    print(f"{'server':16}" + "".join(f"{'c=' + str(c):>26}" for c in args.concurrency))
+    for name, by_c in results.items():
+        cells = "".join(
+            f"{by_c[c]['per_s']:>10.1f} ({by_c[c]['p50']:6.1f}, {by_c[c]['p99']:6.1f})"
+            for c in args.concurrency
+        )
+        print(f"{name:16}{cells}")
+    ours = results["recforge"]
+    for name, by_c in results.items():
+        if name == "recforge":
+            continue
+        ratios = ", ".join(
+            f"c={c}: {ours[c]['per_s'] / by_c[c]['per_s']:.2f}x" for c in args.concurrency if by_c[c]["per_s"]
+        )
+        print(f"recforge / {name}: {ratios}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
