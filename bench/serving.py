@@ -111,6 +111,44 @@ async def throughput(
     }
 
 
+async def open_loop(
+    base: str, texts: list[str], model: str, headers: dict[str, str], rate: float, seconds: float
+) -> dict[str, float]:
+    """Requests arrive at a fixed rate whatever the server does (as shoppers do); returns the share
+    refused with 429 and the latency of the admitted ones."""
+    took: list[float] = []
+    refused = 0
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one(text: str) -> None:
+            nonlocal refused
+            started = time.perf_counter()
+            response = await client.post(
+                "/v1/embeddings", json={"input": text, "model": model}, headers=headers
+            )
+            if response.status_code == 429:
+                refused += 1
+                return
+            response.raise_for_status()
+            took.append((time.perf_counter() - started) * 1000)
+
+        tasks = []
+        begin = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = begin + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(texts[i % len(texts)])))
+        await asyncio.gather(*tasks)
+    total = refused + len(took)
+    return {
+        "refused_share": refused / total if total else 0.0,
+        "p50": statistics.median(took) if took else 0.0,
+        "p99": _percentile(took, 99) if took else 0.0,
+    }
+
+
 def _start(command: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
@@ -217,6 +255,15 @@ async def main() -> None:
         )
         print(f"{name:16}{cells}")
     ours = results["recforge"]
+    best = max(ours.values(), key=lambda row: row["per_s"])["per_s"]
+    unloaded = await throughput(args.url, "/v1/embeddings", titles, args.project, headers, 1, args.seconds)
+    overload = await open_loop(args.url, titles, args.project, headers, 2 * best, args.seconds)
+    print(
+        f"\noverload: {2 * best:.0f} requests/s (twice the best throughput above) on /v1/embeddings: "
+        f"{overload['refused_share']:.1%} answered 429; admitted p50 {overload['p50']:.1f} ms, "
+        f"p99 {overload['p99']:.1f} ms = {overload['p99'] / unloaded['p99']:.1f}x the unloaded p99 "
+        f"({unloaded['p99']:.1f} ms at c=1)"
+    )
     for name, by_c in results.items():
         if name == "recforge":
             continue

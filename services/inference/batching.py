@@ -1,8 +1,9 @@
 """Dynamic micro-batching: concurrent requests to one model are coalesced into one run.
 
-Requests wait in a bounded queue (counted in items, so memory has a ceiling); a full queue refuses new
-work with `Overloaded` (HTTP 429) instead of growing. One task per model takes what is queued, up to
-`max_batch` items, waiting at most `max_wait_ms` for more when the batch is not full, and runs it in a
+Requests wait in a bounded queue (counted in items, so memory has a ceiling); a full queue, or one
+holding more than `max_delay_ms` of work at the model's recent speed, refuses new work with
+`Overloaded` (HTTP 429) instead of growing, so admitted requests keep a bounded wait. One task per
+model takes what is queued, up to `max_batch` items, waiting at most `max_wait_ms` for more when the batch is not full, and runs it in a
 worker thread, so the event loop never blocks on onnxruntime. A request larger than `max_batch` runs
 as one batch of its own."""
 
@@ -47,6 +48,7 @@ class MicroBatcher(Generic[In, Out]):
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         max_queue: int = 1024,
+        max_delay_ms: float | None = None,
         observe: Callable[[str, int, int], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1:
@@ -56,6 +58,8 @@ class MicroBatcher(Generic[In, Out]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue = max_queue
+        self.max_delay_s = max_delay_ms / 1000 if max_delay_ms else None
+        self._rate: float | None = None  # items per second of recent runs (moving average)
         self._observe = observe  # (name, batch size, queue depth) after each run
         self._queue: deque[_Request[In, Out]] = deque()
         self._queued_items = 0
@@ -84,8 +88,15 @@ class MicroBatcher(Generic[In, Out]):
             raise Overloaded(f"{self.name} is being replaced; retry")
         if not items:
             return []
-        if self._queued_items + len(items) > self.max_queue and self._queued_items > 0:
-            raise Overloaded(f"{self.name} is at capacity ({self._queued_items} items queued)")
+        if self._queued_items > 0:
+            if self._queued_items + len(items) > self.max_queue:
+                raise Overloaded(f"{self.name} is at capacity ({self._queued_items} items queued)")
+            if self.max_delay_s is not None and self._rate:
+                wait = (self._queued_items + len(items)) / self._rate
+                if wait > self.max_delay_s:
+                    raise Overloaded(
+                        f"{self.name} is at capacity (about {wait * 1000:.0f} ms of work queued)"
+                    )
         self.start()
         future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(items, future))
@@ -132,7 +143,10 @@ class MicroBatcher(Generic[In, Out]):
                 continue
             flat = [item for request in batch for item in request.items]
             try:
+                started = time.perf_counter()
                 results = await asyncio.to_thread(self._run, flat)
+                rate = len(flat) / max(time.perf_counter() - started, 1e-6)
+                self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
             except Exception as exc:  # every waiting request hears of it; the loop goes on
                 log.exception("batch failed", extra={"model": self.name, "size": len(flat)})
                 for request in batch:

@@ -203,6 +203,7 @@ class ModelRegistry:
             max_batch=settings.max_batch,
             max_wait_ms=settings.batch_wait_ms,
             max_queue=settings.max_queue,
+            max_delay_ms=settings.max_queue_delay_ms,
             observe=self._observe,
         )
         served = ServedVersion(

@@ -61,3 +61,22 @@ async def test_a_failed_run_reaches_its_callers_and_the_loop_goes_on() -> None:
     await batcher.close()
     with pytest.raises(Overloaded):
         await batcher.submit([1])
+
+
+async def test_work_beyond_the_delay_budget_is_refused() -> None:
+    def run(items: list[int]) -> list[int]:
+        time.sleep(0.02 * len(items))  # 50 items per second
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        run, name="t", max_batch=2, max_wait_ms=0, max_delay_ms=100
+    )
+    assert await batcher.submit([1, 2]) == [1, 2]  # learns the speed
+    running = asyncio.create_task(batcher.submit([3, 4]))
+    await asyncio.sleep(0.005)
+    queued = [asyncio.create_task(batcher.submit([i])) for i in range(4)]  # 4 items: 80 ms of work
+    await asyncio.sleep(0.001)
+    with pytest.raises(Overloaded, match="ms of work queued"):
+        await batcher.submit([9, 9])  # would make 120 ms
+    assert await running == [3, 4] and [await q for q in queued] == [[i] for i in range(4)]
+    await batcher.close()
