@@ -3,9 +3,9 @@
 Requests wait in a bounded queue (counted in items, so memory has a ceiling); a full queue, or one
 holding more than `max_delay_ms` of work at the model's recent speed, refuses new work with
 `Overloaded` (HTTP 429) instead of growing, so admitted requests keep a bounded wait. One task per
-model takes what is queued, up to `max_batch` items, waiting at most `max_wait_ms` for more when the batch is not full, and runs it in a
-worker thread, so the event loop never blocks on onnxruntime. A request larger than `max_batch` runs
-as one batch of its own."""
+model takes what is queued, up to `max_batch` items, waiting at most `max_wait_ms` for more when the
+batch is not full, and runs it in a worker thread, so the event loop never blocks on onnxruntime. A
+request larger than `max_batch` runs as one batch of its own."""
 
 from __future__ import annotations
 
