@@ -69,8 +69,9 @@ class Settings(BaseSettings):
 
     # Inference: each model coalesces concurrent requests into batches of at most max_batch items,
     # waiting at most batch_wait_ms for a batch to fill; at most max_queue items, and no more than
-    # max_queue_delay_ms of work at the model's recent speed, wait per model before requests answer 429. Catalogs of ann_threshold products or more are searched with an HNSW index
-    # (usearch), smaller ones exactly. Deployments are re-read every deployment_refresh_s besides the
+    # max_queue_delay_ms of work at the model's recent speed, wait per model before requests answer
+    # 429. Catalogs of ann_threshold products or more are searched with an HNSW index (usearch),
+    # smaller ones exactly. Deployments are re-read every deployment_refresh_s besides the
     # Redis notices. prefer_gpu: use the CUDA provider (fp16 graph) when onnxruntime offers it.
     max_batch: int = Field(default=32, ge=1, le=1024)
     batch_wait_ms: float = Field(default=2.0, ge=0, le=100)
