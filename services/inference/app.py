@@ -11,6 +11,7 @@ from typing import Any
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 
+from services.inference.admission import InFlightLimit
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import KeyChecker
 from services.inference.metrics import InferenceMetrics
@@ -77,4 +78,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     setup_common(app, _checks)
     app.include_router(router)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
     return app

@@ -67,9 +67,12 @@ class ServedVersion:
         """Cross-encoder logits, or the cosine of the two embeddings for a bi-encoder."""
         if self.task == ModelTaskType.cross_encoder:
             return np.asarray(await self.batcher.submit(pairs), dtype=np.float32).reshape(-1)
-        vectors = await self.embed([q for q, _ in pairs] + [d for _, d in pairs])
-        n = len(pairs)
-        cosine: np.ndarray = np.sum(vectors[:n] * vectors[n:], axis=1)
+        texts = list(dict.fromkeys(t for pair in pairs for t in pair))  # each distinct text once
+        vectors = await self.embed(texts)
+        row = {text: i for i, text in enumerate(texts)}
+        left = vectors[[row[q] for q, _ in pairs]]
+        right = vectors[[row[d] for _, d in pairs]]
+        cosine: np.ndarray = np.sum(left * right, axis=1)
         return cosine
 
     async def logits(self, texts: list[str]) -> np.ndarray:

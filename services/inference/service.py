@@ -154,6 +154,14 @@ async def score(serving: ProjectServing, data: ScoreRequest, request_id: str) ->
                 f"unknown product ids: {unknown[:10]}",
                 detail=[{"loc": ["body", "product_ids"], "msg": "unknown"}],
             )
+        if version.task == ModelTaskType.bi_encoder and version.catalog is not None:
+            # the products' vectors are in the version's catalog index: embed the query alone
+            query = (await version.embed([data.query]))[0]
+            rows = [version.catalog.position[p] for p in data.product_ids or []]
+            cosine = version.catalog.vectors[rows] @ query
+            return ScoreResponse(
+                model_version=str(version.id), scores=[float(s) for s in cosine], took_ms=_ms(started)
+            )
         documents = [catalog.texts[p] for p in data.product_ids or []]
     scores = await version.score([(data.query, d) for d in documents])
     return ScoreResponse(

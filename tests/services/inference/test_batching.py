@@ -80,3 +80,33 @@ async def test_work_beyond_the_delay_budget_is_refused() -> None:
         await batcher.submit([9, 9])  # would make 120 ms
     assert await running == [3, 4] and [await q for q in queued] == [[i] for i in range(4)]
     await batcher.close()
+
+
+async def test_requests_beyond_the_in_flight_limit_answer_429() -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    from services.inference.admission import InFlightLimit
+
+    gate = asyncio.Event()
+    app = FastAPI()
+
+    @app.post("/slow")
+    async def slow() -> dict[str, bool]:
+        await gate.wait()
+        return {"ok": True}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.add_middleware(InFlightLimit, limit=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        first = [asyncio.create_task(client.post("/slow")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        refused = await client.post("/slow")
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert (await client.get("/healthz")).status_code == 200
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(*first)] == [200, 200]
+        assert (await client.post("/slow")).status_code == 200
