@@ -156,6 +156,12 @@ def ranking_suite(
             label,
         )
         metrics.update(ranking_metrics(_run_of(qids, pids, scores), valid.grades, k=10, relevant_from=cut))
+        if qids:  # a cross-encoder's logit, read on the grade scale, is also a graded prediction
+            low, high = examples.grade_range
+            predicted = low + (high - low) / (1 + np.exp(-scores.astype(np.float64)))
+            metrics["rmse"] = rmse(
+                predicted.tolist(), [valid.grades[q][p] for q, p in zip(qids, pids, strict=True)]
+            )
     if scorer.embed is None:
         return metrics
     query_ids = list(valid.queries)
@@ -189,24 +195,6 @@ def ranking_suite(
     return metrics
 
 
-def grade_rmse(examples: Examples, score: PairScore, control: JobControl) -> float:
-    """RMSE of the grades a cross-encoder predicts (the sigmoid of its logit on the grade scale)."""
-    low, high = examples.grade_range
-    qids, pids = _judged_pairs(examples.valid)
-    if not qids:
-        return 0.0
-    logits = score_all(
-        score,
-        [examples.valid.queries[q] for q in qids],
-        [examples.product_text[p] for p in pids],
-        control,
-        "grades",
-    ).astype(np.float64)
-    predicted = low + (high - low) / (1 + np.exp(-logits))
-    actual = [examples.valid.grades[q][p] for q, p in zip(qids, pids, strict=True)]
-    return rmse(predicted.tolist(), actual)
-
-
 def classifier_suite(examples: Examples, scorer: Scorer, control: JobControl, label: str) -> dict[str, Any]:
     assert scorer.logits is not None and scorer.labels is not None
     valid = examples.texts.get("valid", [])
@@ -229,8 +217,6 @@ def model_metrics(
     if job_type == JobType.classifier:
         return classifier_suite(examples, scorer, control, label)
     metrics: dict[str, Any] = ranking_suite(examples, scorer, control, label, catalog=catalog)
-    if job_type == JobType.cross_encoder and scorer.score is not None:
-        metrics["rmse"] = grade_rmse(examples, scorer.score, control)
     return metrics
 
 
