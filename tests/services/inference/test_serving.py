@@ -188,7 +188,8 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     results = ranked.json()["results"]
     assert len(results) == 2 and results[0]["relevance_score"] >= results[1]["relevance_score"]
     cross = (await world.call("member", "GET", f"/api/v1/model-versions/{deployed['cross']}")).json()
-    logits = _model(settings, cross, "model").score_pairs([("drill", d) for d in documents])
+    cross_file = "model_int8" if cross["artifacts"]["model_int8"]["servable"] else "model"
+    logits = _model(settings, cross, cross_file).score_pairs([("drill", d) for d in documents])
     assert [r["index"] for r in results] == list(np.argsort(-logits, kind="stable")[:2])
 
     # /classify
