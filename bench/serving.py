@@ -38,6 +38,15 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+# The goals for this 2-core machine, printed beside the measurements.
+LATENCY_GOALS = {
+    "/recommend by query": {"p50": 10.0, "p99": 30.0},
+    "/recommend + rerank top 20": {"p50": 80.0},
+}
+THROUGHPUT_GOALS = {"infinity-emb": 1.5, "naive torch": 3.0}  # ours / theirs at the highest concurrency
+OVERLOAD_GOAL = 3.0  # admitted p99 under twice the servable load, over the unloaded p99
+
+
 def load_queries(path: Path | None, count: int, seed: int = 7) -> list[str]:
     if path is None:
         return ["cordless drill", "ceiling fan", "deck paint", "toilet", "garden hose", "led bulb"] * (
@@ -212,9 +221,16 @@ async def main() -> None:
             (f"/score {len(products)} products, c=1", await latency(client, "/score", score_bodies, headers))
         )
     print("\nlatency (ms)")
-    print(f"{'':40} {'p50':>8} {'p95':>8} {'p99':>8}")
+    print(f"{'':40} {'p50':>8} {'p95':>8} {'p99':>8}   goal")
     for name, row in rows:
-        print(f"{name:40} {row['p50']:8.2f} {row['p95']:8.2f} {row['p99']:8.2f}")
+        goal = LATENCY_GOALS.get(name.split(",")[0])
+        verdict = ""
+        if goal:
+            met = all(row[key] <= limit for key, limit in goal.items())
+            verdict = ", ".join(f"{key} <= {limit:g}" for key, limit in goal.items()) + (
+                ": met" if met else ": NOT met"
+            )
+        print(f"{name:40} {row['p50']:8.2f} {row['p95']:8.2f} {row['p99']:8.2f}   {verdict}")
 
     servers: list[tuple[str, str, str, dict[str, str]]] = [("recforge", args.url, args.project, headers)]
     started: list[subprocess.Popen[bytes]] = []
@@ -262,7 +278,8 @@ async def main() -> None:
         f"\noverload: {2 * best:.0f} requests/s (twice the best throughput above) on /v1/embeddings: "
         f"{overload['refused_share']:.1%} answered 429; admitted p50 {overload['p50']:.1f} ms, "
         f"p99 {overload['p99']:.1f} ms = {overload['p99'] / unloaded['p99']:.1f}x the unloaded p99 "
-        f"({unloaded['p99']:.1f} ms at c=1)"
+        f"({unloaded['p99']:.1f} ms at c=1); goal <= {OVERLOAD_GOAL:g}x: "
+        f"{'met' if overload['p99'] <= OVERLOAD_GOAL * unloaded['p99'] else 'NOT met'}"
     )
     for name, by_c in results.items():
         if name == "recforge":
@@ -270,7 +287,13 @@ async def main() -> None:
         ratios = ", ".join(
             f"c={c}: {ours[c]['per_s'] / by_c[c]['per_s']:.2f}x" for c in args.concurrency if by_c[c]["per_s"]
         )
-        print(f"recforge / {name}: {ratios}")
+        top = max(args.concurrency)
+        goal = THROUGHPUT_GOALS.get(name)
+        verdict = ""
+        if goal and by_c[top]["per_s"]:
+            met = ours[top]["per_s"] / by_c[top]["per_s"] >= goal
+            verdict = f"  (goal at c={top}: >= {goal:g}x: {'met' if met else 'NOT met'})"
+        print(f"recforge / {name}: {ratios}{verdict}")
 
 
 if __name__ == "__main__":
