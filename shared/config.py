@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     deployment_refresh_s: float = Field(default=30.0, gt=0)
     inference_threads: int | None = Field(default=None, ge=1, le=256)
     prefer_gpu: bool = True
+    # onnxruntime's idle threads spin for new work: quicker for one model alone, slower when several
+    # models (retriever, reranker, other projects) share the cores, as they do in inference.
+    ort_spinning: bool = False
 
     @field_validator("log_level")
     @classmethod

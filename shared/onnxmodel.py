@@ -77,9 +77,13 @@ class OnnxTextModel:
         max_length: int = 128,
         threads: int | None = None,
         providers: list[str] | None = None,
+        spinning: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
+        if not spinning:
+            # idle threads of one session would otherwise spin on cores the next session needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = providers if providers is not None else _default_providers()
         self.model_path = Path(model_path)

@@ -186,7 +186,12 @@ class ModelRegistry:
         path = directory / version.artifacts[model_file]["path"].removeprefix(prefix)
         max_length = int(version.config.get("max_length") or 128)
         model = OnnxTextModel(
-            path, directory, max_length=max_length, threads=settings.inference_threads, providers=wanted
+            path,
+            directory,
+            max_length=max_length,
+            threads=settings.inference_threads,
+            providers=wanted,
+            spinning=settings.ort_spinning,
         )
         task = ModelTaskType(version.task_type)
         log.info(
