@@ -26,6 +26,7 @@ from services.inference.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from shared.errors import NotFound
 
 log = logging.getLogger("recforge.inference")
 router = APIRouter()
@@ -150,7 +151,11 @@ async def embeddings(
 async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -> EventsResponse:
     """Store impressions, clicks, carts and purchases for feedback training and online metrics; each
     event with a request_id is tied to the model version that served that request."""
-    serving = _serving(resources, caller, data.project, scope="events")
+    try:
+        project_id = resources.registry.project(data.project).project_id
+    except NotFound:  # nothing deployed here (yet): events are still the project's
+        project_id = await service.find_project(resources.sessionmaker, data.project)
+    caller.require(project_id, "events")
     request_ids = sorted({e.request_id for e in data.events if e.request_id})
     versions: dict[str, str] = {}
     if request_ids:
@@ -160,7 +165,7 @@ async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -
             for r, v in zip(request_ids, found, strict=True)
             if v
         }
-    accepted = await service.store_events(resources.sessionmaker, serving.project_id, data, versions)
+    accepted = await service.store_events(resources.sessionmaker, project_id, data, versions)
     return EventsResponse(accepted=accepted)
 
 

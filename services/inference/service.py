@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import time
 import uuid
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference.catalog import Filters
@@ -34,8 +35,8 @@ from services.inference.schemas import (
     Usage,
 )
 from shared.datasets.catalog import history_text
-from shared.errors import Conflict, ValidationFailed
-from shared.models import Event
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.models import Event, Project
 from shared.models.enums import DeploymentRole, ModelTaskType
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
@@ -262,3 +263,15 @@ async def store_events(
         await session.execute(insert(Event), rows)
         await session.commit()
     return len(rows)
+
+
+async def find_project(sessionmaker: async_sessionmaker[AsyncSession], ref: str) -> uuid.UUID:
+    """A project's id from its id or slug; 404 when there is none."""
+    condition = Project.slug == ref.lower()
+    with contextlib.suppress(ValueError):  # an id as well as a slug
+        condition = or_(condition, Project.id == uuid.UUID(ref))
+    async with sessionmaker() as session:
+        found = (await session.execute(select(Project.id).where(condition))).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"project {ref!r} not found")
+    return found

@@ -420,3 +420,22 @@ async def test_merchandising_rules_reshape_the_ranking(
     assert after[1] != "p55"
     listed = (await world.call("viewer", "GET", f"{P}/merchandising-rules")).json()
     assert [r["action"] for r in listed] == ["hide", "bury", "hide_out_of_stock"]
+
+
+async def test_events_need_no_deployment(
+    world: World, inference_client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    body = {"project": "search-a", "events": [{"type": "click", "product_id": "p1", "user_id": "u9"}]}
+    stored = await inference_client.post("/events", json=body, headers=bearer(world.keys["service"]))
+    assert stored.status_code == 202, stored.text
+    other = await inference_client.post(
+        "/events", json={**body, "project": "search-b"}, headers=bearer(world.keys["service"])
+    )
+    assert other.status_code == 403
+    missing = await inference_client.post(
+        "/events", json={**body, "project": "nope"}, headers=bearer(world.keys["service"])
+    )
+    assert missing.status_code == 404
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Event))).scalars().all()
+    assert [(r.event_type, r.product_id, r.user_id) for r in rows] == [("click", "p1", "u9")]
