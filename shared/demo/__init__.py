@@ -1,0 +1,1 @@
+"""The demo's own data: a deterministic sample shop the project generates itself."""
