@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 KEY_PREFIX = "rf_"
 
@@ -25,3 +26,16 @@ def generate_api_key(secret: str) -> NewKey:
 def hash_api_key(key: str, secret: str) -> str:
     # A fast keyed hash is right here: the keys are random 256-bit tokens, not guessable passwords.
     return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def key_refusal(
+    *, revoked_at: datetime | None, expires_at: datetime | None, user_active: bool, now: datetime
+) -> str | None:
+    """Why a known key may not be used now, or None when it may."""
+    if revoked_at is not None:
+        return "this API key was revoked"
+    if expires_at is not None and expires_at <= now:
+        return "this API key has expired"
+    if not user_active:
+        return "this API key's user is deactivated"
+    return None

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.errors import Forbidden, Unauthorized
 from shared.models import ApiKey, User
 from shared.models.enums import KeyRole
-from shared.security import hash_api_key
+from shared.security import hash_api_key, key_refusal
 
 KEY_CACHE_S = 30.0
 KEY_CACHE_SIZE = 4096
@@ -76,8 +76,7 @@ class KeyChecker:
         if row is None:
             return None
         key, active = row
-        if key.revoked_at is not None or not active:
-            return None
-        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+        now = datetime.now(UTC)
+        if key_refusal(revoked_at=key.revoked_at, expires_at=key.expires_at, user_active=active, now=now):
             return None
         return Caller(key.id, KeyRole(key.role), key.project_id, frozenset(key.scopes or ()))

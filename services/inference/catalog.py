@@ -33,6 +33,11 @@ class Filters:
         return self == Filters()
 
 
+def in_category(category: str, wanted: str) -> bool:
+    """Whether a lowercased category path is `wanted` or lies under it ("tools" holds "tools > saws")."""
+    return category == wanted or category.startswith(wanted + " >")
+
+
 def _column(table: pa.Table, name: str) -> list[Any] | None:
     return table[name].to_pylist() if name in table.column_names else None
 
@@ -120,7 +125,7 @@ class CatalogIndex:
                 return np.zeros(len(self.ids), dtype=bool)
             wanted = filters.category.lower()
             allowed &= np.fromiter(
-                (c == wanted or c.startswith(wanted + " >") for c in self.categories),
+                (in_category(c, wanted) for c in self.categories),
                 dtype=bool,
                 count=len(self.ids),
             )

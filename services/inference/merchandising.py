@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.inference.catalog import CatalogIndex, Mask
+from services.inference.catalog import CatalogIndex, Mask, in_category
 from shared.models.enums import RuleAction
 
 BOOST_RANK_K = 60  # boosts scale a rank score 1 / (k + rank), so they move items by rank, not raw score
@@ -26,9 +26,7 @@ class Rule:
         if self.product_id is not None:
             return catalog.ids[position] == self.product_id
         if self.category is not None and catalog.categories is not None:
-            wanted = self.category.lower()
-            found = str(catalog.categories[position])
-            return found == wanted or found.startswith(wanted + " >")
+            return in_category(str(catalog.categories[position]), self.category.lower())
         return False
 
 

@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.inference.batching import MicroBatcher
 from services.inference.catalog import CatalogIndex, load_vectors
 from services.inference.merchandising import Rule
+from shared.artifacts import unrooted, version_folder
 from shared.config import Settings
 from shared.datasets.catalog import catalog_text, latest_catalog_version
-from shared.errors import NotFound, ServiceUnavailable
+from shared.errors import NotFound
 from shared.jobs import DEPLOYMENTS_CHANNEL
 from shared.models import Deployment, MerchandisingRule, ModelVersion, Project
 from shared.models.enums import DeploymentRole, ModelTaskType, RuleAction
@@ -180,10 +181,10 @@ class ModelRegistry:
     def _load(self, version: ModelVersion, catalog: tuple[str, dict[str, Any]] | None) -> ServedVersion:
         """Blocking: the version's ONNX session and, for a retriever, its catalog index."""
         settings = self.settings
-        directory = settings.data_dir / "artifacts" / str(version.project_id) / str(version.id)
-        prefix = f"artifacts/{version.project_id}/{version.id}/"
+        folder = version_folder(version.project_id, version.id)
+        directory = settings.data_dir / folder
         model_file, wanted = _choose_file(version.artifacts, settings.prefer_gpu)
-        path = directory / version.artifacts[model_file]["path"].removeprefix(prefix)
+        path = directory / unrooted(version.artifacts, folder)[model_file]["path"]
         max_length = int(version.config.get("max_length") or 128)
         model = OnnxTextModel(
             path,
@@ -226,7 +227,7 @@ class ModelRegistry:
             batcher=batcher,
         )
         if task == ModelTaskType.bi_encoder and catalog is not None:
-            served.catalog = self._catalog(version, served, model_file, directory, prefix, catalog)
+            served.catalog = self._catalog(version, served, model_file, folder, catalog)
         return served
 
     def _catalog(
@@ -234,22 +235,18 @@ class ModelRegistry:
         version: ModelVersion,
         served: ServedVersion,
         model_file: str,
-        directory: Path,
-        prefix: str,
+        folder: Path,
         catalog: tuple[str, dict[str, Any]],
     ) -> CatalogIndex:
         catalog_id, tables = catalog
+        directory = self.settings.data_dir / folder
         table = read_catalog_table(self.settings, tables)
         texts = catalog_text(self.settings.data_dir, tables)
         index = version.artifacts.get("catalog_index") or {}
 
         def vectors(ids: list[str]) -> np.ndarray:
             if index.get("dataset_version_id") == catalog_id and index.get("model_file") == model_file:
-                files = {
-                    name: {**entry, "path": entry["path"].removeprefix(prefix)}
-                    for name, entry in index["files"].items()
-                }
-                found = load_vectors(directory, files, ids)
+                found = load_vectors(directory, unrooted(index["files"], folder), ids)
                 if found is not None:
                     return found
             log.info(
@@ -424,8 +421,3 @@ def read_catalog_table(settings: Settings, tables: dict[str, Any]) -> Any:
     wanted = ["product_id", "title", "brand", "category", "price", "in_stock"]
     table = read_table(settings.data_dir, tables, "catalog")
     return table.select([c for c in wanted if c in table.column_names])
-
-
-def require_ready(registry: ModelRegistry) -> None:
-    if registry.last_error:
-        raise ServiceUnavailable(f"some deployments could not be loaded: {registry.last_error}")

@@ -28,6 +28,7 @@ import anyio
 from sqlalchemy import func, select, update
 
 from services.trainer.control import JobCancelled, JobControl
+from shared.artifacts import rooted, unrooted, version_folder
 from shared.config import Settings
 from shared.db import unit_of_work
 from shared.jobs import RUN_TRAINING_JOB, arq_job_id, progress_channel
@@ -265,14 +266,22 @@ async def _finish(
     await _publish(ctx, job.id, {"id": str(job.id), "status": status.value})
 
 
+def _succeeded(job: TrainingJob, progress: dict[str, Any], **values: Any) -> Any:
+    """The statement that ends a job as succeeded."""
+    return (
+        update(TrainingJob)
+        .where(TrainingJob.id == job.id)
+        .values(
+            status=JobStatus.succeeded.value, finished_at=func.now(), error=None, progress=progress, **values
+        )
+    )
+
+
 async def _register(
     ctx: dict[str, Any], claimed: Claimed, outcome: Any, version_id: uuid.UUID, device: str, seconds: float
 ) -> uuid.UUID:
     job = claimed.job
-    relative = Path("artifacts") / str(job.project_id) / str(version_id)
-    artifacts = {
-        name: {**entry, "path": str(relative / entry["path"])} for name, entry in outcome.artifacts.items()
-    }
+    artifacts = rooted(outcome.artifacts, version_folder(job.project_id, version_id))
     async with unit_of_work(ctx["sessionmaker"]) as session:
         await session.execute(select(Project.id).where(Project.id == job.project_id).with_for_update())
         number = (
@@ -313,13 +322,8 @@ async def _register(
             )
         )
         await session.execute(
-            update(TrainingJob)
-            .where(TrainingJob.id == job.id)
-            .values(
-                status=JobStatus.succeeded.value,
-                finished_at=func.now(),
-                error=None,
-                progress={"phase": "done", "step": outcome.train.steps, "total_steps": outcome.train.steps},
+            _succeeded(
+                job, {"phase": "done", "step": outcome.train.steps, "total_steps": outcome.train.steps}
             )
         )
     await _publish(ctx, job.id, {"id": str(job.id), "status": JobStatus.succeeded.value})
@@ -363,16 +367,6 @@ def _baselines_cache(
     return settings.cache_dir / "baselines" / f"{key}.json"
 
 
-def _in_version_dir(version: ModelVersion) -> dict[str, dict[str, Any]]:
-    """The version's artifact entries with paths relative to its own folder."""
-    prefix = f"artifacts/{version.project_id}/{version.id}/"
-    return {
-        name: {**entry, "path": entry["path"].removeprefix(prefix)}
-        for name, entry in version.artifacts.items()
-        if isinstance(entry, dict) and "path" in entry
-    }
-
-
 async def _complete(
     ctx: dict[str, Any],
     claimed: Claimed,
@@ -396,17 +390,7 @@ async def _complete(
                 row.artifacts = {**row.artifacts, **artifacts}
             if export:
                 row.compute = {**row.compute, "export": {**row.compute.get("export", {}), "rebuild": export}}
-        await session.execute(
-            update(TrainingJob)
-            .where(TrainingJob.id == job.id)
-            .values(
-                status=JobStatus.succeeded.value,
-                finished_at=func.now(),
-                error=None,
-                result=result,
-                progress={**(progress or {}), "phase": "done"},
-            )
-        )
+        await session.execute(_succeeded(job, {**(progress or {}), "phase": "done"}, result=result))
     await _publish(ctx, job.id, {"id": str(job.id), "status": JobStatus.succeeded.value})
 
 
@@ -423,11 +407,11 @@ async def _run_on_version(
     assert version is not None
     job_type = JobType(job.job_type)
     task = JobType(version.task_type)
-    relative = Path("artifacts") / str(version.project_id) / str(version.id)
+    relative = version_folder(version.project_id, version.id)
     spec = VersionSpec(
         job_type=task,
         directory=settings.data_dir / relative,
-        artifacts=_in_version_dir(version),
+        artifacts=unrooted(version.artifacts, relative),
         config=version.config,
         metrics=version.metrics,
         base_model=version.base_model,
@@ -438,9 +422,7 @@ async def _run_on_version(
         spec.catalog = await anyio.to_thread.run_sync(catalog_text, settings.data_dir, claimed.tables)
         spec.catalog_version_id = claimed.catalog_version_id
         found = await _in_thread(control, run_index, spec, control)
-        found["files"] = {
-            name: {**entry, "path": str(relative / entry["path"])} for name, entry in found["files"].items()
-        }
+        found["files"] = rooted(found["files"], relative)
         return found, {"catalog_index": found}, None
     assert claimed.kind is not None
     spec.examples = await anyio.to_thread.run_sync(
@@ -454,7 +436,7 @@ async def _run_on_version(
         found.update(model_version_id=str(version.id), dataset_version_id=str(job.dataset_version_id))
         return found, None, None
     info, files = await _in_thread(control, run_export, spec, control)
-    files = {name: {**entry, "path": str(relative / entry["path"])} for name, entry in files.items()}
+    files = rooted(files, relative)
     return {"model_version_id": str(version.id), **info, "files": files}, files, info
 
 

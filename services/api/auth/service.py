@@ -19,7 +19,7 @@ from services.api.auth.scopes import ServiceScope
 from shared.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
 from shared.models import ApiKey, User
 from shared.models.enums import KeyRole
-from shared.security import generate_api_key, hash_api_key
+from shared.security import generate_api_key, hash_api_key, key_refusal
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,11 @@ async def authenticate(session: AsyncSession, key: str, secret: str) -> ApiKey:
         raise Unauthorized()
     api_key, user = found
     now = datetime.now(UTC)
-    if api_key.revoked_at is not None:
-        raise Unauthorized("this API key was revoked")
-    if api_key.expires_at is not None and api_key.expires_at <= now:
-        raise Unauthorized("this API key has expired")
-    if not user.is_active:
-        raise Unauthorized("this API key's user is deactivated")
+    refusal = key_refusal(
+        revoked_at=api_key.revoked_at, expires_at=api_key.expires_at, user_active=user.is_active, now=now
+    )
+    if refusal is not None:
+        raise Unauthorized(refusal)
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         api_key.last_used_at = now
     return api_key
