@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## Create .venv and install RecForge with every extra
 
-demo: install  ## Start the whole stack (embedded Postgres + Redis unless configured) and leave it running
-	$(BIN)/recforge up --detach
-	$(BIN)/recforge status
+demo: install  ## Start the stack (embedded Postgres + Redis unless configured), walk a project from data to /recommend, leave it running
+	@$(BIN)/recforge status >/dev/null 2>&1 || $(BIN)/recforge up --detach
+	$(BIN)/recforge demo
 
 up: install  ## Run the stack in the foreground (Ctrl-C stops it)
 	$(BIN)/recforge up

@@ -43,7 +43,11 @@ class Hyperparameters(BaseModel):
 
     epochs: int = Field(1, ge=1, le=100, description="Passes over the training split.")
     max_steps: int | None = Field(
-        None, ge=1, le=10_000_000, description="Stop after this many optimiser steps (a cap for quick runs)."
+        None,
+        ge=0,
+        le=10_000_000,
+        description="Stop after this many optimiser steps (a cap for quick runs). 0 trains nothing: the base "
+        "model is evaluated, exported and registered as it is, a servable zero-shot baseline.",
     )
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(5e-5, gt=0, le=1)

@@ -29,11 +29,18 @@ class RecommendRequest(BaseModel):
     filters: FilterSpec = Field(default_factory=FilterSpec)
     rerank: bool = Field(False, description="Rerank the top candidates with the deployed cross-encoder.")
     candidates: int = Field(100, ge=1, le=2000, description="How many each retriever returns before fusion.")
+    retrieval: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid",
+        description="For a query: dense and BM25 fused by reciprocal rank (hybrid), or one of them alone. "
+        "A user's history is always matched densely.",
+    )
 
     @model_validator(mode="after")
     def _something_to_go_on(self) -> RecommendRequest:
         if self.query is None and self.user_id is None and not self.history:
             raise ValueError("give a query, a user_id or a history")
+        if self.retrieval == "lexical" and self.query is None:
+            raise ValueError("lexical retrieval needs a query")
         return self
 
 

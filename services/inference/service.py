@@ -94,12 +94,14 @@ async def recommend(
     seen = {catalog.position[p] for p in history if p in catalog.position}
     wanted = max(data.candidates, data.k)
     if data.query is not None:
-        vector = (await version.embed([data.query]))[0]
-        dense = catalog.dense(vector, wanted, allowed, seen)
-        lexical = [
-            hit for hit in catalog.lexical(data.query, wanted + len(seen), allowed) if hit[0] not in seen
-        ]
-        ranked = fuse([dense, lexical[:wanted]])
+        lists = []
+        if data.retrieval != "lexical":
+            vector = (await version.embed([data.query]))[0]
+            lists.append(catalog.dense(vector, wanted, allowed, seen))
+        if data.retrieval != "dense":
+            hits = catalog.lexical(data.query, wanted + len(seen), allowed)
+            lists.append([hit for hit in hits if hit[0] not in seen][:wanted])
+        ranked = fuse(lists) if len(lists) > 1 else lists[0]
     else:
         text = history_text(history, catalog.texts)
         if not text:

@@ -22,6 +22,7 @@ class Judged:
     candidates: dict[str, list[str]]  # query id -> judged product ids
     grades: dict[str, dict[str, float]]  # query id -> product id -> grade
     exclude: dict[str, set[str]] = field(default_factory=dict)  # query id -> products to skip (history)
+    histories: dict[str, list[str]] = field(default_factory=dict)  # user -> product ids, oldest first
 
 
 @dataclass
@@ -98,6 +99,7 @@ def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
         valid.queries[user] = history_text(history, products)
         valid.grades[user] = {nxt: 1.0}
         valid.exclude[user] = set(history)
+        valid.histories[user] = list(history)
     return Examples(DatasetKind.sequences, products, train, valid, (0.0, 1.0))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import data, jobs, keys, stack
+from shared.cli import data, demo, jobs, keys, stack
 
 app = typer.Typer(
     name="recforge",
@@ -17,6 +17,7 @@ stack.register(app)
 app.add_typer(keys.app, name="keys")
 app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
+app.command()(demo.demo)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import IO, Annotated, Any, cast
 
+import httpx
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -78,7 +79,32 @@ def _files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _print_result(result: dict[str, Any]) -> None:
+def upload(client: httpx.Client, project: str, files: list[Path], fields: dict[str, str]) -> httpx.Response:
+    """POST the files as one dataset import, with a progress bar over the bytes sent."""
+    total = sum(f.stat().st_size for f in files)
+    handles = [f.open("rb") for f in files]
+    try:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
+            meter = _Meter(progress, total)
+            parts: list[tuple[str, tuple[str | None, IO[bytes]]]] = [
+                ("file", (f.name, cast(IO[bytes], _Counted(h, meter))))
+                for f, h in zip(files, handles, strict=True)
+            ]
+            return client.post(f"/api/v1/projects/{project}/datasets", files=parts, data=fields)
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def print_import(result: dict[str, Any]) -> None:
     verb = "Imported" if result["created"] else "Already imported (identical content)"
     console.print(
         f"{verb}: dataset [bold]{result['name']}[/] version {result['version']} "
@@ -173,36 +199,14 @@ def import_(
     for field_name, value in (("format", format), ("kind", kind), ("encoding", encoding), ("name", name)):
         if value is not None:
             fields[field_name] = str(value.value if hasattr(value, "value") else value)
-    total = sum(f.stat().st_size for f in files)
-    handles = [f.open("rb") for f in files]
-    try:
-        with (
-            api_client(settings, url, key) as client,
-            Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            ) as progress,
-        ):
-            meter = _Meter(progress, total)
-            parts: list[tuple[str, tuple[str | None, IO[bytes]]]] = [
-                ("file", (f.name, cast(IO[bytes], _Counted(h, meter))))
-                for f, h in zip(files, handles, strict=True)
-            ]
-            response = client.post(f"/api/v1/projects/{project}/datasets", files=parts, data=fields)
-    finally:
-        for handle in handles:
-            handle.close()
+    with api_client(settings, url, key) as client:
+        response = upload(client, project, files, fields)
     if response.status_code in (200, 201):
         result = response.json()
         if as_json:
             console.print_json(json.dumps(result))
         else:
-            _print_result(result)
+            print_import(result)
         return
     if response.status_code == 422:
         with contextlib.suppress(ValueError):

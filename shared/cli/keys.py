@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 
 from shared.cli.common import console, database_errors, err_console, load_settings
+from shared.config import Settings
 from shared.models.enums import KeyRole
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -29,6 +32,24 @@ def create(
 ) -> None:
     """Create an API key and print it. It is shown once: store it now."""
     settings = load_settings()
+    with database_errors():
+        key = issue(settings, role, email=email, user_name=user_name, name=name, project=project,
+                    expires_in_days=expires_in_days)  # fmt: skip
+    err_console.print(f"Created a [bold]{role.value}[/] key for {email}. It is shown only once:")
+    console.print(key, soft_wrap=True, highlight=False)
+
+
+def issue(
+    settings: Settings,
+    role: KeyRole,
+    *,
+    email: str,
+    user_name: str,
+    name: str,
+    project: str | None = None,
+    expires_in_days: int | None = None,
+) -> str:
+    """Issue a key straight in the database (the way to the first admin key); return its secret."""
 
     async def run() -> str:
         from sqlalchemy import or_, select
@@ -44,12 +65,8 @@ def create(
                 project_id = None
                 if project:
                     clauses = [Project.slug == project]
-                    try:
-                        import uuid
-
+                    with contextlib.suppress(ValueError):
                         clauses.append(Project.id == uuid.UUID(project))
-                    except ValueError:
-                        pass
                     found = (await session.execute(select(Project.id).where(or_(*clauses)))).scalar()
                     if found is None:
                         raise NotFound(f"no project {project!r}")
@@ -69,7 +86,4 @@ def create(
         finally:
             await engine.dispose()
 
-    with database_errors():
-        key = asyncio.run(run())
-    err_console.print(f"Created a [bold]{role.value}[/] key for {email}. It is shown only once:")
-    console.print(key, soft_wrap=True, highlight=False)
+    return asyncio.run(run())

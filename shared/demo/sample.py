@@ -3,7 +3,7 @@ with graded judgments that use synonyms and misspellings, so a fine-tuned model 
 that word overlap (BM25) misses.
 
     from shared.demo.sample import generate
-    shop = generate(products=3000, queries=1500, seed=7)
+    shop = generate(products=2000, queries=1000, seed=7)
     shop.write(Path("demo-data"))  # catalog.csv, judgments.csv
 """
 
@@ -50,9 +50,22 @@ BRANDS = (
     "Ironwood",
     "Juniper",
 )
-COLORS = ("black", "white", "red", "blue", "gray", "bronze", "chrome", "green")
-MATERIALS = ("steel", "aluminum", "wood", "plastic", "brass", "fiberglass")
-SIZES = ("small", "compact", "standard", "large", "heavy duty")
+# attribute value -> the words shoppers use for it besides the catalog's own
+COLORS = {
+    "black": ("onyx", "jet"), "white": ("ivory", "snow"), "red": ("crimson", "scarlet"),
+    "blue": ("navy", "cobalt"), "gray": ("charcoal", "slate"), "bronze": ("oil rubbed", "copper tone"),
+    "chrome": ("silver", "polished"), "green": ("olive", "emerald"),
+}  # fmt: skip
+MATERIALS = {
+    "steel": ("metal", "stainless"), "aluminum": ("aluminium", "alloy"), "wood": ("wooden", "timber"),
+    "plastic": ("poly", "resin"), "brass": ("gold tone", "solid brass"),
+    "fiberglass": ("fibreglass", "composite"),
+}  # fmt: skip
+SIZES = {
+    "small": ("mini", "little"), "compact": ("slim", "space saving"), "standard": ("regular", "classic"),
+    "large": ("xl", "big"), "heavy duty": ("pro", "industrial"),
+}  # fmt: skip
+ATTRIBUTES = {"color": COLORS, "material": MATERIALS, "size": SIZES}
 FILLERS = ("for home", "best", "cheap", "", "", "", "near me", "on sale")
 
 
@@ -121,16 +134,21 @@ def misspell(word: str, rng: random.Random) -> str:
 
 
 def _grade(product: Product, kind: str, wanted: dict[str, str]) -> int:
+    """3: the type with every attribute asked for; 1: the type, other attributes; 0: another type."""
     if product.kind != kind:
-        return 1 if TYPES[product.kind][0] == TYPES[kind][0] else 0
-    matched = sum(getattr(product, name) == value for name, value in wanted.items())
-    return 3 if matched == len(wanted) else 2
+        return 0
+    return 3 if all(getattr(product, name) == value for name, value in wanted.items()) else 1
 
 
-def generate(products: int = 3000, queries: int = 1500, seed: int = 7, judged_per_query: int = 12) -> Shop:
-    """The same arguments always give the same shop."""
-    if products < len(TYPES) or queries < 1 or judged_per_query < 2:
-        raise ValueError(f"need at least {len(TYPES)} products, 1 query and 2 judgments per query")
+def generate(products: int = 2000, queries: int = 1000, seed: int = 7, others_per_query: int = 10) -> Shop:
+    """The same arguments always give the same shop.
+
+    Queries name a type and one or two attributes (brand, size, color, material), often in other words
+    than the catalog's. Every product of the query's type is judged (3 when it has every attribute asked
+    for, else 1), beside ``others_per_query`` products of other types (0), half of them from the same
+    department. So the whole-catalog view leaves no relevant product unjudged."""
+    if products < len(TYPES) or queries < 1 or others_per_query < 1:
+        raise ValueError(f"need at least {len(TYPES)} products, 1 query and 1 other product per query")
     rng = random.Random(seed)
     kinds = list(TYPES)
     catalog = []
@@ -142,9 +160,9 @@ def generate(products: int = 3000, queries: int = 1500, seed: int = 7, judged_pe
                 product_id=f"P{i:05d}",
                 kind=kind,
                 brand=rng.choice(BRANDS),
-                color=rng.choice(COLORS),
-                material=rng.choice(MATERIALS),
-                size=rng.choice(SIZES),
+                color=rng.choice(list(COLORS)),
+                material=rng.choice(list(MATERIALS)),
+                size=rng.choice(list(SIZES)),
                 price=round(rng.uniform(low, high), 2),
                 in_stock=rng.random() < 0.9,
             )
@@ -157,18 +175,16 @@ def generate(products: int = 3000, queries: int = 1500, seed: int = 7, judged_pe
     while len(seen) < queries:
         kind = rng.choice(kinds)
         target = rng.choice(by_kind[kind])
-        wanted = {
-            name: getattr(target, name)
-            for name in rng.sample(["color", "material", "brand"], rng.randint(0, 2))
-        }
+        asked = rng.sample(["brand", "size", "color", "material"], rng.choice((1, 2, 2)))
+        wanted = {name: getattr(target, name) for name in asked}
+        words = []
+        for name in ("brand", "size", "color", "material"):  # half the time in the shopper's own words
+            if name in wanted:
+                value = wanted[name]
+                said = ATTRIBUTES[name][value] if name in ATTRIBUTES else ()
+                words.append(rng.choice(said) if said and rng.random() < 0.5 else value)
         noun = kind if rng.random() < 0.4 else rng.choice(TYPES[kind][1])  # most shoppers use another word
-        words = [
-            wanted.get("brand", ""),
-            wanted.get("color", ""),
-            wanted.get("material", ""),
-            noun,
-            rng.choice(FILLERS),
-        ]
+        words += [noun, rng.choice(FILLERS)]
         text = " ".join(w.lower() for w in words if w)
         if rng.random() < 0.25:
             parts = text.split()
@@ -178,10 +194,11 @@ def generate(products: int = 3000, queries: int = 1500, seed: int = 7, judged_pe
         if text in seen:
             continue
         seen.add(text)
-        same = [p for p in by_kind[kind] if p is not target]
-        others = [p for p in catalog if p.kind != kind]
-        picks = [target, *rng.sample(same, min(len(same), judged_per_query // 2))]
-        picks += rng.sample(others, judged_per_query - len(picks))
+        department = TYPES[kind][0]
+        near = [p for p in catalog if p.kind != kind and TYPES[p.kind][0] == department]
+        far = [p for p in catalog if TYPES[p.kind][0] != department]
+        hard = rng.sample(near, min(len(near), others_per_query // 2))
+        picks = [*by_kind[kind], *hard, *rng.sample(far, others_per_query - len(hard))]
         for product in picks:
             judgments.append((text, product.product_id, _grade(product, kind, wanted)))
     return Shop(catalog, judgments)

@@ -116,6 +116,31 @@ async def test_bi_encoder_job_runs_through_the_queue(
     assert not (settings.jobs_dir / job_id).exists()  # checkpoints go once the job is done
 
 
+async def test_zero_steps_registers_the_base_model_as_a_zero_shot_version(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    """max_steps=0 trains nothing: the version is the base model, so it scores exactly as zero-shot."""
+    version = await _project_with_data(world)
+    body = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": version,
+        "base_model": str(tiny_model),
+        "hyperparameters": {"max_steps": 0, "max_length": 24},
+    }
+    submitted = await world.call("member", "POST", f"{P}/training-jobs", json=body)
+    assert submitted.status_code == 202, submitted.text
+    await _run_worker(make_worker(settings))
+    job = (await world.call("member", "GET", f"/api/v1/training-jobs/{submitted.json()['id']}")).json()
+    assert job["status"] == "succeeded", job["error"]
+    model = (
+        await world.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
+    ).json()
+    zero_shot = model["baselines"]["zero_shot"]
+    for key in ("ndcg@10", "mrr@10", "catalog_ndcg@10", "catalog_recall@10"):
+        assert model["metrics"][key] == pytest.approx(zero_shot[key], abs=1e-6), key
+    assert model["compute"]["steps"] == 0
+
+
 async def test_cancel_stops_a_running_job(world: World, settings: Settings, tiny_model: Path) -> None:
     version = await _project_with_data(world)
     body = {

@@ -150,6 +150,25 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     items = filtered.json()["items"]
     assert items and all(it["title"].startswith("Drill") for it in items)
     assert {it["product_id"] for it in items} == {"p0", "p20", "p40"}  # p10, p30 are out of stock
+    # one retriever alone: BM25 ranks by its own scores, dense by cosine; lexical needs a query
+    alone = {}
+    for mode in ("lexical", "dense"):
+        answer = await client.post(
+            "/recommend",
+            json={"project": "search-a", "query": "drill", "k": 5, "retrieval": mode},
+            headers=key,
+        )
+        assert answer.status_code == 200, answer.text
+        alone[mode] = [it["score"] for it in answer.json()["items"]]
+        assert alone[mode] == sorted(alone[mode], reverse=True)
+        if mode == "lexical":  # only drills hold the word
+            assert all(it["title"].startswith("Drill") for it in answer.json()["items"])
+    assert min(alone["lexical"]) > 2 / 61  # BM25 scores, not reciprocal-rank sums
+    assert all(-1.0 <= s <= 1.0 for s in alone["dense"])
+    refused = await client.post(
+        "/recommend", json={"project": "search-a", "user_id": "u1", "retrieval": "lexical"}, headers=key
+    )
+    assert refused.status_code == 422
     reranked = await client.post(
         "/recommend", json={"project": "search-a", "query": "drill", "k": 5, "rerank": True}, headers=key
     )

@@ -1,0 +1,102 @@
+"""`recforge demo` on a stack `recforge up --detach` started with nothing configured: the project is staffed,
+data imported, both models trained, the retriever promoted, and /recommend answers.
+
+A tiny random BERT and a small sample shop stand in for MiniLM and the 3,000-product default, so the walk
+runs in about a minute; every request goes over HTTP to real processes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.demo.walkthrough import data_source
+from shared.errors import ValidationFailed
+from tests.shared.test_stack import _stack_env
+from tests.trainer.tiny import tiny_bert
+
+
+@pytest.mark.slow
+def test_demo_walks_a_project_from_data_to_recommend(tmp_path: Path) -> None:
+    env, ports = _stack_env(tmp_path / "stack")
+    env["HF_HUB_OFFLINE"] = "1"
+    cli = [sys.executable, "-m", "shared.cli"]
+    model = tiny_bert(tmp_path / "tiny")
+    try:
+        up = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        args = [
+            "--base-model",
+            str(model),
+            "--steps",
+            "20",
+            "--cross-steps",
+            "20",
+            "--products",
+            "200",
+            "--queries",
+            "120",
+        ]
+        demo = subprocess.run([*cli, "demo", *args], env=env, capture_output=True, text=True, timeout=600)
+        out = demo.stdout
+        assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+        for step in ("People", "Project", "Data", "Fine-tuning", "Evaluation", "Deployment", "/recommend"):
+            assert step in out
+        assert "Demo done" in out and f"http://127.0.0.1:{ports['inference']}/docs" in out
+        for label in ("BM25", "zero-shot base", "bi-encoder", "cross-encoder"):
+            assert label in out
+        assert '"crimson commode"' in out and "who clicked" in out
+
+        # What the demo did is in the platform, seen through the API with the key it printed.
+        key = re.search(r"export RECFORGE_API_KEY=(\S+)", out)
+        assert key, out[-2000:]
+        headers = {"Authorization": f"Bearer {key.group(1)}"}
+        api = f"http://127.0.0.1:{ports['api']}/api/v1/projects/demo-shop"
+        members = httpx.get(f"{api}/members", headers=headers, timeout=10).json()
+        assert sorted(m["role"] for m in members) == ["maintainer", "member", "owner", "viewer"]
+        deployments = httpx.get(f"{api}/deployments", headers=headers, timeout=10).json()
+        assert "retriever" in {d["role"] for d in deployments}
+        tasks = httpx.get(f"{api}/tasks", headers=headers, timeout=10).json()["items"]
+        status = {t["title"]: t["status"] for t in tasks}
+        assert status["Import the catalog and the graded judgments"] == "done"
+        assert status["Promote the best versions to production"] == "done"
+        jobs = httpx.get(f"{api}/training-jobs", headers=headers, timeout=10).json()["items"]
+        assert sorted(j["job_type"] for j in jobs) == ["bi_encoder", "cross_encoder"]
+        assert all(j["status"] == "succeeded" for j in jobs)
+
+        # A second run leaves the first project alone and makes demo-shop-2.
+        again = subprocess.run(
+            [*cli, "demo", *args, "--api-key", key.group(1)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "demo-shop-2" in again.stdout
+    finally:
+        subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_demo_data_is_recognised_or_refused_with_a_reason(tmp_path: Path) -> None:
+    csv = tmp_path / "train.csv"
+    csv.write_text("id,product_uid,product_title,search_term,relevance\n")
+    assert data_source(csv) == ("homedepot", [csv])
+    wands = tmp_path / "wands"
+    wands.mkdir()
+    for name in ("product.csv", "query.csv", "label.csv"):
+        (wands / name).write_text("x\n")
+    assert data_source(wands)[0] == "wands"
+    esci = tmp_path / "esci"
+    esci.mkdir()
+    for name in ("shopping_queries_dataset_examples.parquet", "shopping_queries_dataset_products.parquet"):
+        (esci / name).write_bytes(b"")
+    assert data_source(esci)[0] == "esci"
+    with pytest.raises(ValidationFailed, match="not an ESCI folder"):
+        data_source(tmp_path)
+    with pytest.raises(ValidationFailed, match="no such file"):
+        data_source(tmp_path / "missing")
