@@ -40,13 +40,19 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--hard-negatives", type=int, default=0, help="Mined negatives per pair (bi-encoder)."
+    )
     parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
     args = parser.parse_args()
     setup_threads()
     files = sorted(p for p in args.path.iterdir() if p.is_file()) if args.path.is_dir() else [args.path]
     prepared = prepare(files, ImportOptions(args.format), SplitSpec())
     hp = Hyperparameters(
-        max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        hard_negatives=args.hard_negatives,
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -15,7 +15,8 @@ cross-encoder. On the validation split the platform made at import (never traine
   each fused with BM25 (hybrid), and the hybrid reranked by the cross-encoder;
 - sequence data: for each validation user's latest step, the next item among all items through
   `/recommend` with the history (history excluded; Recall@10, nDCG@10): popularity, BM25 over the history's
-  titles, zero-shot and fine-tuned.
+  titles, zero-shot and fine-tuned (the user as the text of their latest items, as `/recommend` reads
+  them), and zero-shot over the recency-weighted mean of the history's item embeddings.
 
 Needs the stack's settings (RECFORGE_* as `recforge up` had them): it reads the validation split from the
 dataset version's files, as the trainer does. With no --api-key it issues an admin key itself."""
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -53,6 +55,7 @@ from shared.models.enums import DatasetKind, KeyRole  # noqa: E402
 
 console = Console()
 K = 10
+RECENCY_DECAY = 0.8  # weight of an item one step older than the next, in the recency-weighted baseline
 
 
 class Bench:
@@ -170,6 +173,21 @@ class Bench:
         return run
 
 
+    def embed(self, slug: str, key: str, texts: list[str], batch: int = 64) -> np.ndarray:
+        """Normalised embeddings of texts from the project's deployed retriever (/v1/embeddings)."""
+        headers = {"Authorization": f"Bearer {key}"}
+        rows: list[list[float]] = []
+        with console.status("/v1/embeddings") as status:
+            for start in range(0, len(texts), batch):
+                body = {"model": slug, "input": [t[:2000] or "-" for t in texts[start : start + batch]]}
+                response = self.inference.post("/v1/embeddings", json=body, headers=headers)
+                if response.status_code != 200:
+                    sys.exit(f"/v1/embeddings answered {response.status_code}: {response.text[:500]}")
+                rows.extend(item["embedding"] for item in response.json()["data"])
+                status.update(f"/v1/embeddings {len(rows):,}/{len(texts):,}")
+        vectors = np.asarray(rows, dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
 def _metrics(run: dict[str, dict[str, float]], examples: Examples) -> dict[str, float]:
     return ranking_metrics(
         run, examples.valid.grades, k=K, recall_ks=(K,), relevant_from=relevant_from(examples)
@@ -261,7 +279,14 @@ def sequences(bench: Bench, slug: str, version: dict[str, Any], examples: Exampl
         for u, h in histories.items()
     }  # fmt: skip
     results["BM25 (history titles)"] = _metrics(bench.recommend_run(slug, key, lexical, "BM25"), examples)
-    results["zero-shot"] = _metrics(bench.recommend_run(slug, key, asks, "zero-shot"), examples)
+    results["zero-shot (latest items as one text)"] = _metrics(
+        bench.recommend_run(slug, key, asks, "zero-shot"), examples
+    )
+    items = list(examples.product_text)
+    vectors = bench.embed(slug, key, [examples.product_text[i] for i in items])
+    results["zero-shot, recency-weighted item mean"] = _metrics(
+        recency_weighted(vectors, items, histories), examples
+    )
     bench.promote(slug, key, bi)
     results["fine-tuned bi-encoder"] = _metrics(bench.recommend_run(slug, key, asks, "fine-tuned"), examples)
     console.print(_table(
@@ -270,6 +295,26 @@ def sequences(bench: Bench, slug: str, version: dict[str, Any], examples: Exampl
     return {"next_item": results, "users": len(users), "items": len(examples.product_text),
             "trainer": {"zero_shot": zero["metrics"], "bi_encoder": bi["metrics"]},
             "versions": {"zero_shot": zero["id"], "bi_encoder": bi["id"]}}  # fmt: skip
+
+
+def recency_weighted(
+    item_vectors: np.ndarray, items: list[str], histories: dict[str, list[str]]
+) -> dict[str, dict[str, float]]:
+    """Zero-shot over the recency-weighted history: each item of the history embedded on its own, the
+    user the mean weighted RECENCY_DECAY ** age (newest 1), scored against every item, history excluded."""
+    position = {item: i for i, item in enumerate(items)}
+    run: dict[str, dict[str, float]] = {}
+    for user, history in histories.items():
+        known = [position[p] for p in history if p in position]
+        if not known:
+            run[user] = {}
+            continue
+        weights = RECENCY_DECAY ** np.arange(len(known) - 1, -1, -1, dtype=np.float32)
+        scores = item_vectors @ (weights @ item_vectors[known])
+        scores[known] = -np.inf
+        top = np.argsort(-scores)[:K]
+        run[user] = {items[i]: float(K - rank) for rank, i in enumerate(top)}
+    return run
 
 
 def _with(asks: dict[str, dict[str, Any]], **extra: Any) -> dict[str, dict[str, Any]]:

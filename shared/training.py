@@ -53,6 +53,14 @@ class Hyperparameters(BaseModel):
     learning_rate: float = Field(5e-5, gt=0, le=1)
     max_length: int = Field(64, ge=8, le=512, description="Tokens per text; longer texts are truncated.")
     warmup_ratio: float = Field(0.1, ge=0, le=0.5)
+    hard_negatives: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="Bi-encoders: negatives per pair beside the in-batch ones, mined once before training "
+        "among the base model's nearest products to each query (never one of the query's positives or, "
+        "on sequence data, its history). 0 trains on in-batch negatives only.",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1)
     early_stopping_patience: int | None = Field(
         None, ge=1, le=100, description="Stop after this many evaluations without improvement."

@@ -36,6 +36,8 @@ class Examples:
     texts: dict[str, list[tuple[str, str]]] = field(
         default_factory=dict
     )  # classifier: split -> (text, label)
+    # query text -> products never a negative for it (sequences: the history and every next item)
+    train_exclude: dict[str, set[str]] = field(default_factory=dict)
 
 
 def load(
@@ -82,6 +84,7 @@ def _relevance(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
 def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str]) -> Examples:
     table = read_table(data_dir, tables, "sequences")
     train: list[tuple[str, str, float]] = []
+    exclude: dict[str, set[str]] = {}
     valid = Judged({}, {}, {})
     longest: dict[str, tuple[int, list[str], str]] = {}
     for user, history, nxt, split in zip(
@@ -92,7 +95,9 @@ def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
         strict=True,
     ):
         if split == "train":
-            train.append((history_text(history, products), nxt, 1.0))
+            text = history_text(history, products)
+            train.append((text, nxt, 1.0))
+            exclude.setdefault(text, set()).update(history, (nxt,))
         elif split == "valid" and len(history) >= longest.get(user, (-1, [], ""))[0]:
             longest[user] = (len(history), history, nxt)
     for user, (_, history, nxt) in longest.items():  # each validation user's latest step
@@ -100,7 +105,7 @@ def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
         valid.grades[user] = {nxt: 1.0}
         valid.exclude[user] = set(history)
         valid.histories[user] = list(history)
-    return Examples(DatasetKind.sequences, products, train, valid, (0.0, 1.0))
+    return Examples(DatasetKind.sequences, products, train, valid, (0.0, 1.0), train_exclude=exclude)
 
 
 def _labeled(data_dir: Path, tables: dict[str, Any]) -> Examples:

@@ -32,6 +32,8 @@ from services.trainer.control import JobControl
 from shared.training import DEFAULT_BASE_MODEL, Hyperparameters
 
 BUCKET_BATCHES = 50  # batches per sorted bucket: similar lengths together, order still shuffled
+MINE_POOL = 30  # the nearest non-positive products a query's hard negatives are drawn from
+MINE_BATCH = 128
 
 
 def resolve_base_model(name: str) -> str:
@@ -165,7 +167,12 @@ class Task:
 
 class BiEncoderTask(Task):
     """Query and product embeddings (mean pooled, normalised): in-batch negatives, each pair's
-    loss weighted by its graded relevance; pairs below half the grade scale are not positives."""
+    loss weighted by its graded relevance; pairs below half the grade scale are not positives.
+
+    With ``hard_negatives`` each pair also brings that many products mined once, before training, from
+    the model as it starts: drawn from the MINE_POOL products nearest the query that are neither its
+    positives nor in its ``exclude`` set. A product in a query's ``exclude`` set (on sequence data: the
+    history) is never its negative, mined or in the batch."""
 
     scale = 20.0
 
@@ -175,10 +182,21 @@ class BiEncoderTask(Task):
         examples: list[tuple[str, str, float]],
         product_text: dict[str, str],
         max_length: int,
+        *,
+        exclude: dict[str, set[str]] | None = None,
+        hard_negatives: int = 0,
+        seed: int = 42,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModel.from_pretrained(model_dir)
+        self.product_text = product_text
         self.examples = [(q, product_text[p], g) for q, p, g in examples if g >= 0.5]
+        self.exclude = {
+            q: {product_text[p] for p in ids if p in product_text} for q, ids in (exclude or {}).items()
+        }
+        self.hard_negatives = hard_negatives
+        self.negatives: dict[str, list[str]] = {}
+        self.rng = random.Random(seed)
         self.texts = Texts(self.tokenizer, max_length)
         self.texts.add([q for q, _, _ in self.examples] + [t for _, t, _ in self.examples])
 
@@ -190,14 +208,76 @@ class BiEncoderTask(Task):
         hidden = self.model(**batch).last_hidden_state
         return mean_pool(hidden, batch["attention_mask"])
 
+    def mine(self, device: torch.device, control: JobControl, cache: Path) -> None:
+        """Each query's candidate hard negatives, from the model as it is now; kept in ``cache`` so a
+        resumed job draws from the same ones (its model has trained since)."""
+        if not self.hard_negatives:
+            return
+        positives: dict[str, set[str]] = {}
+        for query, text, _ in self.examples:
+            positives.setdefault(query, set()).add(text)
+        queries = list(positives)
+        if cache.exists():
+            saved = json.loads(cache.read_text())
+            titles, picks = saved["titles"], saved["negatives"]
+        else:
+            titles = list(dict.fromkeys(self.product_text.values()))
+            picks = self._nearest(queries, titles, positives, device, control)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"titles": titles, "negatives": picks}))
+        self.negatives = {q: [titles[i] for i in row] for q, row in zip(queries, picks, strict=True)}
+        self.texts.add(titles)
+
+    @torch.no_grad()
+    def _nearest(
+        self,
+        queries: list[str],
+        titles: list[str],
+        positives: dict[str, set[str]],
+        device: torch.device,
+        control: JobControl,
+    ) -> list[list[int]]:
+        self.model.to(device).eval()
+        self.texts.add(titles)
+        total = len(titles) + len(queries)
+        vectors = []
+        for start in range(0, len(titles), MINE_BATCH):
+            control.check()
+            vectors.append(self.encode(titles[start : start + MINE_BATCH], device).float())
+            control.report(phase="mine_negatives", done=start + len(vectors[-1]), total=total)
+        products = torch.cat(vectors)
+        depth = min(len(titles), MINE_POOL + 1 + max(len(p) for p in positives.values()))
+        picks: list[list[int]] = []
+        for start in range(0, len(queries), MINE_BATCH):
+            control.check()
+            chunk = queries[start : start + MINE_BATCH]
+            nearest = (self.encode(chunk, device).float() @ products.T).topk(depth, dim=1).indices
+            for query, row in zip(chunk, nearest.tolist(), strict=True):
+                skip = positives[query] | self.exclude.get(query, set())
+                picks.append([i for i in row if titles[i] not in skip][:MINE_POOL])
+            control.report(phase="mine_negatives", done=len(titles) + len(picks), total=total)
+        self.model.train()
+        return picks
+
     def loss(self, batch: list[tuple[str, str, float]], device: torch.device) -> torch.Tensor:
         queries = self.encode([q for q, _, _ in batch], device)
-        products = self.encode([t for _, t, _ in batch], device)
+        candidates = [t for _, t, _ in batch]
+        if self.hard_negatives:
+            for query, _, _ in batch:
+                pool = self.negatives.get(query, [])
+                candidates += self.rng.sample(pool, min(self.hard_negatives, len(pool)))
+        products = self.encode(candidates, device)
         logits = queries @ products.T * self.scale
-        # the same product twice in a batch is not a negative of itself
-        titles = [t for _, t, _ in batch]
-        same = torch.tensor([[a == b for b in titles] for a in titles], device=device)
-        logits = logits.masked_fill(same & ~torch.eye(len(batch), dtype=torch.bool, device=device), -1e4)
+        # never a negative: the pair's own product under another column (the same product twice in a
+        # batch) or a product the query excludes
+        blocked = torch.tensor(
+            [
+                [j != i and (c == text or c in self.exclude.get(query, ())) for j, c in enumerate(candidates)]
+                for i, (query, text, _) in enumerate(batch)
+            ],
+            device=device,
+        )
+        logits = logits.masked_fill(blocked, -1e4)
         weights = torch.tensor([g for _, _, g in batch], dtype=logits.dtype, device=device)
         per_pair = nn.functional.cross_entropy(
             logits, torch.arange(len(batch), device=device), reduction="none"

@@ -161,7 +161,15 @@ def _train_task(spec: JobSpec, model_dir: str) -> Task:
     hp = spec.hyperparameters
     ex = spec.examples
     if spec.job_type == JobType.bi_encoder:
-        return BiEncoderTask(model_dir, ex.train, ex.product_text, hp.max_length)
+        return BiEncoderTask(
+            model_dir,
+            ex.train,
+            ex.product_text,
+            hp.max_length,
+            exclude=ex.train_exclude,
+            hard_negatives=hp.hard_negatives,
+            seed=hp.seed,
+        )
     if spec.job_type == JobType.cross_encoder:
         return CrossEncoderTask(model_dir, ex.train, ex.product_text, hp.max_length)
     return ClassifierTask(model_dir, ex.texts.get("train", []), ex.labels, hp.max_length)
@@ -215,6 +223,8 @@ def run_job(spec: JobSpec, control: JobControl) -> JobOutcome:
     base_dir = resolve_base_model(spec.base_model)
     resume = checkpoint_model(spec.work_dir)
     task = _train_task(spec, str(resume) if resume else base_dir)
+    if isinstance(task, BiEncoderTask):
+        task.mine(spec.device, control, spec.work_dir / "negatives.json")
     train = fit(
         task, hp, spec.device, control, spec.work_dir, checkpoint_interval_s=spec.checkpoint_interval_s
     )
