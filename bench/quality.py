@@ -172,7 +172,6 @@ class Bench:
         console.print(f"  {label}: {len(asks)} requests in {time.monotonic() - started:.1f} s")
         return run
 
-
     def embed(self, slug: str, key: str, texts: list[str], batch: int = 64) -> np.ndarray:
         """Normalised embeddings of texts from the project's deployed retriever (/v1/embeddings)."""
         headers = {"Authorization": f"Bearer {key}"}
@@ -187,6 +186,7 @@ class Bench:
                 status.update(f"/v1/embeddings {len(rows):,}/{len(texts):,}")
         vectors = np.asarray(rows, dtype=np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
 
 def _metrics(run: dict[str, dict[str, float]], examples: Examples) -> dict[str, float]:
     return ranking_metrics(
