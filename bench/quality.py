@@ -43,8 +43,8 @@ from rich.table import Table
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from services.trainer.assess import relevant_from  # noqa: E402
-from services.trainer.data import Examples, load  # noqa: E402
+from services.trainer.assess import relevant_from, top_of_catalog  # noqa: E402
+from services.trainer.data import Examples, Judged, load  # noqa: E402
 from services.trainer.evaluation import ranking_metrics  # noqa: E402
 from shared.cli.data import upload  # noqa: E402
 from shared.cli.jobs import watch_job  # noqa: E402
@@ -285,7 +285,7 @@ def sequences(bench: Bench, slug: str, version: dict[str, Any], examples: Exampl
     items = list(examples.product_text)
     vectors = bench.embed(slug, key, [examples.product_text[i] for i in items])
     results["zero-shot, recency-weighted item mean"] = _metrics(
-        recency_weighted(vectors, items, histories), examples
+        recency_weighted(vectors, items, examples, users), examples
     )
     bench.promote(slug, key, bi)
     results["fine-tuned bi-encoder"] = _metrics(bench.recommend_run(slug, key, asks, "fine-tuned"), examples)
@@ -298,23 +298,21 @@ def sequences(bench: Bench, slug: str, version: dict[str, Any], examples: Exampl
 
 
 def recency_weighted(
-    item_vectors: np.ndarray, items: list[str], histories: dict[str, list[str]]
+    item_vectors: np.ndarray, items: list[str], examples: Examples, users: list[str]
 ) -> dict[str, dict[str, float]]:
     """Zero-shot over the recency-weighted history: each item of the history embedded on its own, the
     user the mean weighted RECENCY_DECAY ** age (newest 1), scored against every item, history excluded."""
+    valid = examples.valid
     position = {item: i for i, item in enumerate(items)}
-    run: dict[str, dict[str, float]] = {}
-    for user, history in histories.items():
-        known = [position[p] for p in history if p in position]
-        if not known:
-            run[user] = {}
-            continue
+    user_vectors = np.zeros((len(users), item_vectors.shape[1]), dtype=np.float32)
+    for row, user in enumerate(users):
+        known = [position[p] for p in valid.histories[user] if p in position]
         weights = RECENCY_DECAY ** np.arange(len(known) - 1, -1, -1, dtype=np.float32)
-        scores = item_vectors @ (weights @ item_vectors[known])
-        scores[known] = -np.inf
-        top = np.argsort(-scores)[:K]
-        run[user] = {items[i]: float(K - rank) for rank, i in enumerate(top)}
-    return run
+        user_vectors[row] = weights @ item_vectors[known]
+    judged = Judged({u: valid.queries[u] for u in users}, {}, {}, exclude=valid.exclude)
+    run = top_of_catalog(judged, items, user_vectors, item_vectors)
+    # a user none of whose history is in the catalog gets no recommendation
+    return {u: run[u] if user_vectors[row].any() else {} for row, u in enumerate(users)}
 
 
 def _with(asks: dict[str, dict[str, Any]], **extra: Any) -> dict[str, dict[str, Any]]:

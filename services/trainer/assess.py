@@ -117,9 +117,10 @@ def _run_of(qids: list[str], pids: list[str], scores: np.ndarray) -> dict[str, d
     return run
 
 
-def _top_of_catalog(
+def top_of_catalog(
     judged: Judged, ids: list[str], query_vectors: np.ndarray, catalog_vectors: np.ndarray
 ) -> dict[str, dict[str, float]]:
+    """Each query's CATALOG_K best products by dot product, its excluded products (history) left out."""
     run: dict[str, dict[str, float]] = {}
     qids = list(judged.queries)
     position = {pid: i for i, pid in enumerate(ids)}
@@ -182,7 +183,7 @@ def ranking_suite(
         metrics.update(ranking_metrics(_run_of(qids, pids, scores), valid.grades, k=10, relevant_from=cut))
     if catalog:
         found = ranking_metrics(
-            _top_of_catalog(valid, ids, query_vectors, vectors),
+            top_of_catalog(valid, ids, query_vectors, vectors),
             valid.grades,
             k=10,
             recall_ks=(10, 100),

@@ -220,25 +220,27 @@ class BiEncoderTask(Task):
         if cache.exists():
             saved = json.loads(cache.read_text())
             titles, picks = saved["titles"], saved["negatives"]
+            self.texts.add(titles)
         else:
             titles = list(dict.fromkeys(self.product_text.values()))
-            picks = self._nearest(queries, titles, positives, device, control)
+            self.texts.add(titles)
+            skip = {q: positives[q] | self.exclude.get(q, set()) for q in queries}
+            picks = self._nearest(queries, titles, skip, device, control)
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"titles": titles, "negatives": picks}))
         self.negatives = {q: [titles[i] for i in row] for q, row in zip(queries, picks, strict=True)}
-        self.texts.add(titles)
 
     @torch.no_grad()
     def _nearest(
         self,
         queries: list[str],
         titles: list[str],
-        positives: dict[str, set[str]],
+        skip: dict[str, set[str]],
         device: torch.device,
         control: JobControl,
     ) -> list[list[int]]:
+        """Each query's MINE_POOL nearest titles (indices) that are not in its ``skip`` set."""
         self.model.to(device).eval()
-        self.texts.add(titles)
         total = len(titles) + len(queries)
         vectors = []
         for start in range(0, len(titles), MINE_BATCH):
@@ -246,15 +248,14 @@ class BiEncoderTask(Task):
             vectors.append(self.encode(titles[start : start + MINE_BATCH], device).float())
             control.report(phase="mine_negatives", done=start + len(vectors[-1]), total=total)
         products = torch.cat(vectors)
-        depth = min(len(titles), MINE_POOL + 1 + max(len(p) for p in positives.values()))
+        depth = min(len(titles), MINE_POOL + max(len(texts) for texts in skip.values()))
         picks: list[list[int]] = []
         for start in range(0, len(queries), MINE_BATCH):
             control.check()
             chunk = queries[start : start + MINE_BATCH]
             nearest = (self.encode(chunk, device).float() @ products.T).topk(depth, dim=1).indices
             for query, row in zip(chunk, nearest.tolist(), strict=True):
-                skip = positives[query] | self.exclude.get(query, set())
-                picks.append([i for i in row if titles[i] not in skip][:MINE_POOL])
+                picks.append([i for i in row if titles[i] not in skip[query]][:MINE_POOL])
             control.report(phase="mine_negatives", done=len(titles) + len(picks), total=total)
         self.model.train()
         return picks
