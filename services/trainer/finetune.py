@@ -370,8 +370,16 @@ def _save_checkpoint(work: Path, task: Task, state: dict[str, Any]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _recover_checkpoint(work: Path) -> None:
+    """A worker killed between _save_checkpoint's two renames leaves only checkpoint.old: take it back."""
+    final, old = work / "checkpoint", work / "checkpoint.old"
+    if not final.exists() and (old / "state.pt").exists():
+        old.rename(final)
+
+
 def checkpoint_model(work: Path) -> Path | None:
     """The model folder of the last complete checkpoint, if any."""
+    _recover_checkpoint(work)
     model = work / "checkpoint" / "model"
     return model if (work / "checkpoint" / "state.pt").exists() else None
 
@@ -404,6 +412,7 @@ def fit(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     step, best, stale, ema = 0, -math.inf, 0, None
+    _recover_checkpoint(work)
     state_path = work / "checkpoint" / "state.pt"
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from arq import func
 from arq.worker import Worker
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.trainer.finetune import checkpoint_model
 from services.trainer.runner import run_training_job
 from services.trainer.worker import reap_stale_jobs, shutdown, startup
 from shared.config import Settings
@@ -269,7 +271,11 @@ async def test_a_killed_worker_is_resumed_from_its_checkpoint(
         assert checkpoint > 0 and job["status"] == "running"
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        killed_at = job["progress"]["step"]
+        # the progress the API saw can lag the checkpoint on disk (they are flushed on their own clocks)
+        saved = checkpoint_model(settings.jobs_dir / job_id)
+        assert saved is not None
+        on_disk = torch.load(saved.parent / "state.pt", weights_only=False)["step"]
+        assert on_disk >= checkpoint
 
         second = _worker_process(settings, free_port())
         loop = asyncio.get_running_loop()
@@ -285,13 +291,21 @@ async def test_a_killed_worker_is_resumed_from_its_checkpoint(
             await world.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
         ).json()
         resumed = model["compute"]["resumed_from_step"]
-        assert 0 < resumed <= killed_at
+        assert resumed == on_disk
         assert model["compute"]["steps"] == 1500
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def test_a_checkpoint_caught_between_its_renames_is_recovered(tmp_path: Path) -> None:
+    assert checkpoint_model(tmp_path) is None
+    (tmp_path / "checkpoint.old" / "model").mkdir(parents=True)
+    torch.save({"step": 7}, tmp_path / "checkpoint.old" / "state.pt")
+    assert checkpoint_model(tmp_path) == tmp_path / "checkpoint" / "model"
+    assert not (tmp_path / "checkpoint.old").exists()
 
 
 async def _run_job(w: World, settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
