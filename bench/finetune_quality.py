@@ -9,9 +9,11 @@ API or the queue, on the dataset's deterministic train/valid split (seed 42)."""
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from services.trainer.control import JobControl
 from services.trainer.data import load
@@ -23,6 +25,16 @@ from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
 from shared.models.enums import JobType
 from shared.training import DEFAULT_BASE_MODEL, Hyperparameters
+
+
+def _hyperparameter(pair: str) -> tuple[str, Any]:
+    name, sep, raw = pair.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE, not {pair!r}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
 
 
 def main() -> None:
@@ -43,6 +55,8 @@ def main() -> None:
     parser.add_argument(
         "--hard-negatives", type=int, default=0, help="Mined negatives per pair (bi-encoder)."
     )
+    parser.add_argument("--set", dest="hp", action="append", type=_hyperparameter, default=[],
+                        help="Another hyperparameter, NAME=VALUE (repeatable).")  # fmt: skip
     parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
     args = parser.parse_args()
     setup_threads()
@@ -53,6 +67,7 @@ def main() -> None:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         hard_negatives=args.hard_negatives,
+        **dict(args.hp),
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -61,6 +61,13 @@ class Hyperparameters(BaseModel):
         "among the base model's nearest products to each query (never one of the query's positives or, "
         "on sequence data, its history). 0 trains on in-batch negatives only.",
     )
+    popularity_correction: bool | None = Field(
+        None,
+        description="Bi-encoders: subtract the log of each product's share of the training positives from "
+        "its logits in the loss (sampling-bias correction), so a product is not pushed down for turning up "
+        "often as an in-batch negative. Unset: on for sequence data, where a few products are most of the "
+        "next items, off for relevance data.",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1)
     early_stopping_patience: int | None = Field(
         None, ge=1, le=100, description="Stop after this many evaluations without improvement."

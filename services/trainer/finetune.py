@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,13 @@ class BiEncoderTask(Task):
     With ``hard_negatives`` each pair also brings that many products mined once, before training, from
     the model as it starts: drawn from the MINE_POOL products nearest the query that are neither its
     positives nor in its ``exclude`` set. A product in a query's ``exclude`` set (on sequence data: the
-    history) is never its negative, mined or in the batch."""
+    history) is never its negative, mined or in the batch.
+
+    With ``popularity_correction`` every column's logit is lowered by the log of its product's share of
+    the training positives (add-one smoothed over the catalog): in-batch negatives are drawn as often as
+    products are positives, and without the correction the model learns to push popular products down
+    for it (Yi et al., "Sampling-bias-corrected neural modeling", RecSys 2019). Serving scores are
+    uncorrected."""
 
     scale = 20.0
 
@@ -185,12 +192,19 @@ class BiEncoderTask(Task):
         *,
         exclude: dict[str, set[str]] | None = None,
         hard_negatives: int = 0,
+        popularity_correction: bool = False,
         seed: int = 42,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModel.from_pretrained(model_dir)
         self.product_text = product_text
         self.examples = [(q, product_text[p], g) for q, p, g in examples if g >= 0.5]
+        self.log_share: dict[str, float] = {}
+        if popularity_correction:
+            counts = Counter(text for _, text, _ in self.examples)
+            catalog = set(product_text.values())
+            total = len(self.examples) + len(catalog)
+            self.log_share = {text: math.log((counts[text] + 1) / total) for text in catalog}
         self.exclude = {
             q: {product_text[p] for p in ids if p in product_text} for q, ids in (exclude or {}).items()
         }
@@ -278,6 +292,10 @@ class BiEncoderTask(Task):
             ],
             device=device,
         )
+        if self.log_share:
+            logits = logits - torch.tensor(
+                [self.log_share[c] for c in candidates], dtype=logits.dtype, device=device
+            )
         logits = logits.masked_fill(blocked, -1e4)
         weights = torch.tensor([g for _, _, g in batch], dtype=logits.dtype, device=device)
         per_pair = nn.functional.cross_entropy(

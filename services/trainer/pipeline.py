@@ -38,7 +38,7 @@ from services.trainer.finetune import (
     seed_everything,
 )
 from shared.files import file_entry
-from shared.models.enums import JobType
+from shared.models.enums import DatasetKind, JobType
 from shared.onnxmodel import OnnxTextModel
 from shared.training import Hyperparameters
 
@@ -168,6 +168,11 @@ def _train_task(spec: JobSpec, model_dir: str) -> Task:
             hp.max_length,
             exclude=ex.train_exclude,
             hard_negatives=hp.hard_negatives,
+            popularity_correction=(
+                hp.popularity_correction
+                if hp.popularity_correction is not None
+                else ex.kind == DatasetKind.sequences
+            ),
             seed=hp.seed,
         )
     if spec.job_type == JobType.cross_encoder:

@@ -1,5 +1,5 @@
 """The bi-encoder's negatives: mined ones never a positive or an excluded product; excluded products
-never a negative in the batch; a resumed job draws from the same mined pool."""
+never a negative in the batch; a resumed job draws from the same mined pool; the popularity correction."""
 
 from __future__ import annotations
 
@@ -63,3 +63,21 @@ def test_excluded_products_are_never_negatives_in_the_batch(model_dir: str) -> N
         open_ = task.loss(batch, torch.device("cpu"))
     # with drill model 0 blocked, the history query's only competitor is gone: its loss is 0, so the mean drops
     assert blocked.item() < open_.item()
+
+
+def test_popularity_correction_lowers_each_column_by_its_products_log_share(model_dir: str) -> None:
+    examples = [(f"user {i}", "p2", 1.0) for i in range(6)] + [("user 9", "p3", 1.0)]
+    plain = BiEncoderTask(model_dir, examples, PRODUCTS, 32)
+    corrected = BiEncoderTask(model_dir, examples, PRODUCTS, 32, popularity_correction=True)
+    share = corrected.log_share
+    assert plain.log_share == {} and set(share) == set(PRODUCTS.values())
+    assert share["lamp model 2"] > share["hose model 3"] > share["drill model 0"]
+    # a pair whose product is popular now faces its rarer negatives raised: its loss goes up (the other
+    # pair weighs next to nothing, so the batch loss is the popular pair's)
+    batch = [("user 0", "lamp model 2", 1.0), ("user 9", "hose model 3", 1e-6)]
+    for task in (plain, corrected):
+        task.texts.add([text for pair in batch for text in pair[:2]])
+    with torch.no_grad():
+        assert (
+            corrected.loss(batch, torch.device("cpu")).item() > plain.loss(batch, torch.device("cpu")).item()
+        )
