@@ -35,7 +35,7 @@ def create(
     with database_errors():
         key = issue(settings, role, email=email, user_name=user_name, name=name, project=project,
                     expires_in_days=expires_in_days)  # fmt: skip
-    err_console.print(f"Created a [bold]{role.value}[/] key for {email}. It is shown only once:")
+    err_console.print(f"Created a key with role [bold]{role.value}[/] for {email}. It is shown only once:")
     console.print(key, soft_wrap=True, highlight=False)
 
 
