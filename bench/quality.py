@@ -2,7 +2,7 @@
 
     recforge up --detach
     python bench/quality.py ../shared/data/homedepot/relevance_dev.csv --format homedepot --steps 200
-    python bench/quality.py ../shared/data/amazon_scientific --format unisrec --steps 600
+    python bench/quality.py ../shared/data/amazon_scientific --format unisrec --steps 300
 
 It imports the data into a new project, then trains through the queue: the base model registered as it
 is (`max_steps=0`, the zero-shot version), a fine-tuned bi-encoder and, on relevance data, a fine-tuned
