@@ -46,11 +46,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from services.trainer.assess import relevant_from, top_of_catalog  # noqa: E402
 from services.trainer.data import Examples, Judged, load  # noqa: E402
 from services.trainer.evaluation import ranking_metrics  # noqa: E402
-from shared.cli.data import upload  # noqa: E402
-from shared.cli.jobs import watch_job  # noqa: E402
+from services.cli.data import upload  # noqa: E402
+from services.cli.jobs import watch_job  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 from shared.datasets.catalog import history_text  # noqa: E402
-from shared.demo.walkthrough import wait_served  # noqa: E402
+from services.cli.walkthrough import wait_served  # noqa: E402
 from shared.models.enums import DatasetKind, KeyRole  # noqa: E402
 
 console = Console()
@@ -65,7 +65,7 @@ class Bench:
         self.args = args
         key = args.api_key or os.environ.get("RECFORGE_API_KEY")
         if not key:
-            from shared.cli.keys import issue
+            from services.cli.keys import issue
 
             key = issue(
                 settings, KeyRole.admin, email="bench@recforge.local", user_name="Bench", name="bench"

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from shared import infra
+from services.cli import embedded
 from shared.config import Environment, LogFormat, Settings, to_async_url
 from shared.db import create_engine, create_sessionmaker
 from shared.models import Base
@@ -61,19 +61,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         if _tcp_open("127.0.0.1", 5432):
             pg = DEFAULT_PG
         else:
-            pg = infra.start_postgres(data_dir).replace("/recforge?", "/postgres?")
+            pg = embedded.start_postgres(data_dir).replace("/recforge?", "/postgres?")
             started.append("postgres")
     if not redis_url:
         if _tcp_open("127.0.0.1", 6379):
             redis_url = DEFAULT_REDIS
         else:
-            redis_url = infra.start_redis(data_dir)
+            redis_url = embedded.start_redis(data_dir)
             started.append("redis")
     yield {"postgres": pg, "redis": redis_url}
     if "redis" in started:
-        infra.stop_redis(data_dir)
+        embedded.stop_redis(data_dir)
     if "postgres" in started:
-        infra.stop_postgres(data_dir)
+        embedded.stop_postgres(data_dir)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -216,7 +216,7 @@ def api_server(settings: Settings, db: object) -> Iterator[str]:
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "services.cli", "api", "--port", str(port)],
         env=_cli_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

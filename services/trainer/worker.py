@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from sqlalchemy import func as sql_func
 from sqlalchemy import select
 
+from services.trainer.health import BackgroundHealthServer
 from services.trainer.runner import run_training_job
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker, unit_of_work
-from shared.healthserver import BackgroundHealthServer
 from shared.http import infra_checks, setup_common
 from shared.jobs import RUN_TRAINING_JOB, arq_job_id, enqueue_training_job
 from shared.models import TrainingJob

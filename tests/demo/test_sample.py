@@ -10,7 +10,7 @@ import pytest
 from shared.datasets.formats import DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
-from shared.demo.sample import ATTRIBUTES, TYPES, generate, misspell
+from services.cli.sample_shop import ATTRIBUTES, TYPES, generate, misspell
 from shared.models.enums import DatasetKind
 
 

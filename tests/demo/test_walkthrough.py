@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.demo.walkthrough import data_source
+from services.cli.walkthrough import data_source
 from shared.errors import ValidationFailed
 from tests.shared.test_stack import _stack_env
 from tests.trainer.tiny import tiny_bert
@@ -24,7 +24,7 @@ from tests.trainer.tiny import tiny_bert
 def test_demo_walks_a_project_from_data_to_recommend(tmp_path: Path) -> None:
     env, ports = _stack_env(tmp_path / "stack")
     env["HF_HUB_OFFLINE"] = "1"
-    cli = [sys.executable, "-m", "shared.cli"]
+    cli = [sys.executable, "-m", "services.cli"]
     model = tiny_bert(tmp_path / "tiny")
     try:
         up = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120)

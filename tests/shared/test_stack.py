@@ -49,7 +49,7 @@ def _stack_env(data_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
 def test_up_detach_then_down(tmp_path: Path) -> None:
     data_dir = tmp_path / "stack"
     env, ports = _stack_env(data_dir)
-    cli = [sys.executable, "-m", "shared.cli"]
+    cli = [sys.executable, "-m", "services.cli"]
     try:
         started = time.monotonic()
         up = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120)
@@ -101,7 +101,7 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     data_dir = tmp_path / "fg"
     env, ports = _stack_env(data_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up"],
+        [sys.executable, "-m", "services.cli", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -124,7 +124,7 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            subprocess.run([sys.executable, "-m", "shared.cli", "down"], env=env, timeout=60)
+            subprocess.run([sys.executable, "-m", "services.cli", "down"], env=env, timeout=60)
     assert proc.returncode == 0, output
     assert "Stopped: api, inference, trainer, redis, postgres." in output
     logs = data_dir / "logs"

@@ -236,7 +236,7 @@ def _worker_process(settings: Settings, port: int) -> subprocess.Popen[str]:
         RECFORGE_LOG_FORMAT="console",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker"],
+        [sys.executable, "-m", "services.cli", "worker"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -531,7 +531,7 @@ async def test_cli_submits_a_job_and_follows_it(
 ) -> None:
     version = await _project_with_data(world)
     env = cli_env(settings, RECFORGE_API_URL=api_server, RECFORGE_API_KEY=world.keys["member"])
-    args = [sys.executable, "-m", "shared.cli", "jobs", "submit", "-p", "search-a", "--type", "bi_encoder",
+    args = [sys.executable, "-m", "services.cli", "jobs", "submit", "-p", "search-a", "--type", "bi_encoder",
             "--dataset-version", version, "--base-model", str(tiny_model), "--set", "max_steps=6",
             "--set", "batch_size=8"]  # fmt: skip
     cli = await asyncio.create_subprocess_exec(
@@ -548,7 +548,7 @@ async def test_cli_submits_a_job_and_follows_it(
     assert "fine-tuned" in stdout.decode() and "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
 
     model_id = (await world.call("member", "GET", f"{P}/model-versions")).json()["items"][0]["id"]
-    args = [sys.executable, "-m", "shared.cli", "jobs", "submit", "-p", "search-a", "--type", "evaluate",
+    args = [sys.executable, "-m", "services.cli", "jobs", "submit", "-p", "search-a", "--type", "evaluate",
             "--dataset-version", version, "--model-version", model_id]  # fmt: skip
     cli = await asyncio.create_subprocess_exec(
         *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import data, demo, jobs, keys, stack
+from services.cli import data, demo, jobs, keys, stack
 
 app = typer.Typer(
     name="recforge",

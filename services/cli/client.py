@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from shared.cli.common import err_console, fail
+from services.cli.console import err_console, fail
 from shared.config import Settings
 
 API_URL_HELP = "Base URL of the RecForge API [env: RECFORGE_API_URL; default: http://HOST:API_PORT]."

@@ -13,8 +13,8 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.cli.client import API_KEY_HELP, API_URL_HELP, api_client, response_error
-from shared.cli.common import console, err_console, fail, load_settings
+from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, response_error
+from services.cli.console import console, err_console, fail, load_settings
 from shared.datasets.formats import FORMAT_FILES, DataFormat
 from shared.models.enums import DatasetKind
 

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from shared.cli.client import api_url
-from shared.cli.common import console, database_errors, fail, load_settings
+from services.cli.client import api_url
+from services.cli.console import console, database_errors, fail, load_settings
 from shared.errors import AppError
 from shared.models.enums import KeyRole
 
@@ -52,11 +52,11 @@ def demo(
     """Walk one project from data to /recommend through the public APIs of a running stack
     (`recforge up`): staff it, import data, fine-tune a bi-encoder and a cross-encoder with progress
     bars, compare them with BM25 and zero-shot, promote the best, and ask /recommend."""
-    from shared.demo.walkthrough import DemoOptions, Walkthrough
+    from services.cli.walkthrough import DemoOptions, Walkthrough
 
     settings = load_settings()
     if key is None:
-        from shared.cli.keys import issue
+        from services.cli.keys import issue
 
         with database_errors():
             key = issue(

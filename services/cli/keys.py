@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from shared.cli.common import console, database_errors, err_console, load_settings
+from services.cli.console import console, database_errors, err_console, load_settings
 from shared.config import Settings
 from shared.models.enums import KeyRole
 

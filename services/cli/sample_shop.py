@@ -2,7 +2,7 @@
 with graded judgments that use synonyms and misspellings, so a fine-tuned model has something to learn
 that word overlap (BM25) misses.
 
-    from shared.demo.sample import generate
+    from services.cli.sample_shop import generate
     shop = generate(products=2000, queries=1000, seed=7)
     shop.write(Path("demo-data"))  # catalog.csv, judgments.csv
 """

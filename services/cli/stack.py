@@ -11,8 +11,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from shared import supervisor
-from shared.cli.common import app_error, console, database_errors, fail, load_settings
+from services.cli import supervisor
+from services.cli.console import app_error, console, database_errors, fail, load_settings
 from shared.config import Settings
 from shared.errors import AppError
 from shared.logging import configure_logging, logging_config

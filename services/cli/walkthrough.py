@@ -27,7 +27,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from shared.demo.sample import generate
+from services.cli.sample_shop import generate
 from shared.errors import AppError, ValidationFailed
 
 SAMPLE_QUERIES = ("crimson commode", "slim cordles drill", "ivory overhead fan")
@@ -223,7 +223,7 @@ class Walkthrough:
 
     def data(self, slug: str) -> str:
         """Import the data; return the relevance dataset version the jobs train on."""
-        from shared.cli.data import print_import, upload
+        from services.cli.data import print_import, upload
 
         self.step(3, "Data")
         self.move("data", "in_progress")
@@ -255,7 +255,7 @@ class Walkthrough:
         return version_id
 
     def train(self, slug: str, dataset_version: str) -> dict[str, dict[str, Any]]:
-        from shared.cli.jobs import watch_job
+        from services.cli.jobs import watch_job
 
         self.step(4, "Fine-tuning")
         watch = self.o.watch or watch_job

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import psutil
 
-from shared import infra
+from services.cli import embedded
 from shared.config import Settings, read_embedded_state, to_async_url
 
 STOP_TIMEOUT_S = 20.0
@@ -66,7 +66,7 @@ def read_services(settings: Settings) -> list[RunningService]:
 
 
 def service_specs(settings: Settings) -> list[ServiceSpec]:
-    cli = [sys.executable, "-m", "shared.cli"]
+    cli = [sys.executable, "-m", "services.cli"]
     return [
         ServiceSpec("api", [*cli, "api"], settings.api_port),
         ServiceSpec("inference", [*cli, "inference"], settings.inference_port),
@@ -80,15 +80,15 @@ def start_infra(settings: Settings) -> dict[str, str]:
     state: dict[str, Any] = {}
     database_url = settings.database_url
     if not database_url:
-        database_url = infra.start_postgres(data_dir)
+        database_url = embedded.start_postgres(data_dir)
         state["database_url"] = database_url
         state["postgres_dir"] = str(data_dir / "postgres")
     redis_url = settings.redis_url
     if not redis_url:
-        redis_url = infra.start_redis(data_dir)
+        redis_url = embedded.start_redis(data_dir)
         state["redis_url"] = redis_url
     if state:
-        infra.write_json(infra.infra_state_path(settings.run_dir), state)
+        embedded.write_json(embedded.infra_state_path(settings.run_dir), state)
     return {"database_url": to_async_url(database_url), "redis_url": redis_url}
 
 
@@ -123,7 +123,7 @@ def spawn_services(settings: Settings, urls: dict[str, str]) -> list[RunningServ
                 log=str(log_path),
             )
         )
-    infra.write_json(services_state_path(settings), [asdict(s) for s in running])  # type: ignore[arg-type]
+    embedded.write_json(services_state_path(settings), [asdict(s) for s in running])  # type: ignore[arg-type]
     return running
 
 
@@ -197,9 +197,9 @@ def stop_infra(settings: Settings) -> list[str]:
     state = read_embedded_state(settings.run_dir)
     data_dir = settings.data_dir.resolve()
     stopped = []
-    if state.get("redis_url") and infra.stop_redis(data_dir):
+    if state.get("redis_url") and embedded.stop_redis(data_dir):
         stopped.append("redis")
-    if state.get("database_url") and infra.stop_postgres(data_dir):
+    if state.get("database_url") and embedded.stop_postgres(data_dir):
         stopped.append("postgres")
-    infra.infra_state_path(settings.run_dir).unlink(missing_ok=True)
+    embedded.infra_state_path(settings.run_dir).unlink(missing_ok=True)
     return stopped

@@ -1,1 +1,0 @@
-"""The demo's own data: a deterministic sample shop the project generates itself."""
