@@ -48,6 +48,27 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
     return values
 
 
+def decode_int_cursor(cursor: str | None) -> int | None:
+    """Cursor of lists ordered by an integer (version numbers, audit ids)."""
+    if not cursor:
+        return None
+    (value,) = decode_cursor(cursor, 1)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid_cursor()
+    return value
+
+
+def decode_id_cursor(cursor: str | None) -> uuid.UUID | None:
+    """Cursor of lists ordered by id."""
+    if not cursor:
+        return None
+    (value,) = decode_cursor(cursor, 1)
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise invalid_cursor() from None
+
+
 def decode_time_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
     """Cursor of lists ordered by (created_at, id)."""
     if not cursor:

@@ -5,19 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.api.audit import repository
+from services.api.audit.schemas import AuditEntry
+from services.api.context import ProjectDep
 from services.api.deps import SessionDep
 from services.api.errors import ERRORS
-from services.api.pagination import (
-    CursorQuery,
-    LimitQuery,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    invalid_cursor,
-)
-from services.api.projects.deps import ProjectDep
+from services.api.pagination import CursorQuery, LimitQuery, Page, decode_int_cursor, encode_cursor
 from services.api.projects.permissions import Action
-from services.api.projects.schemas import AuditEntry
 
 router = APIRouter(tags=["audit"])
 
@@ -37,13 +30,13 @@ async def list_audit(
     entity_type: Annotated[str | None, Query(max_length=50, examples=["task"])] = None,
 ) -> Page[AuditEntry]:
     ctx.require(Action.read_audit)
-    before_id = None
-    if cursor:
-        (before_id,) = decode_cursor(cursor, 1)
-        if not isinstance(before_id, int):
-            raise invalid_cursor()
     rows = await repository.list_entries(
-        session, ctx.project.id, before_id=before_id, action=action, entity_type=entity_type, limit=limit + 1
+        session,
+        ctx.project.id,
+        before_id=decode_int_cursor(cursor),
+        action=action,
+        entity_type=entity_type,
+        limit=limit + 1,
     )
     items = [AuditEntry.model_validate(r) for r in rows[:limit]]
     next_cursor = encode_cursor([rows[limit - 1].id]) if len(rows) > limit else None

@@ -1,4 +1,6 @@
-"""Append-only audit records: who changed what, when, with the values before and after."""
+"""Append-only audit records: who changed what, when, with the values before and after.
+
+Every change is recorded in the unit of work that makes it, so the log and the data never disagree."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.api.context import ProjectContext
 from shared.models import AuditLog
 
 
@@ -35,4 +38,27 @@ async def record(
             after=after,
             request_id=request_id,
         )
+    )
+
+
+async def audit_change(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    action: str,
+    entity_type: str,
+    entity_id: uuid.UUID | str | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """Record a change inside a project, by the caller of the request."""
+    await record(
+        session,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        project_id=ctx.project.id,
+        before=before,
+        after=after,
+        request_id=ctx.principal.request_id,
+        **ctx.actor,
     )

@@ -8,31 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from services.api.auth import repository, service
-from services.api.auth.deps import CurrentAdmin, CurrentPerson
 from services.api.auth.schemas import KeyCreate, KeyCreated, KeyRead, UserCreate, UserRead
+from services.api.context import CurrentAdmin, CurrentPerson
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
-from services.api.pagination import (
-    CursorQuery,
-    LimitQuery,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    invalid_cursor,
-)
+from services.api.pagination import CursorQuery, LimitQuery, Page, decode_id_cursor, encode_cursor
 from shared.errors import Forbidden, NotFound
 
 router = APIRouter()
-
-
-def _after(cursor: str | None) -> uuid.UUID | None:
-    if not cursor:
-        return None
-    (value,) = decode_cursor(cursor, 1)
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise invalid_cursor() from None
 
 
 @router.post(
@@ -48,7 +31,7 @@ async def create_user(data: UserCreate, session: SessionDep, principal: CurrentA
 async def list_users(
     session: SessionDep, principal: CurrentAdmin, cursor: CursorQuery = None, limit: LimitQuery = 50
 ) -> Page[UserRead]:
-    rows = await repository.list_users(session, after=_after(cursor), limit=limit + 1)
+    rows = await repository.list_users(session, after=decode_id_cursor(cursor), limit=limit + 1)
     next_cursor = encode_cursor([str(rows[limit - 1].id)]) if len(rows) > limit else None
     return Page(items=[UserRead.model_validate(u) for u in rows[:limit]], next_cursor=next_cursor)
 
@@ -94,7 +77,7 @@ async def list_keys(
     if user_id is not None and user_id != principal.user_id and not principal.is_admin:
         raise Forbidden("only admins may list other users' keys")
     owner = user_id if principal.is_admin else principal.user_id
-    rows = await repository.list_keys(session, user_id=owner, after=_after(cursor), limit=limit + 1)
+    rows = await repository.list_keys(session, user_id=owner, after=decode_id_cursor(cursor), limit=limit + 1)
     next_cursor = encode_cursor([str(rows[limit - 1].id)]) if len(rows) > limit else None
     return Page(items=[KeyRead.model_validate(k) for k in rows[:limit]], next_cursor=next_cursor)
 

@@ -1,25 +1,25 @@
-"""Issuing API keys (the CLI bootstrap and, later, the keys endpoint share this)."""
+"""Users and API keys: issuing (the CLI bootstrap and the keys endpoint share this) and revoking.
+
+Checking a key on each request is the request context's work (services.api.context)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
-
-if TYPE_CHECKING:
-    from services.api.auth.deps import Principal
 
 from services.api.audit.service import record
 from services.api.auth import repository
 from services.api.auth.schemas import KeyCreate
 from services.api.auth.scopes import ServiceScope
-from shared.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
+from services.api.context import Principal
+from services.api.projects import repository as projects_repository
+from shared.errors import Conflict, Forbidden, ValidationFailed
 from shared.models import ApiKey, User
 from shared.models.enums import KeyRole
-from shared.security import generate_api_key, hash_api_key, key_refusal
+from shared.security import generate_api_key
 
 
 @dataclass(frozen=True)
@@ -78,26 +78,6 @@ async def issue_key(
     return IssuedKey(record=key, key=new.key)
 
 
-# Writing last_used_at on every request would turn each read into a write; once a minute is enough.
-LAST_USED_RESOLUTION = timedelta(minutes=1)
-
-
-async def authenticate(session: AsyncSession, key: str, secret: str) -> ApiKey:
-    found = await repository.get_key_by_hash(session, hash_api_key(key, secret))
-    if found is None:
-        raise Unauthorized()
-    api_key, user = found
-    now = datetime.now(UTC)
-    refusal = key_refusal(
-        revoked_at=api_key.revoked_at, expires_at=api_key.expires_at, user_active=user.is_active, now=now
-    )
-    if refusal is not None:
-        raise Unauthorized(refusal)
-    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-        api_key.last_used_at = now
-    return api_key
-
-
 async def revoke_key(
     session: AsyncSession, key: ApiKey, *, actor_user_id: uuid.UUID, actor_key_id: uuid.UUID
 ) -> None:
@@ -138,8 +118,6 @@ async def create_user(session: AsyncSession, principal: Principal, *, name: str,
 async def create_key(session: AsyncSession, principal: Principal, data: KeyCreate, secret: str) -> IssuedKey:
     """Admins issue any key. Others issue keys for themselves only: user keys, and service keys of
     projects they own or maintain."""
-    from services.api.projects import repository as projects_repository
-
     if not principal.is_admin:
         if data.user_id != principal.user_id:
             raise Forbidden("only admins may create keys for other users")

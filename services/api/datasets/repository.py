@@ -10,10 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.models import Dataset, DatasetImport, DatasetVersion, ModelVersion, TrainingJob
 
 
-async def get_dataset(session: AsyncSession, dataset_id: uuid.UUID) -> Dataset | None:
-    return await session.get(Dataset, dataset_id)
-
-
 async def find_dataset(session: AsyncSession, project_id: uuid.UUID, name: str) -> Dataset | None:
     query = select(Dataset).where(Dataset.project_id == project_id, Dataset.name == name)
     return (await session.execute(query)).scalar_one_or_none()
@@ -54,8 +50,17 @@ async def next_version_number(session: AsyncSession, dataset_id: uuid.UUID) -> i
     return int((await session.execute(query)).scalar_one()) + 1
 
 
-async def get_version(session: AsyncSession, version_id: uuid.UUID) -> DatasetVersion | None:
-    return await session.get(DatasetVersion, version_id)
+async def version_with_project(
+    session: AsyncSession, version_id: uuid.UUID
+) -> tuple[DatasetVersion, uuid.UUID] | None:
+    """A dataset version and the id of the project its dataset belongs to."""
+    query = (
+        select(DatasetVersion, Dataset.project_id)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(DatasetVersion.id == version_id)
+    )
+    row = (await session.execute(query)).first()
+    return (row[0], row[1]) if row else None
 
 
 async def list_datasets(
@@ -99,10 +104,6 @@ async def list_versions(
         query = query.where(DatasetVersion.version < before)
     query = query.order_by(DatasetVersion.version.desc()).limit(limit + 1)
     return list((await session.execute(query)).scalars())
-
-
-async def get_import(session: AsyncSession, import_id: uuid.UUID) -> DatasetImport | None:
-    return await session.get(DatasetImport, import_id)
 
 
 async def creating_import(session: AsyncSession, version_id: uuid.UUID) -> DatasetImport | None:

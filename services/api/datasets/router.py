@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from pydantic import ValidationError
 
-from services.api.auth.deps import CurrentPerson
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.datasets import service
 from services.api.datasets.schemas import (
     DatasetRead,
@@ -21,7 +21,6 @@ from services.api.datasets.upload import staged_upload
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS, ErrorBody
 from services.api.pagination import CursorQuery, LimitQuery, Page
-from services.api.projects.deps import ProjectDep
 from services.api.projects.permissions import Action
 from shared.datasets.formats import DataFormat
 from shared.errors import ValidationFailed

@@ -14,7 +14,8 @@ import anyio
 import pyarrow as pa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.auth.deps import Principal
+from services.api.audit.service import audit_change
+from services.api.context import Principal, ProjectContext, load_entity, project_context_of
 from services.api.datasets import repository
 from services.api.datasets.schemas import (
     DatasetRead,
@@ -28,17 +29,8 @@ from services.api.datasets.schemas import (
 )
 from services.api.datasets.upload import Upload
 from services.api.deps import ApiResources
-from services.api.pagination import (
-    Page,
-    decode_cursor,
-    decode_time_cursor,
-    encode_cursor,
-    invalid_cursor,
-    time_cursor,
-)
-from services.api.projects.deps import ProjectContext, load_entity_context
+from services.api.pagination import Page, decode_int_cursor, decode_time_cursor, encode_cursor, time_cursor
 from services.api.projects.permissions import Action
-from services.api.projects.service import audit_change
 from shared.datasets import catalog, storage
 from shared.datasets.formats import GENERIC, DataFormat, ImportOptions, guess_format, resolve_kind
 from shared.datasets.pipeline import Prepared, content_hash, prepare
@@ -72,6 +64,43 @@ def _default_name(options: ImportOptions, upload: Upload) -> str:
         return options.format.value
     stem = Path(upload.files[0].name).stem
     return re.sub(r"\s+", " ", stem).strip()[:200] or "dataset"
+
+
+def _import_record(
+    ctx: ProjectContext,
+    status: ImportStatus,
+    *,
+    name: str,
+    kind: str,
+    options: ImportOptions,
+    upload: Upload,
+    content_hash: str,
+    encoding: str | None,
+    started: float,
+    dataset_id: uuid.UUID | None = None,
+    dataset_version_id: uuid.UUID | None = None,
+    warnings: list[str] | None = None,
+    problem: ImportProblem | None = None,
+) -> DatasetImport:
+    """The report of one import attempt, whatever its outcome."""
+    return DatasetImport(
+        project_id=ctx.project.id,
+        dataset_id=dataset_id,
+        dataset_version_id=dataset_version_id,
+        dataset_name=name,
+        status=status.value,
+        kind=kind,
+        format=options.format.value,
+        files=upload.describe(),
+        size_bytes=upload.size,
+        encoding=encoding,
+        content_hash=content_hash,
+        error_count=problem.total if problem else 0,
+        errors=[e.to_dict() for e in problem.errors] if problem else [],
+        warnings=warnings or [],
+        duration_ms=int((time.perf_counter() - started) * 1000),
+        created_by=ctx.principal.user_id,
+    )
 
 
 def _result(
@@ -163,21 +192,19 @@ async def import_dataset(
         return await _record_duplicate(session, ctx, dataset, duplicate, upload, options, started)
 
     version = await _store_version(session, resources, ctx, dataset, prepared, upload, options, spec, digest)
-    record = DatasetImport(
-        project_id=project_id,
+    record = _import_record(
+        ctx,
+        ImportStatus.created,
+        name=name,
+        kind=kind.value,
+        options=options,
+        upload=upload,
+        content_hash=digest,
+        encoding=prepared.encoding,
+        started=started,
         dataset_id=dataset.id,
         dataset_version_id=version.id,
-        dataset_name=name,
-        status=ImportStatus.created.value,
-        kind=kind.value,
-        format=options.format.value,
-        files=upload.describe(),
-        size_bytes=upload.size,
-        encoding=prepared.encoding,
-        content_hash=digest,
         warnings=prepared.warnings,
-        duration_ms=int((time.perf_counter() - started) * 1000),
-        created_by=ctx.principal.user_id,
     )
     session.add(record)
     await session.flush()
@@ -248,21 +275,18 @@ async def _record_duplicate(
     options: ImportOptions,
     started: float,
 ) -> ImportResult:
-    record = DatasetImport(
-        project_id=ctx.project.id,
+    record = _import_record(
+        ctx,
+        ImportStatus.duplicate,
+        name=dataset.name,
+        kind=dataset.kind,
+        options=options,
+        upload=upload,
+        content_hash=version.content_hash,
+        encoding=version.encoding,
+        started=started,
         dataset_id=dataset.id,
         dataset_version_id=version.id,
-        dataset_name=dataset.name,
-        status=ImportStatus.duplicate.value,
-        kind=dataset.kind,
-        format=options.format.value,
-        files=upload.describe(),
-        size_bytes=upload.size,
-        encoding=version.encoding,
-        content_hash=version.content_hash,
-        warnings=[],
-        duration_ms=int((time.perf_counter() - started) * 1000),
-        created_by=ctx.principal.user_id,
     )
     session.add(record)
     await session.flush()
@@ -283,22 +307,18 @@ async def _record_rejection(
     """Keep the report of a rejected upload. It commits on its own: the request itself fails."""
     async with unit_of_work(resources.sessionmaker) as session:
         existing = await repository.find_dataset(session, ctx.project.id, name)
-        record = DatasetImport(
-            project_id=ctx.project.id,
-            dataset_id=existing.id if existing else None,
-            dataset_name=name,
-            status=ImportStatus.rejected.value,
+        record = _import_record(
+            ctx,
+            ImportStatus.rejected,
+            name=name,
             kind=kind.value,
-            format=options.format.value,
-            files=upload.describe(),
-            size_bytes=upload.size,
-            encoding=options.encoding,
+            options=options,
+            upload=upload,
             content_hash=digest,
-            error_count=problem.total,
-            errors=[e.to_dict() for e in problem.errors],
-            warnings=[],
-            duration_ms=int((time.perf_counter() - started) * 1000),
-            created_by=ctx.principal.user_id,
+            encoding=options.encoding,
+            started=started,
+            dataset_id=existing.id if existing else None,
+            problem=problem,
         )
         session.add(record)
         await session.flush()
@@ -312,23 +332,18 @@ async def _record_rejection(
 async def dataset_context(
     session: AsyncSession, principal: Principal, dataset_id: uuid.UUID
 ) -> tuple[ProjectContext, Dataset]:
-    dataset = await repository.get_dataset(session, dataset_id)
-    if dataset is None:
-        raise NotFound("dataset not found")
-    ctx = await load_entity_context(session, principal, dataset.project_id, "dataset")
-    return ctx, dataset
+    return await load_entity(session, principal, Dataset, dataset_id, "dataset")
 
 
 async def version_context(
     session: AsyncSession, principal: Principal, version_id: uuid.UUID
 ) -> tuple[ProjectContext, DatasetVersion]:
-    version = await repository.get_version(session, version_id)
-    if version is None:
+    """A dataset version belongs to its dataset's project."""
+    found = await repository.version_with_project(session, version_id)
+    if found is None:
         raise NotFound("dataset version not found")
-    dataset = await repository.get_dataset(session, version.dataset_id)
-    assert dataset is not None
-    ctx = await load_entity_context(session, principal, dataset.project_id, "dataset version")
-    return ctx, version
+    version, project_id = found
+    return await project_context_of(session, principal, project_id, "dataset version"), version
 
 
 def _dataset_read(dataset: Dataset, summary: tuple[int, DatasetVersion] | None) -> DatasetRead:
@@ -360,13 +375,7 @@ async def list_datasets(
 async def list_versions(
     session: AsyncSession, dataset: Dataset, *, cursor: str | None, limit: int
 ) -> Page[DatasetVersionRead]:
-    before: int | None = None
-    if cursor:
-        (value,) = decode_cursor(cursor, 1)
-        if not isinstance(value, int):
-            raise invalid_cursor()
-        before = value
-    rows = await repository.list_versions(session, dataset.id, before=before, limit=limit)
+    rows = await repository.list_versions(session, dataset.id, before=decode_int_cursor(cursor), limit=limit)
     page = rows[:limit]
     next_cursor = encode_cursor([page[-1].version]) if len(rows) > limit else None
     return Page(items=[DatasetVersionRead.model_validate(v) for v in page], next_cursor=next_cursor)
@@ -388,11 +397,7 @@ async def version_report(session: AsyncSession, version: DatasetVersion) -> Impo
 async def import_context(
     session: AsyncSession, principal: Principal, import_id: uuid.UUID
 ) -> tuple[ProjectContext, DatasetImport]:
-    record = await repository.get_import(session, import_id)
-    if record is None:
-        raise NotFound("import not found")
-    ctx = await load_entity_context(session, principal, record.project_id, "import")
-    return ctx, record
+    return await load_entity(session, principal, DatasetImport, import_id, "import")
 
 
 async def list_imports(

@@ -4,12 +4,11 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from services.api.auth.deps import CurrentPerson
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.deployments import service
 from services.api.deployments.schemas import DeploymentRead, PromoteRequest, RuleCreate, RuleRead
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
-from services.api.projects.deps import ProjectDep
 
 router = APIRouter(tags=["deployments"])
 

@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.auth.deps import Principal
+from services.api.audit.service import audit_change
+from services.api.context import Principal, ProjectContext, load_entity
+from services.api.deployments import repository
 from services.api.deployments.schemas import DeploymentRead, PromoteRequest, RuleCreate, RuleRead
 from services.api.deps import ApiResources
-from services.api.projects.deps import ProjectContext, load_entity_context
+from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action
-from services.api.projects.service import audit_change
 from services.api.schemas import snapshot
-from services.api.training import repository as training_repository
-from services.api.training.service import model_version_context
 from shared.db import after_commit
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict
 from shared.jobs import DEPLOYMENTS_CHANNEL
 from shared.models import Deployment, MerchandisingRule, ModelVersion
 from shared.models.enums import DeploymentRole, ModelStatus, ModelTaskType
@@ -36,25 +35,6 @@ MAX_RULES = 1000
 FIELDS = ("role", "model_version_id", "canary_model_version_id", "canary_percent", "is_active")
 
 
-async def _active(session: AsyncSession, project_id: uuid.UUID, role: DeploymentRole) -> Deployment | None:
-    found: Deployment | None = (
-        await session.execute(
-            select(Deployment)
-            .where(Deployment.project_id == project_id, Deployment.role == role.value, Deployment.is_active)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
-    return found
-
-
-async def _set_status(session: AsyncSession, version_id: uuid.UUID | None, status: ModelStatus) -> None:
-    if version_id is None:
-        return
-    version = await session.get(ModelVersion, version_id)
-    if version is not None:
-        version.status = status.value
-
-
 async def promote(
     session: AsyncSession,
     resources: ApiResources,
@@ -62,15 +42,15 @@ async def promote(
     version_id: uuid.UUID,
     data: PromoteRequest,
 ) -> DeploymentRead:
-    ctx, version = await model_version_context(session, principal, version_id)
+    ctx, version = await load_entity(session, principal, ModelVersion, version_id, "model version")
     ctx.require(Action.deploy)
     if "model" not in (version.artifacts or {}):
         raise Conflict("the model version has no ONNX graph to serve")
     if version.status == ModelStatus.retired.value and data.canary_percent is not None:
         raise Conflict("a retired version is promoted with all traffic, not as a canary")
     role = ROLE_OF[ModelTaskType(version.task_type)]
-    await training_repository.lock_project(session, ctx.project.id)  # one promotion per project at a time
-    current = await _active(session, ctx.project.id, role)
+    await projects_repository.lock_project(session, ctx.project.id)  # one promotion per project at a time
+    current = await repository.active_deployment(session, ctx.project.id, role)
     before = snapshot(current, FIELDS) if current else None
     if data.canary_percent is not None:
         if current is None:
@@ -106,13 +86,17 @@ async def promote(
         version.promoted_at = func.now()
         if current is not None:
             if current.model_version_id != version.id:
-                await _set_status(session, current.model_version_id, ModelStatus.retired)
+                await repository.set_version_status(session, current.model_version_id, ModelStatus.retired)
             if current.canary_model_version_id not in (None, version.id):
-                await _set_status(session, current.canary_model_version_id, ModelStatus.candidate)
+                await repository.set_version_status(
+                    session, current.canary_model_version_id, ModelStatus.candidate
+                )
     else:
         version.status = ModelStatus.staging.value
         if current is not None and current.canary_model_version_id not in (None, version.id):
-            await _set_status(session, current.canary_model_version_id, ModelStatus.candidate)
+            await repository.set_version_status(
+                session, current.canary_model_version_id, ModelStatus.candidate
+            )
     await session.flush()
     await session.refresh(deployment)
     await audit_change(
@@ -139,10 +123,7 @@ async def promote(
 async def list_deployments(
     session: AsyncSession, ctx: ProjectContext, *, history: bool
 ) -> list[DeploymentRead]:
-    query = select(Deployment).where(Deployment.project_id == ctx.project.id)
-    if not history:
-        query = query.where(Deployment.is_active)
-    rows = (await session.execute(query.order_by(Deployment.created_at.desc(), Deployment.id))).scalars()
+    rows = await repository.list_deployments(session, ctx.project.id, history=history)
     return [DeploymentRead.model_validate(row) for row in rows]
 
 
@@ -162,22 +143,14 @@ def _notify_rules(session: AsyncSession, resources: ApiResources, project_id: uu
 
 
 async def list_rules(session: AsyncSession, ctx: ProjectContext) -> list[RuleRead]:
-    rows = await session.execute(
-        select(MerchandisingRule)
-        .where(MerchandisingRule.project_id == ctx.project.id)
-        .order_by(MerchandisingRule.created_at, MerchandisingRule.id)
-    )
-    return [RuleRead.model_validate(rule) for rule in rows.scalars()]
+    return [RuleRead.model_validate(rule) for rule in await repository.list_rules(session, ctx.project.id)]
 
 
 async def add_rule(
     session: AsyncSession, resources: ApiResources, ctx: ProjectContext, data: RuleCreate
 ) -> RuleRead:
     ctx.require(Action.deploy)
-    count = (
-        await session.execute(select(func.count()).where(MerchandisingRule.project_id == ctx.project.id))
-    ).scalar_one()
-    if count >= MAX_RULES:
+    if await repository.count_rules(session, ctx.project.id) >= MAX_RULES:
         raise Conflict(f"a project has at most {MAX_RULES} merchandising rules; delete some first")
     rule = MerchandisingRule(
         project_id=ctx.project.id,
@@ -209,10 +182,7 @@ async def add_rule(
 async def delete_rule(
     session: AsyncSession, resources: ApiResources, principal: Principal, rule_id: uuid.UUID
 ) -> None:
-    rule = await session.get(MerchandisingRule, rule_id)
-    if rule is None:
-        raise NotFound("merchandising rule not found")
-    ctx = await load_entity_context(session, principal, rule.project_id, "merchandising rule")
+    ctx, rule = await load_entity(session, principal, MerchandisingRule, rule_id, "merchandising rule")
     ctx.require(Action.deploy)
     before = snapshot(rule, RULE_FIELDS)
     await session.delete(rule)

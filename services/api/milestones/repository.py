@@ -8,10 +8,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.models import Milestone
 
 
-async def get(session: AsyncSession, milestone_id: uuid.UUID) -> Milestone | None:
-    return await session.get(Milestone, milestone_id)
-
-
 async def title_taken(
     session: AsyncSession, project_id: uuid.UUID, title: str, exclude: uuid.UUID | None = None
 ) -> bool:

@@ -4,12 +4,11 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from services.api.auth.deps import CurrentPerson
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.deps import SessionDep
 from services.api.errors import ERRORS
 from services.api.milestones import service
 from services.api.milestones.schemas import MilestoneCreate, MilestoneRead, MilestoneUpdate
-from services.api.projects.deps import ProjectDep
 
 router = APIRouter(tags=["milestones"])
 

@@ -4,15 +4,14 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.auth.deps import Principal
+from services.api.audit.service import audit_change
+from services.api.context import Principal, ProjectContext, load_entity
 from services.api.milestones import repository
 from services.api.milestones.schemas import MilestoneCreate, MilestoneRead, MilestoneUpdate
 from services.api.projects import repository as projects_repository
-from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
-from services.api.projects.service import audit_change
 from services.api.schemas import snapshot
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict
 from shared.models import Milestone
 
 FIELDS = ("title", "description", "due_date", "status")
@@ -41,11 +40,7 @@ async def create(session: AsyncSession, ctx: ProjectContext, data: MilestoneCrea
 async def load(
     session: AsyncSession, principal: Principal, milestone_id: uuid.UUID
 ) -> tuple[ProjectContext, Milestone]:
-    milestone = await repository.get(session, milestone_id)
-    if milestone is None:
-        raise NotFound("milestone not found")
-    ctx = await load_entity_context(session, principal, milestone.project_id, "milestone")
-    return ctx, milestone
+    return await load_entity(session, principal, Milestone, milestone_id, "milestone")
 
 
 async def update(

@@ -25,9 +25,12 @@ async def find_project(session: AsyncSession, ref: str, *, for_update: bool = Fa
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def lock_project(session: AsyncSession, project_id: uuid.UUID) -> None:
-    """Serialise membership changes of one project (the last-owner rule reads, then writes)."""
-    await session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+async def lock_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
+    """Lock the project's row (and read it afresh) for the rest of the transaction: membership
+    changes (the last-owner rule reads, then writes), job submissions (two cannot both fit in the last
+    of the budget) and promotions of one project run one at a time."""
+    query = select(Project).where(Project.id == project_id).with_for_update()
+    return (await session.execute(query.execution_options(populate_existing=True))).scalar_one()
 
 
 async def slug_taken(session: AsyncSession, slug: str) -> bool:

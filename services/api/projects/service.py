@@ -10,12 +10,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.audit.service import record
+from services.api.audit.service import audit_change, record
 from services.api.auth import repository as users_repository
-from services.api.auth.deps import Principal
+from services.api.context import Principal, ProjectContext
 from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository
-from services.api.projects.deps import ProjectContext
 from services.api.projects.permissions import Action
 from services.api.projects.schemas import (
     BestModel,
@@ -133,10 +132,10 @@ async def create_project(session: AsyncSession, principal: Principal, data: Proj
         entity_type="project",
         entity_id=project.id,
         project_id=project.id,
-        actor_user_id=principal.user_id,
-        actor_key_id=principal.key_id,
         after=snapshot(project, PROJECT_FIELDS),
         request_id=principal.request_id,
+        actor_user_id=principal.user_id,
+        actor_key_id=principal.key_id,
     )
     role = ProjectRole.owner if owner_id == principal.user_id else None
     return to_read(project, role)
@@ -209,28 +208,6 @@ async def update_project(session: AsyncSession, ctx: ProjectContext, data: Proje
         session, ctx, "project.update", "project", project.id, before, snapshot(project, PROJECT_FIELDS)
     )
     return to_read(project, ctx.role)
-
-
-async def audit_change(
-    session: AsyncSession,
-    ctx: ProjectContext,
-    action: str,
-    entity_type: str,
-    entity_id: uuid.UUID | str | None,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-) -> None:
-    await record(
-        session,
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        project_id=ctx.project.id,
-        before=before,
-        after=after,
-        request_id=ctx.principal.request_id,
-        **ctx.actor,
-    )
 
 
 # -- members -----------------------------------------------------------------------------------

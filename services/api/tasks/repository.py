@@ -26,13 +26,6 @@ async def belongs_to_project(
     return (await session.execute(query)).first() is not None
 
 
-async def get(session: AsyncSession, task_id: uuid.UUID, *, for_update: bool = False) -> Task | None:
-    query = select(Task).where(Task.id == task_id)
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
-
-
 async def list_tasks(
     session: AsyncSession,
     project_id: uuid.UUID,

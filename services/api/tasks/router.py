@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from services.api.auth.deps import CurrentPerson
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.deps import SessionDep
 from services.api.errors import ERRORS
 from services.api.pagination import CursorQuery, LimitQuery, Page
-from services.api.projects.deps import ProjectDep
 from services.api.tasks import service
 from services.api.tasks.schemas import CommentCreate, CommentRead, TaskCreate, TaskRead, TaskUpdate
 from shared.models.enums import TaskStatus

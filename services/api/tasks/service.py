@@ -8,16 +8,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.auth.deps import Principal
+from services.api.audit.service import audit_change
+from services.api.context import Principal, ProjectContext, load_entity
 from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository as projects_repository
-from services.api.projects.deps import ProjectContext, load_entity_context
 from services.api.projects.permissions import Action
-from services.api.projects.service import audit_change
 from services.api.schemas import snapshot
 from services.api.tasks import repository
 from services.api.tasks.schemas import CommentCreate, CommentRead, TaskCreate, TaskRead, TaskUpdate
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, ValidationFailed
 from shared.models import Task, TaskComment
 from shared.models.enums import TaskStatus
 
@@ -74,11 +73,7 @@ async def load(
     session: AsyncSession, principal: Principal, task_id: uuid.UUID, *, for_update: bool = False
 ) -> tuple[ProjectContext, Task]:
     """The task and its project context; a task in a project the caller cannot see is a 404."""
-    task = await repository.get(session, task_id, for_update=for_update)
-    if task is None:
-        raise NotFound("task not found")
-    ctx = await load_entity_context(session, principal, task.project_id, "task")
-    return ctx, task
+    return await load_entity(session, principal, Task, task_id, "task", for_update=for_update)
 
 
 async def update(session: AsyncSession, ctx: ProjectContext, task: Task, data: TaskUpdate) -> TaskRead:

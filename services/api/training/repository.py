@@ -6,19 +6,14 @@ import uuid
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.models import Dataset, DatasetVersion, ModelVersion, Project, TrainingJob
+from shared.models import Dataset, DatasetVersion, ModelVersion, TrainingJob
 from shared.models.enums import JobStatus
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
 
-async def get_job(
-    session: AsyncSession, job_id: uuid.UUID, *, for_update: bool = False
-) -> TrainingJob | None:
-    query = select(TrainingJob).where(TrainingJob.id == job_id)
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+async def get_job(session: AsyncSession, job_id: uuid.UUID) -> TrainingJob | None:
+    return await session.get(TrainingJob, job_id)
 
 
 async def by_idempotency_key(session: AsyncSession, project_id: uuid.UUID, key: str) -> TrainingJob | None:
@@ -26,12 +21,6 @@ async def by_idempotency_key(session: AsyncSession, project_id: uuid.UUID, key: 
         TrainingJob.project_id == project_id, TrainingJob.idempotency_key == key
     )
     return (await session.execute(query)).scalar_one_or_none()
-
-
-async def lock_project(session: AsyncSession, project_id: uuid.UUID) -> Project:
-    """Serialise submissions of one project, so two cannot both fit in the last of its budget."""
-    query = select(Project).where(Project.id == project_id).with_for_update()
-    return (await session.execute(query.execution_options(populate_existing=True))).scalar_one()
 
 
 async def reserved_hours(session: AsyncSession, project_id: uuid.UUID) -> float:
@@ -99,10 +88,6 @@ async def outputs(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uuid.
     for job_id, version_id in (await session.execute(query)).all():
         found.setdefault(job_id, []).append(version_id)
     return found
-
-
-async def get_model_version(session: AsyncSession, version_id: uuid.UUID) -> ModelVersion | None:
-    return await session.get(ModelVersion, version_id)
 
 
 async def list_model_versions(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -9,11 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from services.api.auth.deps import CurrentPerson
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
 from services.api.pagination import CursorQuery, LimitQuery, Page
-from services.api.projects.deps import ProjectDep
 from services.api.training import repository, service
 from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
 from shared.jobs import progress_channel
@@ -119,33 +117,28 @@ async def job_events(
     """Server-sent events: `job` with the job as GET returns it, first at once, then on every
     progress update (about every 2 s) and status change; the stream ends when the job ends."""
     _, job = await service.job_context(session, principal, job_id)
-    first = (await service.get(session, job)).model_dump_json()
+    first = await service.get(session, job)
 
-    async def current() -> tuple[str, bool]:
+    async def current() -> JobRead:
         async with resources.sessionmaker() as fresh:
             row = await repository.get_job(fresh, job_id)
             assert row is not None
-            read = await service.get(fresh, row)
-        return read.model_dump_json(), JobStatus(read.status) in service.TERMINAL
+            return await service.get(fresh, row)
 
     async def stream() -> AsyncIterator[bytes]:
-        yield _sse("job", first)
-        if json.loads(first)["status"] in {s.value for s in service.TERMINAL}:
+        read = first
+        yield _sse("job", read.model_dump_json())
+        if JobStatus(read.status) in service.TERMINAL:
             return
         pubsub = resources.redis.pubsub()
         await pubsub.subscribe(progress_channel(job_id))
         try:
             while not await request.is_disconnected():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE_S)
-                if message is None:
-                    payload, done = await current()
-                    yield _sse("job", payload)
-                    if done:
-                        return
-                    continue
-                payload, done = await current()
-                yield _sse("job", payload)
-                if done:
+                # a progress message or KEEPALIVE_S of silence: either way, send the job as it is now
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE_S)
+                read = await current()
+                yield _sse("job", read.model_dump_json())
+                if JobStatus(read.status) in service.TERMINAL:
                     return
                 await asyncio.sleep(0)
         finally:

@@ -13,25 +13,19 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.auth.deps import Principal
+from services.api.audit.service import audit_change
+from services.api.context import Principal, ProjectContext, load_entity
 from services.api.deps import ApiResources
-from services.api.pagination import (
-    Page,
-    decode_cursor,
-    decode_time_cursor,
-    encode_cursor,
-    invalid_cursor,
-    time_cursor,
-)
-from services.api.projects.deps import ProjectContext, load_entity_context
+from services.api.pagination import Page, decode_int_cursor, decode_time_cursor, encode_cursor, time_cursor
+from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action
-from services.api.projects.service import audit_change, ensure_budget
+from services.api.projects.service import ensure_budget
 from services.api.schemas import snapshot
 from services.api.training import repository
 from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
 from shared.datasets.catalog import latest_catalog_version
 from shared.db import after_commit
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, ValidationFailed
 from shared.jobs import CANCEL_CHANNEL, enqueue_training_job
 from shared.models import ModelVersion, TrainingJob
 from shared.models.enums import JobStatus, JobType, ModelStatus, ModelTaskType, ProjectStatus
@@ -159,7 +153,7 @@ async def submit(
     if ctx.project.status not in (ProjectStatus.proposed.value, ProjectStatus.active.value):
         raise Conflict(f"the project is {ctx.project.status}: it runs no new jobs")
     await _validate(session, ctx, data)
-    project = await repository.lock_project(session, ctx.project.id)
+    project = await projects_repository.lock_project(session, ctx.project.id)
     reserved = await repository.reserved_hours(session, project.id)
     _reserve(project, data.compute_limit_hours, reserved, data.device)
 
@@ -220,11 +214,7 @@ def _enqueue_after_commit(session: AsyncSession, resources: ApiResources, job: T
 async def job_context(
     session: AsyncSession, principal: Principal, job_id: uuid.UUID, *, for_update: bool = False
 ) -> tuple[ProjectContext, TrainingJob]:
-    job = await repository.get_job(session, job_id, for_update=for_update)
-    if job is None:
-        raise NotFound("training job not found")
-    ctx = await load_entity_context(session, principal, job.project_id, "training job")
-    return ctx, job
+    return await load_entity(session, principal, TrainingJob, job_id, "training job", for_update=for_update)
 
 
 async def get(session: AsyncSession, job: TrainingJob) -> JobRead:
@@ -270,7 +260,7 @@ async def retry(
     status = JobStatus(job.status)
     if status not in (JobStatus.failed, JobStatus.cancelled):
         raise Conflict(f"only failed or cancelled jobs are retried; this one is {status.value}")
-    project = await repository.lock_project(session, ctx.project.id)
+    project = await projects_repository.lock_project(session, ctx.project.id)
     reserved = await repository.reserved_hours(session, project.id)
     _reserve(project, job.compute_limit_hours, reserved, job.device or "cpu")
     before = snapshot(job, AUDIT_FIELDS)
@@ -319,11 +309,7 @@ async def list_jobs(
 async def model_version_context(
     session: AsyncSession, principal: Principal, version_id: uuid.UUID
 ) -> tuple[ProjectContext, ModelVersion]:
-    version = await repository.get_model_version(session, version_id)
-    if version is None:
-        raise NotFound("model version not found")
-    ctx = await load_entity_context(session, principal, version.project_id, "model version")
-    return ctx, version
+    return await load_entity(session, principal, ModelVersion, version_id, "model version")
 
 
 async def list_model_versions(
@@ -335,18 +321,12 @@ async def list_model_versions(
     cursor: str | None,
     limit: int,
 ) -> Page[ModelVersionRead]:
-    before: int | None = None
-    if cursor:
-        (value,) = decode_cursor(cursor, 1)
-        if not isinstance(value, int):
-            raise invalid_cursor()
-        before = value
     rows = await repository.list_model_versions(
         session,
         ctx.project.id,
         task_type=task_type.value if task_type else None,
         status=status.value if status else None,
-        before=before,
+        before=decode_int_cursor(cursor),
         limit=limit,
     )
     page = rows[:limit]
