@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install demo up down status migrate test test-fast lint format compose-config clean
+.PHONY: help install demo up down status migrate test test-fast lint check-structure format compose-config clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: install  ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+check-structure: install  ## Import rules: shared/ imports no service, services stay apart, no import circles
+	$(BIN)/lint-imports --no-cache
 
 format: install  ## Format the code
 	$(BIN)/ruff check --fix .

@@ -9,32 +9,28 @@ API or the queue, on the dataset's deterministic train/valid split (seed 42)."""
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from services.trainer.control import JobControl
-from services.trainer.data import load
-from services.trainer.finetune import pick_device, setup_threads
-from services.trainer.pipeline import JobSpec, run_job
+from services.trainer.device import pick_device, setup_threads
+from services.trainer.jobs.finetune import FineTuneSpec, train_and_export
 from shared.datasets import storage
+from shared.datasets.examples import load
 from shared.datasets.formats import FORMAT_KIND, DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
 from shared.models.enums import JobType
-from shared.training import DEFAULT_BASE_MODEL, Hyperparameters
+from shared.training import DEFAULT_BASE_MODEL, Hyperparameters, parse_assignment
 
 
 def _hyperparameter(pair: str) -> tuple[str, Any]:
-    name, sep, raw = pair.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE, not {pair!r}")
     try:
-        return name, json.loads(raw)
-    except ValueError:
-        return name, raw
+        return parse_assignment(pair)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--set {exc}") from None
 
 
 def main() -> None:
@@ -73,7 +69,7 @@ def main() -> None:
         root = Path(tmp)
         manifest = storage.write_version(root, "data", prepared.tables)
         examples = load(root, FORMAT_KIND[args.format], manifest, None)
-        spec = JobSpec(
+        spec = FineTuneSpec(
             args.job_type,
             args.base_model,
             hp,
@@ -86,7 +82,7 @@ def main() -> None:
         )
         (root / "work").mkdir()
         started = time.perf_counter()
-        outcome = run_job(spec, JobControl())
+        outcome = train_and_export(spec, JobControl())
         seconds = time.perf_counter() - started
     queries = len(examples.valid.queries)
     print(

@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import AutoModel, AutoTokenizer
 
-from services.trainer.finetune import mean_pool, resolve_base_model, setup_threads
+from services.trainer.device import setup_threads
+from services.trainer.finetune.base import mean_pool, resolve_base_model
 from shared.training import DEFAULT_BASE_MODEL
 
 

@@ -43,15 +43,16 @@ from rich.table import Table
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from services.trainer.assess import relevant_from, top_of_catalog  # noqa: E402
-from services.trainer.data import Examples, Judged, load  # noqa: E402
-from services.trainer.evaluation import ranking_metrics  # noqa: E402
 from services.cli.data import upload  # noqa: E402
 from services.cli.jobs import watch_job  # noqa: E402
+from services.cli.walkthrough import wait_served  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 from shared.datasets.catalog import history_text  # noqa: E402
-from services.cli.walkthrough import wait_served  # noqa: E402
+from shared.datasets.examples import Examples, load  # noqa: E402
+from shared.metrics import CATALOG_DEPTH, ranking_metrics  # noqa: E402
 from shared.models.enums import DatasetKind, KeyRole  # noqa: E402
+from shared.search import dense_top_k  # noqa: E402
+from shared.training import parse_assignment  # noqa: E402
 
 console = Console()
 K = 10
@@ -190,7 +191,7 @@ class Bench:
 
 def _metrics(run: dict[str, dict[str, float]], examples: Examples) -> dict[str, float]:
     return ranking_metrics(
-        run, examples.valid.grades, k=K, recall_ks=(K,), relevant_from=relevant_from(examples)
+        run, examples.valid.grades, k=K, recall_ks=(K,), relevant_from=examples.relevant_from
     )
 
 
@@ -309,8 +310,7 @@ def recency_weighted(
         known = [position[p] for p in valid.histories[user] if p in position]
         weights = RECENCY_DECAY ** np.arange(len(known) - 1, -1, -1, dtype=np.float32)
         user_vectors[row] = weights @ item_vectors[known]
-    judged = Judged({u: valid.queries[u] for u in users}, {}, {}, exclude=valid.exclude)
-    run = top_of_catalog(judged, items, user_vectors, item_vectors)
+    run = dense_top_k(users, user_vectors, items, item_vectors, CATALOG_DEPTH, valid.exclude)
     # a user none of whose history is in the catalog gets no recommendation
     return {u: run[u] if user_vectors[row].any() else {} for row, u in enumerate(users)}
 
@@ -320,13 +320,10 @@ def _with(asks: dict[str, dict[str, Any]], **extra: Any) -> dict[str, dict[str, 
 
 
 def _hyperparameter(pair: str) -> tuple[str, Any]:
-    name, sep, raw = pair.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE, not {pair!r}")
     try:
-        return name, json.loads(raw)
-    except ValueError:
-        return name, raw
+        return parse_assignment(pair)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--set {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,9 +21,12 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from services.trainer.control import JobControl
-from services.trainer.data import load
-from services.trainer.finetune import BiEncoderTask, fit, mean_pool, resolve_base_model, setup_threads
+from services.trainer.device import setup_threads
+from services.trainer.finetune.base import mean_pool, resolve_base_model
+from services.trainer.finetune.bi_encoder import BiEncoderTask
+from services.trainer.finetune.loop import fit
 from shared.datasets import storage
+from shared.datasets.examples import load
 from shared.datasets.formats import DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec

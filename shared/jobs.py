@@ -11,8 +11,8 @@ from shared.config import Settings
 
 RUN_TRAINING_JOB = "run_training_job"
 DEPLOYMENTS_CHANNEL = "recforge:deployments"
-
-
+# The api publishes a running job's id here once its cancellation is committed; every trainer worker
+# listens, and the one running the job stops it at once (heartbeats also read the row, as a fallback).
 CANCEL_CHANNEL = "recforge:training-jobs:cancel"
 
 # arq runs the job with the lowest score first among those due; a score in the past puts a job
@@ -38,11 +38,16 @@ async def enqueue_training_job(
     priority: int,
     attempts: int = 0,
     suffix: str = "",
+    delay_s: float | None = None,
 ) -> bool:
     """Put a committed training job on the queue. Priority 9 runs first, 0 last; FIFO within one.
+    With ``delay_s`` the entry is due only that many seconds from now (and then competes by time
+    alone): a job waiting for its project's slot looks again later. ``suffix`` makes the arq id of
+    such a further entry of the same run.
 
     False when arq already holds this id (queued, or finished less than an hour ago)."""
-    run_at = datetime.now(UTC) - PRIORITY_STEP * priority
+    now = datetime.now(UTC)
+    run_at = now + timedelta(seconds=delay_s) if delay_s is not None else now - PRIORITY_STEP * priority
     job = await redis.enqueue_job(
         RUN_TRAINING_JOB,
         str(training_job_id),

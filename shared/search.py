@@ -1,10 +1,11 @@
-"""Lexical search over short texts (product titles): BM25 from bm25s, shared by the trainer's
-baselines and the inference service's hybrid retrieval."""
+"""Search over short texts (product titles): BM25 from bm25s, shared by the trainer's baselines and
+the inference service's hybrid retrieval; and exact top-k by dot product over embeddings, as the
+trainer and the benchmarks rank a whole catalog."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import bm25s
 import numpy as np
@@ -108,3 +109,30 @@ class BM25Index:
         except KeyError as exc:
             raise KeyError(f"unknown document id {exc.args[0]!r}") from None
         return self._scores(self._token_ids([query])[0])[positions]
+
+
+def dense_top_k(
+    query_ids: Sequence[str],
+    query_vectors: npt.NDArray[np.float32],
+    ids: Sequence[str],
+    vectors: npt.NDArray[np.float32],
+    k: int,
+    exclude: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Each query's ``k`` best documents by dot product (exact), as a run: query id -> doc id -> score.
+
+    A query's ``exclude`` documents (say, what the user has already seen) are left out."""
+    exclude = exclude or {}
+    run: dict[str, dict[str, float]] = {}
+    position = {doc_id: i for i, doc_id in enumerate(ids)}
+    k = min(k, len(ids))
+    for start in range(0, len(query_ids), 256):
+        scores = query_vectors[start : start + 256] @ vectors.T
+        for row, qid in enumerate(query_ids[start : start + 256]):
+            s = scores[row]
+            for doc_id in exclude.get(qid, ()):
+                if doc_id in position:
+                    s[position[doc_id]] = -np.inf
+            top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+            run[qid] = {ids[i]: float(s[i]) for i in top if np.isfinite(s[i])}
+    return run

@@ -4,7 +4,10 @@ Shared by the API (which validates a submission) and the trainer (which runs it)
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.models.enums import DatasetKind, JobType, ModelTaskType
 
@@ -70,5 +73,34 @@ class Hyperparameters(BaseModel):
     )
     seed: int = Field(42, ge=0, le=2**31 - 1)
     early_stopping_patience: int | None = Field(
-        None, ge=1, le=100, description="Stop after this many evaluations without improvement."
+        None,
+        ge=1,
+        le=100,
+        description="Evaluate the model on the validation split as it trains (every `eval_every_steps`), "
+        "stop after this many evaluations in a row without improving the headline metric (nDCG@10, or "
+        "accuracy for classifiers), and keep the best weights evaluated. Unset: train every step.",
     )
+    eval_every_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="With early stopping: optimiser steps between evaluations. Unset: once an epoch.",
+    )
+
+    @model_validator(mode="after")
+    def _evaluations_need_early_stopping(self) -> Self:
+        if self.eval_every_steps is not None and self.early_stopping_patience is None:
+            raise ValueError("eval_every_steps applies with early_stopping_patience; set both, or neither")
+        return self
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` as given on a command line (``--set max_steps=200``): the value as JSON when it
+    parses (numbers, booleans, null), else the string. ValueError when there is no ``=``."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"takes NAME=VALUE, not {text!r}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw

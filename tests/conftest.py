@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -31,6 +29,7 @@ from services.cli import embedded
 from shared.config import Environment, LogFormat, Settings, to_async_url
 from shared.db import create_engine, create_sessionmaker
 from shared.models import Base
+from tests.support.processes import CLI, cli_env, free_port, wait_ready
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
@@ -42,12 +41,6 @@ def _tcp_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -204,7 +197,7 @@ async def inference_client(db: AsyncEngine, settings: Settings) -> AsyncIterator
 
 
 def _cli_env(settings: Settings) -> dict[str, str]:
-    from tests.shared.test_cli import cli_env
+    from tests.support.processes import cli_env
 
     return cli_env(settings, RECFORGE_QUEUE_NAME=settings.queue_name)
 
@@ -212,29 +205,17 @@ def _cli_env(settings: Settings) -> dict[str, str]:
 @pytest.fixture
 def api_server(settings: Settings, db: object) -> Iterator[str]:
     """`recforge api` in a subprocess, on the test database."""
-    import httpx
-
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "api", "--port", str(port)],
-        env=_cli_env(settings),
+        [*CLI, "api", "--port", str(port)],
+        env=cli_env(settings, RECFORGE_QUEUE_NAME=settings.queue_name),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise AssertionError(f"the API exited: {process.stderr.read() if process.stderr else ''}")
-            time.sleep(0.2)
-        else:
+        if not wait_ready(url, process):
             raise AssertionError("the API did not become ready")
         yield url
     finally:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.models import ModelVersion, Project, ProjectMember, User
 
@@ -34,3 +35,28 @@ async def create_model_version(session: AsyncSession, *, project: Project, versi
     session.add(model_version)
     await session.flush()
     return model_version
+
+
+async def add_version(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    project_id: str,
+    task_type: str = "bi_encoder",
+    *,
+    number: int = 1,
+    artifacts: dict[str, Any] | None = None,
+) -> str:
+    """A registered model version row (the trainer writes these; its files are not needed here)."""
+    version_id = uuid.uuid4()
+    async with sessionmaker() as session:
+        session.add(
+            ModelVersion(
+                id=version_id,
+                project_id=uuid.UUID(project_id),
+                version=number,
+                task_type=task_type,
+                base_model="sentence-transformers/all-MiniLM-L6-v2",
+                artifacts={"model": {"path": "model.onnx"}} if artifacts is None else artifacts,
+            )
+        )
+        await session.commit()
+    return str(version_id)

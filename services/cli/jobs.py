@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from rich.table import Table
 from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, response_error
 from services.cli.console import console, err_console, fail, load_settings
 from shared.models.enums import JobType
+from shared.training import parse_assignment
 
 app = typer.Typer(
     help="Submit training jobs and follow their progress (through the API).", no_args_is_help=True
@@ -26,13 +26,11 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        if not sep:
-            fail(f"--set takes NAME=VALUE, not {pair!r}")
         try:
-            values[name] = json.loads(raw)
-        except ValueError:
-            values[name] = raw
+            name, value = parse_assignment(pair)
+        except ValueError as exc:
+            fail(f"--set {exc}")
+        values[name] = value
     return values
 
 

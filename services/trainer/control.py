@@ -2,13 +2,20 @@
 
 The thread writes its progress into a snapshot and checks whether it must stop; the event loop
 copies the snapshot to Postgres and Redis every couple of seconds and sets the stop flag when a
-cancellation arrives. Neither waits on the other."""
+cancellation arrives (on the Redis channel at once, or seen in the job's row at the next heartbeat).
+Neither waits on the other."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class JobCancelled(Exception):
@@ -33,6 +40,23 @@ class JobControl:
         with self._lock:
             return self._version, dict(self._progress)
 
+    @property
+    def progress(self) -> dict[str, Any]:
+        return self.snapshot()[1]
+
     def check(self) -> None:
         if self.stop.is_set():
             raise JobCancelled("the job was cancelled")
+
+
+async def in_thread(control: JobControl, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking work in a thread. When the worker is stopping (the arq task is cancelled), ask the
+    thread to stop at its next check and wait for it, so nothing is left writing files."""
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        control.stop.set()
+        with contextlib.suppress(BaseException):
+            await future
+        raise

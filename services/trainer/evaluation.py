@@ -1,231 +1,424 @@
-"""Evaluation metrics for trained models (the BM25 baseline's index is shared.search.BM25Index).
+"""Evaluation, in one place: scoring a model on a dataset version's validation split, the baselines
+beside it, and the int8 graph's check against the model it was made from.
 
-Ranking metrics follow trec_eval conventions (as used by pytrec_eval and ir_measures): a run is ordered by
-score descending, ties broken by document id descending. Everything here is numpy.
-"""
+A model is seen through what it can do: embed texts (bi-encoder), score (query, product) pairs
+(cross-encoder) or give label logits (classifier), whether it runs in torch after training or in
+onnxruntime from a registered version. Long loops report progress and stop within a chunk when the job
+is cancelled. Baselines (BM25 and the zero-shot base model) depend only on the data and the base model,
+so they are computed once per dataset version and kept in a cache file. The metrics themselves are pure
+functions in shared.metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+import torch
+from transformers import AutoModel, AutoTokenizer
 
-__all__ = [
-    "classification_metrics",
-    "ranking_metrics",
-    "rmse",
-    "run_from_scores",
-]
+from services.trainer.control import JobControl
+from services.trainer.finetune.base import Task, mean_pool
+from services.trainer.finetune.bi_encoder import BiEncoderTask
+from services.trainer.finetune.classifier import ClassifierTask
+from services.trainer.finetune.cross_encoder import CrossEncoderTask
+from shared.datasets.examples import Examples, Judged
+from shared.metrics import CATALOG_DEPTH, classification_metrics, ranking_metrics, rmse
+from shared.models.enums import DatasetKind, JobType
+from shared.onnxmodel import OnnxTextModel
+from shared.search import BM25Index, dense_top_k
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+log = logging.getLogger("recforge.trainer")
 
+CHUNK = 512  # texts or pairs scored between progress reports and cancellation checks
+TORCH_BATCH = 128
+BASELINES_REVISION = 2  # bump when the baselines' definition changes, so cached ones are recomputed
 
-def _group_ranks(group: IntArray, sizes: IntArray) -> IntArray:
-    """0-based position of each element inside its group, for elements sorted by group."""
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    return np.arange(group.size, dtype=np.int64) - starts[group]
+Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors
+PairScore = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (queries, products) -> scores
+Logits = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, labels)
 
-
-def _ranking_order(query: IntArray, scores: FloatArray, codes: IntArray, n_codes: int) -> IntArray:
-    """Permutation sorting entries by query, then score descending, then doc code descending."""
-    distinct, score_rank = np.unique(-scores, return_inverse=True)
-    n_queries = int(query.max()) + 1 if query.size else 0
-    if n_queries * distinct.size * n_codes < 2**62:
-        # One int64 key per entry: much faster to sort than three lexsort keys.
-        key = (query * distinct.size + score_rank.reshape(-1)) * n_codes + (n_codes - 1 - codes)
-        return np.argsort(key)
-    return np.lexsort((-codes, -scores, query))
+HEADLINE = {JobType.bi_encoder: "ndcg@10", JobType.cross_encoder: "ndcg@10", JobType.classifier: "accuracy"}
 
 
-def _discount(ranks: IntArray) -> FloatArray:
-    return 1.0 / np.log2(ranks.astype(np.float64) + 2.0)
+@dataclass
+class Scorer:
+    """What a model can do; exactly one is set."""
+
+    embed: Embed | None = None
+    score: PairScore | None = None
+    logits: Logits | None = None
+    labels: list[str] | None = None  # the classifier's label order
 
 
-def ranking_metrics(
-    run: Mapping[str, Mapping[str, float]],
-    qrels: Mapping[str, Mapping[str, float]],
-    *,
-    k: int = 10,
-    recall_ks: Sequence[int] = (10, 100),
-    relevant_from: float = 1.0,
-) -> dict[str, float]:
-    """nDCG@k, MRR@k and Recall@K of a run (query -> doc -> score) against qrels (query -> doc -> grade).
+def onnx_scorer(model: OnnxTextModel, job_type: JobType, labels: list[str] | None = None) -> Scorer:
+    if job_type == JobType.bi_encoder:
+        return Scorer(embed=model.embed)
+    if job_type == JobType.cross_encoder:
 
-    Only queries in ``qrels`` are evaluated; one missing from ``run`` scores 0. Each run is ranked by score
-    descending, ties broken by doc id descending (trec_eval order). Unjudged documents have gain 0.
+        def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
+            return np.asarray(model.score_pairs(list(zip(queries, products, strict=True))))
 
-    - nDCG@k: gain = grade (negative grades count as 0), discount 1/log2(rank + 1), normalised by the DCG@k
-      of the judged documents sorted by grade; 0 when no document has a positive grade. Averaged over all
-      evaluated queries.
-    - MRR@k and Recall@K: binary relevance, grade >= ``relevant_from``. Queries without any relevant
-      document are skipped (left out of these two averages).
+        return Scorer(score=score)
+    return Scorer(logits=lambda texts: np.asarray(model.classify_logits(list(texts))), labels=labels)
 
-    Returns ``ndcg@{k}``, ``mrr@{k}``, ``recall@{K}`` for each K in ``recall_ks``, and ``queries`` (the
-    number of evaluated queries).
-    """
-    if k < 1 or any(c < 1 for c in recall_ks):
-        raise ValueError("cutoffs must be >= 1")
-    recall_cutoffs = list(dict.fromkeys(int(c) for c in recall_ks))
-    qids = list(qrels)
-    n_q = len(qids)
 
-    # Flatten qrels: query index, doc id, grade.
-    qrel_sizes = np.fromiter((len(qrels[q]) for q in qids), dtype=np.int64, count=n_q)
-    qrel_docs: list[str] = []
-    qrel_grades: list[float] = []
-    for q in qids:
-        judgments = qrels[q]
-        qrel_docs.extend(judgments.keys())
-        qrel_grades.extend(judgments.values())
-    qrel_q = np.repeat(np.arange(n_q, dtype=np.int64), qrel_sizes)
-    grades = np.asarray(qrel_grades, dtype=np.float64)
+def torch_embedder(model: Any, tokenizer: Any, device: torch.device, max_length: int) -> Embed:
+    @torch.no_grad()
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), TORCH_BATCH):
+            batch = tokenizer(
+                list(texts[start : start + TORCH_BATCH]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
+            hidden = model(**batch).last_hidden_state
+            out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
 
-    # Flatten the run, restricted to evaluated queries.
-    run_sizes = np.zeros(n_q, dtype=np.int64)
-    run_docs: list[str] = []
-    run_scores: list[float] = []
-    for i, q in enumerate(qids):
-        ranked = run.get(q)
-        if ranked:
-            run_sizes[i] = len(ranked)
-            run_docs.extend(ranked.keys())
-            run_scores.extend(ranked.values())
-    run_q = np.repeat(np.arange(n_q, dtype=np.int64), run_sizes)
-    scores = np.asarray(run_scores, dtype=np.float64)
+    return embed
 
-    # Doc codes whose integer order is the string order, so sorting codes sorts ids.
-    code_of = {doc: i for i, doc in enumerate(sorted(set(run_docs).union(qrel_docs)))}
-    n_docs = max(len(code_of), 1)
-    qrel_codes = np.fromiter(map(code_of.__getitem__, qrel_docs), dtype=np.int64, count=len(qrel_docs))
-    run_codes = np.fromiter(map(code_of.__getitem__, run_docs), dtype=np.int64, count=len(run_docs))
 
-    # Rank the run: query, then score descending, then doc id descending.
-    order = _ranking_order(run_q, scores, run_codes, n_docs)
-    run_q, run_codes = run_q[order], run_codes[order]
-    ranks = _group_ranks(run_q, run_sizes)
-    depth = max([k, *recall_cutoffs])
-    top = ranks < depth
-    run_q, run_codes, ranks = run_q[top], run_codes[top], ranks[top]
+def zero_shot(base_dir: str, device: torch.device, max_length: int) -> Callable[[], Scorer]:
+    """The base model as it is, mean pooled: built only when the baselines are not cached."""
 
-    # Look up each ranked document's grade.
-    qrel_keys = qrel_q * n_docs + qrel_codes
-    key_order = np.argsort(qrel_keys, kind="stable")
-    sorted_keys, sorted_grades = qrel_keys[key_order], grades[key_order]
-    run_keys = run_q * n_docs + run_codes
-    judged = np.zeros(run_keys.size, dtype=bool)
-    run_grades = np.zeros(run_keys.size)
-    if sorted_keys.size:
-        pos = np.minimum(np.searchsorted(sorted_keys, run_keys), sorted_keys.size - 1)
-        judged = sorted_keys[pos] == run_keys
-        run_grades = np.where(judged, sorted_grades[pos], 0.0)
+    def build() -> Scorer:
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModel.from_pretrained(base_dir).to(device).eval()
+        return Scorer(embed=torch_embedder(model, tokenizer, device, max_length))
 
-    # nDCG@k.
-    in_k = ranks < k
-    gains = np.maximum(run_grades, 0.0)
-    dcg = np.bincount(run_q[in_k], weights=gains[in_k] * _discount(ranks[in_k]), minlength=n_q)
-    ideal_order = np.lexsort((-grades, qrel_q))
-    ideal_gains = np.maximum(grades[ideal_order], 0.0)
-    ideal_ranks = _group_ranks(qrel_q[ideal_order], qrel_sizes)
-    ideal_in_k = ideal_ranks < k
-    idcg = np.bincount(
-        qrel_q[ideal_order][ideal_in_k],
-        weights=ideal_gains[ideal_in_k] * _discount(ideal_ranks[ideal_in_k]),
-        minlength=n_q,
+    return build
+
+
+def torch_scorer(task: Task, device: torch.device, max_length: int) -> Scorer:
+    """A fine-tune's model as it is in torch, during or right after training."""
+    if isinstance(task, BiEncoderTask):
+        return Scorer(embed=torch_embedder(task.model, task.tokenizer, device, max_length))
+    if isinstance(task, CrossEncoderTask):
+
+        @torch.no_grad()
+        def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
+            parts = [
+                task.logits(queries[i : i + TORCH_BATCH], products[i : i + TORCH_BATCH], device)
+                .float()
+                .cpu()
+                .numpy()
+                for i in range(0, len(queries), TORCH_BATCH)
+            ]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+        return Scorer(score=score)
+    assert isinstance(task, ClassifierTask)
+
+    @torch.no_grad()
+    def logits(texts: Sequence[str]) -> np.ndarray:
+        parts = [
+            task.logits(texts[i : i + TORCH_BATCH], device).float().cpu().numpy()
+            for i in range(0, len(texts), TORCH_BATCH)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(task.labels)), dtype=np.float32)
+
+    return Scorer(logits=logits, labels=task.labels)
+
+
+def _in_chunks(
+    run: Callable[[list[int]], np.ndarray], n: int, control: JobControl, label: str
+) -> list[np.ndarray]:
+    parts = []
+    for start in range(0, n, CHUNK):
+        control.check()
+        parts.append(run(list(range(start, min(start + CHUNK, n)))))
+        control.report(evaluating=label, done=min(start + CHUNK, n), total=n)
+    return parts
+
+
+def embed_all(embed: Embed, texts: Sequence[str], control: JobControl, label: str) -> np.ndarray:
+    """Embed texts in length order (little padding), chunk by chunk; rows come back in input order."""
+    order = np.asarray(sorted(range(len(texts)), key=lambda i: len(texts[i])), dtype=np.int64)
+    parts = _in_chunks(lambda idx: embed([texts[order[i]] for i in idx]), len(texts), control, label)
+    if not parts:
+        return np.zeros((0, 1), dtype=np.float32)
+    sorted_rows = np.concatenate(parts).astype(np.float32, copy=False)
+    rows = np.empty_like(sorted_rows)
+    rows[order] = sorted_rows
+    return rows
+
+
+def score_all(
+    score: PairScore, queries: Sequence[str], products: Sequence[str], control: JobControl, label: str
+) -> np.ndarray:
+    parts = _in_chunks(
+        lambda idx: np.asarray(score([queries[i] for i in idx], [products[i] for i in idx])),
+        len(queries),
+        control,
+        label,
     )
-    ndcg = np.divide(dcg, idcg, out=np.zeros(n_q), where=idcg > 0)
-
-    # Binary relevance: MRR@k and Recall@K over queries with at least one relevant document.
-    n_relevant = np.bincount(qrel_q[grades >= relevant_from], minlength=n_q)
-    has_relevant = n_relevant > 0
-    relevant = judged & (run_grades >= relevant_from)
-    rel_in_k = relevant & in_k
-    first_q, first_at = np.unique(run_q[rel_in_k], return_index=True)
-    rr = np.zeros(n_q)
-    rr[first_q] = 1.0 / (ranks[rel_in_k][first_at] + 1.0)
-
-    def mean_over_relevant(values: FloatArray) -> float:
-        return float(values[has_relevant].mean()) if has_relevant.any() else 0.0
-
-    result: dict[str, float] = {
-        f"ndcg@{k}": float(ndcg.mean()) if n_q else 0.0,
-        f"mrr@{k}": mean_over_relevant(rr),
-    }
-    for cutoff in recall_cutoffs:
-        hits = np.bincount(run_q[relevant & (ranks < cutoff)], minlength=n_q).astype(np.float64)
-        recall = np.divide(hits, n_relevant, out=np.zeros(n_q), where=has_relevant)
-        result[f"recall@{cutoff}"] = mean_over_relevant(recall)
-    result["queries"] = n_q
-    return result
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-class precision/recall/F1/support.
-
-    Labels are those present in ``y_true`` or ``y_pred``; a zero denominator gives 0.
-    """
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"y_true has {len(y_true)} labels, y_pred {len(y_pred)}")
-    labels = sorted(set(y_true).union(y_pred))
-    if not labels:
-        return {"accuracy": 0.0, "macro_f1": 0.0, "per_class": {}}
-    index = {label: i for i, label in enumerate(labels)}
-    n = len(labels)
-    t = np.fromiter((index[y] for y in y_true), dtype=np.int64, count=len(y_true))
-    p = np.fromiter((index[y] for y in y_pred), dtype=np.int64, count=len(y_pred))
-    tp = np.bincount(t[t == p], minlength=n).astype(np.float64)
-    support = np.bincount(t, minlength=n)
-    predicted = np.bincount(p, minlength=n)
-    precision = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
-    per_class = {
-        label: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, label in enumerate(labels)
-    }
-    return {
-        "accuracy": float(tp.sum() / t.size),
-        "macro_f1": float(f1.mean()),
-        "per_class": per_class,
-    }
+def _judged_pairs(judged: Judged) -> tuple[list[str], list[str]]:
+    qids, pids = [], []
+    for qid, candidates in judged.candidates.items():
+        qids.extend([qid] * len(candidates))
+        pids.extend(candidates)
+    return qids, pids
 
 
-def rmse(predicted: Sequence[float], actual: Sequence[float]) -> float:
-    """Root mean squared error."""
-    p = np.asarray(predicted, dtype=np.float64)
-    a = np.asarray(actual, dtype=np.float64)
-    if p.shape != a.shape or p.ndim != 1:
-        raise ValueError(f"predicted has shape {p.shape}, actual {a.shape}")
-    if p.size == 0:
-        raise ValueError("rmse of no values")
-    return float(np.sqrt(np.mean((p - a) ** 2)))
-
-
-def run_from_scores(
-    query_ids: Sequence[str],
-    candidate_ids: Sequence[Sequence[str]],
-    scores: Sequence[npt.ArrayLike] | npt.NDArray[Any],
-) -> dict[str, dict[str, float]]:
-    """Run dict (query -> doc -> score) from each query's candidate ids and their scores."""
-    if not len(query_ids) == len(candidate_ids) == len(scores):
-        raise ValueError("query_ids, candidate_ids and scores must have the same length")
+def _run_of(qids: list[str], pids: list[str], scores: np.ndarray) -> dict[str, dict[str, float]]:
     run: dict[str, dict[str, float]] = {}
-    for qid, docs, row in zip(query_ids, candidate_ids, scores, strict=True):
-        values = np.asarray(row, dtype=np.float64).reshape(-1)
-        if values.size != len(docs):
-            raise ValueError(f"query {qid!r}: {len(docs)} candidates but {values.size} scores")
-        if qid in run:
-            raise ValueError(f"duplicate query id {qid!r}")
-        ranked = dict(zip(docs, values.tolist(), strict=True))
-        if len(ranked) != len(docs):
-            raise ValueError(f"query {qid!r}: duplicate candidate ids")
-        run[qid] = ranked
+    for qid, pid, s in zip(qids, pids, scores.tolist(), strict=True):
+        run.setdefault(qid, {})[pid] = float(s)
     return run
+
+
+def top_of_catalog(
+    judged: Judged, ids: list[str], query_vectors: np.ndarray, catalog_vectors: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Each query's CATALOG_DEPTH best products by dot product, its excluded products (history) left out."""
+    return dense_top_k(
+        list(judged.queries), query_vectors, ids, catalog_vectors, CATALOG_DEPTH, judged.exclude
+    )
+
+
+def ranking_suite(
+    examples: Examples, scorer: Scorer, control: JobControl, label: str, *, catalog: bool = True
+) -> dict[str, float]:
+    """Reranking of each validation query's judged products (relevance data) and, for embedding
+    models, retrieval from the whole catalog (prefixed `catalog_` on relevance data). Every text is
+    embedded once."""
+    valid = examples.valid
+    cut = examples.relevant_from
+    metrics: dict[str, float] = {}
+    relevance = examples.kind == DatasetKind.relevance
+    qids, pids = _judged_pairs(valid)
+    if scorer.score is not None and relevance:
+        scores = score_all(
+            scorer.score,
+            [valid.queries[q] for q in qids],
+            [examples.product_text[p] for p in pids],
+            control,
+            label,
+        )
+        metrics.update(ranking_metrics(_run_of(qids, pids, scores), valid.grades, k=10, relevant_from=cut))
+        if qids:  # a cross-encoder's logit, read on the grade scale, is also a graded prediction
+            low, high = examples.grade_range
+            predicted = low + (high - low) / (1 + np.exp(-scores.astype(np.float64)))
+            metrics["rmse"] = rmse(
+                predicted.tolist(), [valid.grades[q][p] for q, p in zip(qids, pids, strict=True)]
+            )
+    if scorer.embed is None:
+        return metrics
+    query_ids = list(valid.queries)
+    query_vectors = embed_all(
+        scorer.embed, [valid.queries[q] for q in query_ids], control, f"{label} queries"
+    )
+    catalog = catalog or not relevance  # retrieval is the only view of sequence data
+    ids = list(examples.product_text) if catalog else list(dict.fromkeys(pids))
+    vectors = embed_all(scorer.embed, [examples.product_text[p] for p in ids], control, f"{label} products")
+    if relevance:
+        q_row = {q: i for i, q in enumerate(query_ids)}
+        p_row = {p: i for i, p in enumerate(ids)}
+        scores = np.einsum(
+            "ij,ij->i",
+            query_vectors[[q_row[q] for q in qids]].reshape(len(qids), -1),
+            vectors[[p_row[p] for p in pids]].reshape(len(pids), -1),
+        )
+        metrics.update(ranking_metrics(_run_of(qids, pids, scores), valid.grades, k=10, relevant_from=cut))
+    if catalog:
+        found = ranking_metrics(
+            top_of_catalog(valid, ids, query_vectors, vectors),
+            valid.grades,
+            k=10,
+            recall_ks=(10, 100),
+            relevant_from=cut,
+        )
+        if relevance:
+            found = {f"catalog_{k}": v for k, v in found.items() if k != "queries"}
+        found["catalog_size"] = len(ids)
+        metrics.update(found)
+    return metrics
+
+
+def classifier_suite(examples: Examples, scorer: Scorer, control: JobControl, label: str) -> dict[str, Any]:
+    assert scorer.logits is not None and scorer.labels is not None
+    valid = examples.texts.get("valid", [])
+    texts = [t for t, _ in valid]
+    parts = _in_chunks(lambda idx: scorer.logits([texts[i] for i in idx]), len(texts), control, label)  # type: ignore[misc]
+    labels = scorer.labels
+    predicted = [labels[i] for i in np.concatenate(parts).argmax(axis=1)] if parts else []
+    return classification_metrics([gold for _, gold in valid], predicted)
+
+
+def model_metrics(
+    job_type: JobType,
+    examples: Examples,
+    scorer: Scorer,
+    control: JobControl,
+    label: str,
+    *,
+    catalog: bool = True,
+) -> dict[str, Any]:
+    if job_type == JobType.classifier:
+        return classifier_suite(examples, scorer, control, label)
+    metrics: dict[str, Any] = ranking_suite(examples, scorer, control, label, catalog=catalog)
+    return metrics
+
+
+# Baselines
+
+
+def _bm25_catalog(judged: Judged, index: BM25Index, cut: float) -> dict[str, float]:
+    qids = list(judged.queries)
+    hits = index.search([judged.queries[q] for q in qids], CATALOG_DEPTH + 50)
+    run = {}
+    for qid, ranked in zip(qids, hits, strict=True):
+        exclude = judged.exclude.get(qid, set())
+        run[qid] = {pid: score for pid, score in ranked if pid not in exclude}
+    return ranking_metrics(run, judged.grades, k=10, recall_ks=(10, 100), relevant_from=cut)
+
+
+def _popularity(examples: Examples) -> dict[str, float]:
+    counts: dict[str, int] = {}
+    for _, pid, _ in examples.train:
+        counts[pid] = counts.get(pid, 0) + 1
+    ranked = sorted(counts, key=lambda p: (-counts[p], p))[: CATALOG_DEPTH + 60]
+    run = {}
+    for qid in examples.valid.queries:
+        exclude = examples.valid.exclude.get(qid, set())
+        run[qid] = {p: float(CATALOG_DEPTH + 60 - i) for i, p in enumerate(ranked) if p not in exclude}
+    return ranking_metrics(run, examples.valid.grades, k=10, recall_ks=(10, 100))
+
+
+def _ranking_baselines(
+    examples: Examples, zero_shot: Scorer, control: JobControl
+) -> dict[str, dict[str, Any]]:
+    cut = examples.relevant_from
+    ids = list(examples.product_text)
+    index = BM25Index(ids, [examples.product_text[p] for p in ids])
+    out: dict[str, dict[str, Any]] = {}
+    if examples.kind == DatasetKind.relevance:
+        valid = examples.valid
+        run = {}
+        for qid, candidates in valid.candidates.items():
+            scores = index.score(valid.queries[qid], candidates)
+            run[qid] = {p: float(s) for p, s in zip(candidates, scores, strict=True)}
+        bm25: dict[str, Any] = ranking_metrics(run, valid.grades, k=10, relevant_from=cut)
+        catalog = _bm25_catalog(valid, index, cut)
+        bm25.update({f"catalog_{k}": v for k, v in catalog.items() if k != "queries"})
+        out["bm25"] = bm25
+    else:
+        out["bm25"] = _bm25_catalog(examples.valid, index, cut)
+        out["popularity"] = _popularity(examples)
+    control.check()
+    out["zero_shot"] = ranking_suite(examples, zero_shot, control, "zero-shot")
+    return out
+
+
+def _classifier_baselines(
+    examples: Examples, zero_shot: Scorer, control: JobControl
+) -> dict[str, dict[str, Any]]:
+    """Nearest labelled training text, found by BM25 and by the zero-shot base model's embeddings."""
+    assert zero_shot.embed is not None
+    train = examples.texts.get("train", [])
+    valid = examples.texts.get("valid", [])
+    if not train or not valid:
+        return {}
+    truth = [label for _, label in valid]
+    train_labels = [label for _, label in train]
+    majority = max(sorted(set(train_labels)), key=train_labels.count)
+    ids = [str(i) for i in range(len(train))]
+    hits = BM25Index(ids, [t for t, _ in train]).search([t for t, _ in valid], 1)
+    bm25 = [train[int(h[0][0])][1] if h else majority for h in hits]
+    valid_vectors = embed_all(zero_shot.embed, [t for t, _ in valid], control, "zero-shot valid")
+    train_vectors = embed_all(zero_shot.embed, [t for t, _ in train], control, "zero-shot train")
+    nearest = (valid_vectors @ train_vectors.T).argmax(axis=1)
+    return {
+        "bm25": classification_metrics(truth, bm25),
+        "zero_shot": classification_metrics(truth, [train[i][1] for i in nearest]),
+        "majority": classification_metrics(truth, [majority] * len(truth)),
+    }
+
+
+def baselines_cache_file(
+    cache_dir: Path, dataset_version_id: Any, base_model: str, max_length: int, job_type: JobType
+) -> Path:
+    """Where the baselines of (dataset version, base model, max_length, task family) are kept."""
+    family = "classifier" if job_type == JobType.classifier else "ranking"
+    raw = json.dumps([BASELINES_REVISION, str(dataset_version_id), base_model, max_length, family])
+    return cache_dir / "baselines" / f"{hashlib.sha256(raw.encode()).hexdigest()[:32]}.json"
+
+
+def baselines(
+    job_type: JobType,
+    examples: Examples,
+    zero_shot: Callable[[], Scorer],
+    control: JobControl,
+    cache_file: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """BM25 and the zero-shot base model (plus popularity or majority) on the validation split.
+
+    `zero_shot` builds the base model's embedder only when the cache has no answer."""
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached: dict[str, dict[str, Any]] = json.loads(cache_file.read_text(encoding="utf-8"))
+            return cached
+        except (OSError, ValueError):
+            log.warning("ignoring an unreadable baselines cache file", extra={"path": str(cache_file)})
+    control.report(phase="baselines")
+    found = (
+        _classifier_baselines(examples, zero_shot(), control)
+        if job_type == JobType.classifier
+        else _ranking_baselines(examples, zero_shot(), control)
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(found, sort_keys=True), encoding="utf-8")
+        partial.replace(cache_file)
+    return found
+
+
+def headline(job_type: JobType, metrics: dict[str, Any]) -> float:
+    """The one number a model of this task is judged by (early stopping, the int8 check)."""
+    return float(metrics.get(HEADLINE[job_type], 0.0))
+
+
+def validation_score(job_type: JobType, examples: Examples, scorer: Scorer, control: JobControl) -> float:
+    """The headline metric on the validation split, as early stopping reads it: on relevance data the
+    judged candidates are reranked (the catalog pass is left out); sequence data is retrieval only."""
+    valid = examples.texts.get("valid") if job_type == JobType.classifier else examples.valid.queries
+    if not valid:
+        raise ValueError("early stopping needs a validation split, and this dataset version has none")
+    return headline(job_type, model_metrics(job_type, examples, scorer, control, "validation", catalog=False))
+
+
+def int8_check(
+    job_type: JobType,
+    examples: Examples,
+    int8: OnnxTextModel,
+    reference: dict[str, Any],
+    labels: list[str] | None,
+    tolerance: float,
+    control: JobControl,
+) -> dict[str, Any]:
+    """The int8 graph's headline metric against the model's: servable only within `tolerance`."""
+    control.report(phase="check_int8")
+    scorer = onnx_scorer(int8, job_type, labels)
+    # on relevance data the headline is the judged-candidate reranking; the catalog pass is not needed
+    metrics = model_metrics(job_type, examples, scorer, control, "int8", catalog=False)
+    drop = headline(job_type, reference) - headline(job_type, metrics)
+    return {
+        "int8_metrics": metrics,
+        "int8_metric_drop": round(drop, 6),
+        "int8_servable": drop <= tolerance,
+        "int8_tolerance": tolerance,
+    }

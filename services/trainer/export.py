@@ -21,7 +21,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from shared.datasets.examples import Examples
 from shared.files import file_entry
+from shared.models.enums import JobType
 from shared.onnxmodel import OnnxTextModel
 
 Task = Literal["feature-extraction", "text-classification"]
@@ -417,3 +419,21 @@ def rebuild_variants(
         int8_preset=preset,
         seconds=time.perf_counter() - started,
     )
+
+
+def onnx_task(job_type: JobType) -> Task:
+    """What the exported graph computes for a fine-tune of this type."""
+    return "feature-extraction" if job_type == JobType.bi_encoder else "text-classification"
+
+
+def parity_examples(job_type: JobType, examples: Examples) -> list[str] | list[tuple[str, str]]:
+    """Real texts for the parity checks: validation queries and catalog titles, or labelled texts."""
+    if job_type == JobType.classifier:
+        return [t for t, _ in examples.texts.get("valid", examples.texts.get("train", []))[:32]] or [
+            "example"
+        ]
+    queries = list(examples.valid.queries.values())[:16] or [q for q, _, _ in examples.train[:16]]
+    titles = list(examples.product_text.values())[:16]
+    if job_type == JobType.cross_encoder:
+        return list(zip(queries, titles, strict=False)) or [("query", "product")]
+    return (queries + titles) or ["example"]

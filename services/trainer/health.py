@@ -1,4 +1,4 @@
-"""A health endpoint for processes that are not web servers (the trainer worker)."""
+"""The trainer worker's health endpoint (/healthz, /readyz), served beside arq in the same process."""
 
 from __future__ import annotations
 
@@ -6,11 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.http import infra_checks, setup_common
 
 log = logging.getLogger("recforge.health")
+
+
+def health_app(engine: AsyncEngine, redis: Any) -> FastAPI:
+    app = FastAPI(title="RecForge Trainer", version="0.1.0")
+    setup_common(app, lambda _: infra_checks(engine, redis))
+    return app
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.inference.app import create_app as create_inference
 from shared.config import Settings
 from shared.models import Deployment
-from tests.conftest import free_port
 from tests.factories import create_model_version, create_project, create_user
+from tests.support.processes import free_port
+from tests.support.world import bearer
 
 
 async def _check_health_ready_and_openapi(client: httpx.AsyncClient) -> None:
@@ -71,6 +72,21 @@ async def test_inference_not_ready_while_a_deployed_model_is_not_loaded(
     assert str(version.id) in ready.json()["checks"]["models"]["error"]
 
 
-async def test_errors_render_as_json(api_client: httpx.AsyncClient) -> None:
-    missing = await api_client.get("/no-such-route")
-    assert missing.status_code == 404
+async def test_errors_render_as_json(
+    api_client: httpx.AsyncClient, inference_client: httpx.AsyncClient, admin_key: str
+) -> None:
+    """The services' own errors and invalid requests answer {"error", "message", "detail"}."""
+    unauthorized = await api_client.get("/api/v1/projects")
+    assert unauthorized.status_code == 401
+    assert unauthorized.json() == {"error": "unauthorized", "message": "Missing or invalid API key"}
+    assert unauthorized.headers["www-authenticate"] == "Bearer"
+
+    invalid = await api_client.get("/api/v1/projects", params={"limit": 0}, headers=bearer(admin_key))
+    assert invalid.status_code == 422
+    body = invalid.json()
+    assert body["error"] == "validation_error" and body["message"] == "The request is invalid"
+    assert [item["loc"] for item in body["detail"]] == [["query", "limit"]]
+
+    refused = await inference_client.post("/recommend", json={"project": "p", "query": "drill"})
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "unauthorized" and refused.json()["message"]

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.models import ApiKey, AuditLog, User
-from tests.services.api.conftest import World, bearer
+from tests.support.world import World, bearer
 
 
 async def test_requests_without_a_valid_key_are_401(api_client: httpx.AsyncClient, db: object) -> None:

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.config import Settings
 from shared.datasets import catalog
 from shared.models import Dataset, DatasetImport, DatasetVersion, Project
-from tests.datasets.helpers import CATALOG_CSV, interactions_csv, relevance_csv
 from tests.factories import create_model_version
-from tests.services.api.conftest import World
+from tests.support.data import CATALOG_CSV, interactions_csv, relevance_csv
+from tests.support.world import World
 
 P = "/api/v1/projects/search-a"
 

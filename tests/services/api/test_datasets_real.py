@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from shared.config import Settings
-from tests.datasets.helpers import HOMEDEPOT, SCIENTIFIC, needs_homedepot, needs_scientific
-from tests.services.api.conftest import World
-from tests.shared.test_cli import cli_env, recforge
+from tests.support.data import HOMEDEPOT, SCIENTIFIC, needs_homedepot, needs_scientific
+from tests.support.processes import cli_env, recforge
+from tests.support.world import World
 
 
 def homedepot_truth() -> dict[str, int]:

@@ -13,35 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.config import Settings
 from shared.jobs import DEPLOYMENTS_CHANNEL
-from shared.models import ModelVersion
-from tests.services.api.conftest import World
+from tests.factories import add_version
+from tests.support.world import World
 
 P = "/api/v1/projects/search-a"
-
-
-async def add_version(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    project_id: str,
-    task_type: str = "bi_encoder",
-    *,
-    number: int = 1,
-    artifacts: dict[str, Any] | None = None,
-) -> str:
-    """A registered model version row (the trainer writes these; its files are not needed here)."""
-    version_id = uuid.uuid4()
-    async with sessionmaker() as session:
-        session.add(
-            ModelVersion(
-                id=version_id,
-                project_id=uuid.UUID(project_id),
-                version=number,
-                task_type=task_type,
-                base_model="sentence-transformers/all-MiniLM-L6-v2",
-                artifacts={"model": {"path": "model.onnx"}} if artifacts is None else artifacts,
-            )
-        )
-        await session.commit()
-    return str(version_id)
 
 
 async def _status(w: World, version_id: str) -> str:

@@ -4,7 +4,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.models import AuditLog, ModelVersion, Project, Task, TrainingJob
-from tests.services.api.conftest import World
+from tests.support.world import World
 
 
 async def _counts(session: AsyncSession) -> tuple[int, int, int]:

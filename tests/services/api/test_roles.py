@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services.api.conftest import World
+from tests.support.world import World
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 COLUMNS = ["admin", "owner", "maintainer", "member", "viewer", "outsider", "service"]
@@ -127,7 +127,7 @@ async def training_jobs(w: World, who: str) -> list[httpx.Response]:
 
 
 async def promote(w: World, who: str) -> list[httpx.Response]:
-    from tests.services.api.test_deployments import add_version
+    from tests.factories import add_version
 
     assert w.sessionmaker is not None
     number = int(uuid.uuid4().int % 1_000_000) + 10

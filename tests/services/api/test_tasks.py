@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api.tasks.service import TRANSITIONS
 from shared.models import Task
 from shared.models.enums import TaskStatus
-from tests.services.api.conftest import World
+from tests.support.world import World
 
 TASKS = "/api/v1/projects/search-a/tasks"
 # How to bring a new task (todo) to each status along legal moves.

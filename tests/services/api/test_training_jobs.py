@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.config import Settings
 from shared.jobs import arq_job_id, progress_channel
 from shared.models import Project, TrainingJob
-from tests.datasets.helpers import CATALOG_CSV, relevance_csv
 from tests.factories import create_model_version
-from tests.services.api.conftest import World
+from tests.support.data import CATALOG_CSV, relevance_csv
+from tests.support.world import World
 
 P = "/api/v1/projects/search-a"
 
@@ -122,6 +122,17 @@ async def test_invalid_submissions_write_nothing(
         assert field in json.dumps(response.json()["detail"]), (field, response.json())
     assert await _job_rows(sessionmaker) == 0
     assert await _queue_scores(settings) == {}
+
+
+async def test_evaluation_steps_without_early_stopping_are_refused(world: World, settings: Settings) -> None:
+    """eval_every_steps only paces early stopping: alone it would change nothing, so it is refused."""
+    version = await _ready(world)
+    body = _body(version, hyperparameters={"eval_every_steps": 5})
+    response = await world.call("member", "POST", f"{P}/training-jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert "early_stopping_patience" in json.dumps(response.json()["detail"])
+    both = _body(version, hyperparameters={"eval_every_steps": 5, "early_stopping_patience": 2})
+    assert (await world.call("member", "POST", f"{P}/training-jobs", json=both)).status_code == 202
 
 
 async def test_budget_is_reserved_and_enforced(

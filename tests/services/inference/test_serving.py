@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import subprocess
 import sys
@@ -19,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.config import Settings
 from shared.models import Event
 from shared.onnxmodel import OnnxTextModel
-from tests.services.api.conftest import World, bearer
-from tests.trainer.test_jobs import _run_worker, make_worker
+from tests.support.training import PROJECT as P
+from tests.support.training import train as _train
+from tests.support.training import upload as _upload
+from tests.support.world import World, bearer
 
-P = "/api/v1/projects/search-a"
 KINDS = ["drill", "hammer", "hose", "lamp", "saw", "paint", "ladder", "faucet", "tile", "fan"]
 
 
@@ -43,33 +43,6 @@ def judgments_csv() -> str:
         for i in range(q % 7, 80, 9):
             rows.append(f"{kind} for home {q},p{i},{3 if KINDS[i % 10] == kind else 1}")
     return "\n".join(dict.fromkeys(rows)) + "\n"
-
-
-async def _upload(w: World, name: str, body: str, kind: str) -> str:
-    response = await w.call(
-        "member",
-        "POST",
-        f"{P}/datasets",
-        files=[("file", (name, io.BytesIO(body.encode())))],
-        data={"kind": kind},
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["version_id"])
-
-
-async def _train(w: World, settings: Settings, bodies: list[dict[str, Any]]) -> list[str]:
-    ids = []
-    for body in bodies:
-        response = await w.call("member", "POST", f"{P}/training-jobs", json=body)
-        assert response.status_code == 202, response.text
-        ids.append(response.json()["id"])
-    await _run_worker(make_worker(settings))
-    versions = []
-    for job_id in ids:
-        job = (await w.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
-        assert job["status"] == "succeeded", job["error"]
-        versions.append(job["model_version_ids"][0])
-    return versions
 
 
 async def _service_key(w: World) -> dict[str, str]:

@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,67 +15,28 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from arq import func
-from arq.worker import Worker
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.trainer.finetune import checkpoint_model
-from services.trainer.runner import run_training_job
-from services.trainer.worker import reap_stale_jobs, shutdown, startup
+from services.trainer.finetune.checkpoint import checkpoint_model
+from services.trainer.reaper import reap_stale_jobs
+from services.trainer.store import JobStore
 from shared.config import Settings
-from shared.jobs import RUN_TRAINING_JOB, redis_settings
+from shared.jobs import redis_settings
 from shared.models import TrainingJob
-from tests.conftest import free_port
-from tests.services.api.conftest import World
-from tests.shared.test_cli import cli_env
-from tests.trainer.tiny import shop_data, tiny_bert
-
-P = "/api/v1/projects/search-a"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-def make_worker(settings: Settings, **overrides: Any) -> Worker:
-    quiet = settings.model_copy(update={"trainer_port": 0, "progress_interval_s": 0.2, **overrides})
-    return Worker(
-        functions=[func(run_training_job, name=RUN_TRAINING_JOB)],
-        redis_settings=redis_settings(quiet),
-        queue_name=quiet.queue_name,
-        burst=True,
-        poll_delay=0.1,
-        handle_signals=False,
-        on_startup=startup,
-        on_shutdown=shutdown,
-        ctx={"settings": quiet},
-        max_tries=100,
-        max_jobs=1,  # as WorkerSettings: one job at a time per worker process
-    )
-
-
-async def _run_worker(worker: Worker) -> None:
-    try:
-        await worker.async_run()
-    finally:
-        await worker.close()
+from tests.support.data import shop_data
+from tests.support.processes import CLI, cli_env, free_port
+from tests.support.training import PROJECT as P
+from tests.support.training import make_worker, train, upload
+from tests.support.training import run_worker as _run_worker
+from tests.support.world import World
 
 
 async def _project_with_data(w: World) -> str:
     await w.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
     catalog, judgments = shop_data()
-    for name, body, kind in (("catalog.csv", catalog, "catalog"), ("judgments.csv", judgments, "relevance")):
-        response = await w.call(
-            "member",
-            "POST",
-            f"{P}/datasets",
-            files=[("file", (name, io.BytesIO(body.encode())))],
-            data={"kind": kind},
-        )
-        assert response.status_code == 201, response.text
-    return str(response.json()["version_id"])
+    await upload(w, "catalog.csv", catalog, "catalog")
+    return await upload(w, "judgments.csv", judgments, "relevance")
 
 
 async def test_bi_encoder_job_runs_through_the_queue(
@@ -174,6 +134,66 @@ async def test_cancel_stops_a_running_job(world: World, settings: Settings, tiny
     assert not any((settings.artifacts_dir / world.projects["search-a"]["id"]).glob("*/model.onnx"))
 
 
+async def test_a_cancel_reaches_a_running_job_through_redis_within_3_seconds(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    """Heartbeats (which also read the cancellation from the row) come every 30 s here: only the Redis
+    channel can stop the job this fast."""
+    version = await _project_with_data(world)
+    body = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": version,
+        "base_model": str(tiny_model),
+        "hyperparameters": {"epochs": 100, "batch_size": 4, "max_length": 24},
+    }
+    job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    runner = asyncio.create_task(_run_worker(make_worker(settings, progress_interval_s=30.0)))
+    loop = asyncio.get_running_loop()
+    waited = loop.time()
+    while (await _job(world, job_id))["status"] != "running":
+        assert loop.time() - waited < 60, "the job did not start"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # into training
+    asked = loop.time()
+    assert (await world.call("member", "POST", f"/api/v1/training-jobs/{job_id}/cancel")).status_code == 202
+    while (job := await _job(world, job_id))["status"] == "running":
+        assert loop.time() - asked < 3, "cancel took more than 3 s"
+        await asyncio.sleep(0.05)
+    assert job["status"] == "cancelled" and loop.time() - asked < 3
+    await asyncio.wait_for(runner, timeout=30)
+    assert not (settings.jobs_dir / job_id).exists()
+
+
+async def test_early_stopping_stops_when_the_validation_metric_stops_improving(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    """A learning rate far below float32's resolution leaves the weights as they are: the validation
+    metric cannot improve after the first evaluation, so training stops after `patience` more."""
+    version = await _project_with_data(world)
+    hyperparameters = {
+        "epochs": 20,
+        "max_steps": 60,
+        "batch_size": 8,
+        "max_length": 24,
+        "learning_rate": 1e-12,
+        "early_stopping_patience": 2,
+        "eval_every_steps": 3,
+    }
+    model = await _run_job(
+        world,
+        settings,
+        {"job_type": "bi_encoder", "dataset_version_id": version, "base_model": str(tiny_model),
+         "hyperparameters": hyperparameters},
+    )  # fmt: skip
+    stopping = model["compute"]["early_stopping"]
+    assert model["compute"]["steps"] == 9 and stopping["stopped_early"] is True
+    assert [e["step"] for e in stopping["evaluations"]] == [3, 6, 9]
+    assert len({e["score"] for e in stopping["evaluations"]}) == 1
+    assert stopping["best_step"] == 3 and stopping["metric"] == "ndcg@10" and stopping["patience"] == 2
+    # the metric the model was kept for is the one its validation metrics show
+    assert model["metrics"]["ndcg@10"] == pytest.approx(stopping["best_score"], abs=1e-5)
+
+
 async def test_reaper_requeues_a_job_whose_worker_vanished(
     world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -197,7 +217,7 @@ async def test_reaper_requeues_a_job_whose_worker_vanished(
         # hour; the resumption must not be refused because of it
         await redis.set(f"arq:result:training-job:{job_id}:0", b"x", ex=3600)
         await redis.delete(f"arq:job:training-job:{job_id}:0")
-        result = await reap_stale_jobs({"settings": settings, "sessionmaker": sessionmaker, "redis": redis})
+        result = await reap_stale_jobs(settings, JobStore(sessionmaker), redis)
         assert await redis.exists(f"arq:job:training-job:{job_id}:0:a1")
     finally:
         await redis.aclose()
@@ -218,7 +238,7 @@ async def test_reaper_requeues_a_job_whose_worker_vanished(
         await session.commit()
     redis = await create_pool(redis_settings(settings))
     try:
-        result = await reap_stale_jobs({"settings": settings, "sessionmaker": sessionmaker, "redis": redis})
+        result = await reap_stale_jobs(settings, JobStore(sessionmaker), redis)
     finally:
         await redis.aclose()
     assert result["failed"] == 1
@@ -236,7 +256,7 @@ def _worker_process(settings: Settings, port: int) -> subprocess.Popen[str]:
         RECFORGE_LOG_FORMAT="console",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "worker"],
+        [*CLI, "worker"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -309,13 +329,8 @@ def test_a_checkpoint_caught_between_its_renames_is_recovered(tmp_path: Path) ->
 
 
 async def _run_job(w: World, settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
-    submitted = await w.call("member", "POST", f"{P}/training-jobs", json=body)
-    assert submitted.status_code == 202, submitted.text
-    await _run_worker(make_worker(settings))
-    job = (await w.call("member", "GET", f"/api/v1/training-jobs/{submitted.json()['id']}")).json()
-    assert job["status"] == "succeeded", job["error"]
-    model = await w.call("member", "GET", f"/api/v1/model-versions/{job['model_version_ids'][0]}")
-    return dict(model.json())
+    (version,) = await train(w, settings, [body])
+    return dict((await w.call("member", "GET", f"/api/v1/model-versions/{version}")).json())
 
 
 async def _job(w: World, job_id: str) -> dict[str, Any]:
@@ -504,8 +519,8 @@ async def test_reaper_enqueues_a_queued_job_the_queue_lost(
     try:
         await redis.delete(f"arq:job:{arq_id}")
         await redis.zrem(settings.queue_name, arq_id)
-        ctx = {"settings": settings, "sessionmaker": sessionmaker, "redis": redis}
-        assert (await reap_stale_jobs(ctx))["re_enqueued"] == 0  # queued a moment ago: give it time
+        store = JobStore(sessionmaker)
+        assert (await reap_stale_jobs(settings, store, redis))["re_enqueued"] == 0  # queued a moment ago
         async with sessionmaker() as session:
             await session.execute(
                 update(TrainingJob)
@@ -517,8 +532,7 @@ async def test_reaper_enqueues_a_queued_job_the_queue_lost(
 
         arq_redis = ArqRedis.from_url(settings.resolved_redis_url())
         try:
-            ctx["redis"] = arq_redis
-            assert (await reap_stale_jobs(ctx))["re_enqueued"] == 1
+            assert (await reap_stale_jobs(settings, store, arq_redis))["re_enqueued"] == 1
         finally:
             await arq_redis.aclose()
         assert await redis.zscore(settings.queue_name, arq_id) is not None
@@ -531,7 +545,7 @@ async def test_cli_submits_a_job_and_follows_it(
 ) -> None:
     version = await _project_with_data(world)
     env = cli_env(settings, RECFORGE_API_URL=api_server, RECFORGE_API_KEY=world.keys["member"])
-    args = [sys.executable, "-m", "services.cli", "jobs", "submit", "-p", "search-a", "--type", "bi_encoder",
+    args = [*CLI, "jobs", "submit", "-p", "search-a", "--type", "bi_encoder",
             "--dataset-version", version, "--base-model", str(tiny_model), "--set", "max_steps=6",
             "--set", "batch_size=8"]  # fmt: skip
     cli = await asyncio.create_subprocess_exec(
@@ -548,7 +562,7 @@ async def test_cli_submits_a_job_and_follows_it(
     assert "fine-tuned" in stdout.decode() and "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
 
     model_id = (await world.call("member", "GET", f"{P}/model-versions")).json()["items"][0]["id"]
-    args = [sys.executable, "-m", "services.cli", "jobs", "submit", "-p", "search-a", "--type", "evaluate",
+    args = [*CLI, "jobs", "submit", "-p", "search-a", "--type", "evaluate",
             "--dataset-version", version, "--model-version", model_id]  # fmt: skip
     cli = await asyncio.create_subprocess_exec(
         *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

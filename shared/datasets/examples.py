@@ -1,4 +1,7 @@
-"""Training and evaluation examples read from a dataset version's Parquet tables."""
+"""Training and evaluation examples read from a dataset version's Parquet tables.
+
+The trainer learns from them and scores models on their validation split; the benchmarks read the same
+split, so the figures they print are measured on exactly what the trainer measured."""
 
 from __future__ import annotations
 
@@ -38,6 +41,12 @@ class Examples:
     )  # classifier: split -> (text, label)
     # query text -> products never a negative for it (sequences: the history and every next item)
     train_exclude: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def relevant_from(self) -> float:
+        """Grades at or above the middle of the scale count as relevant for MRR and recall."""
+        low, high = self.grade_range
+        return low + (high - low) / 2
 
 
 def load(

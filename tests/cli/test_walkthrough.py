@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,15 +15,15 @@ import pytest
 
 from services.cli.walkthrough import data_source
 from shared.errors import ValidationFailed
-from tests.shared.test_stack import _stack_env
-from tests.trainer.tiny import tiny_bert
+from tests.support.models import tiny_bert
+from tests.support.processes import CLI, stack_env
 
 
 @pytest.mark.slow
 def test_demo_walks_a_project_from_data_to_recommend(tmp_path: Path) -> None:
-    env, ports = _stack_env(tmp_path / "stack")
+    env, ports = stack_env(tmp_path / "stack")
     env["HF_HUB_OFFLINE"] = "1"
-    cli = [sys.executable, "-m", "services.cli"]
+    cli = CLI
     model = tiny_bert(tmp_path / "tiny")
     try:
         up = subprocess.run([*cli, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,34 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.config import Settings
 from shared.models import ApiKey, AuditLog
 from shared.security import hash_api_key
+from tests.support.processes import cli_env, recforge
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["keys"],
             ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"],
             ["jobs"], ["jobs", "submit"], ["jobs", "watch"], ["jobs", "cancel"]]  # fmt: skip
-
-
-def recforge(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
-    env.update(
-        RECFORGE_DATABASE_URL=settings.resolved_database_url(),
-        RECFORGE_REDIS_URL=settings.resolved_redis_url(),
-        RECFORGE_DATA_DIR=str(settings.data_dir),
-        COLUMNS="200",
-    )
-    env.update(extra)
-    return env
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "recforge")

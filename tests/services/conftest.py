@@ -1,6 +1,9 @@
+"""Fixtures of the service tests: an admin key, and a world of people, projects and keys made through
+the API; a tiny BERT for the trainer and inference tests."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,15 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.api.auth.service import ensure_user, issue_key
 from shared.config import Settings
 from shared.models.enums import KeyRole
+from tests.support.models import tiny_bert
+from tests.support.world import World, bearer
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture
 async def admin_key(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], db: Any) -> str:
-    """What `recforge keys create --role admin` makes (tests/shared/test_cli.py runs the real command)."""
+    """What `recforge keys create --role admin` makes (tests/cli/test_cli.py runs the real command)."""
     async with sessionmaker() as session:
         user = await ensure_user(session, name="Admin", email="admin@example.com")
         issued = await issue_key(
@@ -26,24 +32,6 @@ async def admin_key(settings: Settings, sessionmaker: async_sessionmaker[AsyncSe
         )
         await session.commit()
     return issued.key
-
-
-@dataclass
-class World:
-    """Two projects with different members, each person with a key, made through the API."""
-
-    client: httpx.AsyncClient
-    admin: str
-    keys: dict[str, str] = field(default_factory=dict)
-    users: dict[str, str] = field(default_factory=dict)
-    projects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sessionmaker: async_sessionmaker[AsyncSession] | None = None  # for rows only services write
-
-    def as_(self, who: str) -> dict[str, str]:
-        return bearer(self.admin if who == "admin" else self.keys[who])
-
-    async def call(self, who: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.client.request(method, url, headers=self.as_(who), **kwargs)
 
 
 async def _user(client: httpx.AsyncClient, admin: str, name: str) -> tuple[str, str]:

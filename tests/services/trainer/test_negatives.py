@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from services.trainer.control import JobControl
-from services.trainer.finetune import MINE_POOL, BiEncoderTask
-from tests.trainer.tiny import tiny_bert
+from services.trainer.finetune.bi_encoder import MINE_POOL, BiEncoderTask
+from tests.support.models import tiny_bert
 
 PRODUCTS = {f"p{i}": f"{kind} model {i}" for i, kind in enumerate(["drill", "saw", "lamp", "hose"] * 10)}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
+from services.cli.sample_shop import ATTRIBUTES, TYPES, generate, misspell
 from shared.datasets.formats import DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
-from services.cli.sample_shop import ATTRIBUTES, TYPES, generate, misspell
 from shared.models.enums import DatasetKind
 
 

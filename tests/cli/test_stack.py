@@ -4,7 +4,6 @@ Redis; `recforge down` leaves no process of it behind."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import free_port
+from tests.support.processes import stack_env, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -32,23 +31,9 @@ def _processes_mentioning(fragment: str) -> list[psutil.Process]:
     return found
 
 
-def _stack_env(data_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """The environment of a user with nothing configured, on free ports."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECFORGE_")}
-    ports = {"api": free_port(), "inference": free_port(), "trainer": free_port()}
-    env.update(
-        RECFORGE_DATA_DIR=str(data_dir),
-        RECFORGE_API_PORT=str(ports["api"]),
-        RECFORGE_INFERENCE_PORT=str(ports["inference"]),
-        RECFORGE_TRAINER_PORT=str(ports["trainer"]),
-        COLUMNS="200",
-    )
-    return env, ports
-
-
 def test_up_detach_then_down(tmp_path: Path) -> None:
     data_dir = tmp_path / "stack"
-    env, ports = _stack_env(data_dir)
+    env, ports = stack_env(data_dir)
     cli = [sys.executable, "-m", "services.cli"]
     try:
         started = time.monotonic()
@@ -99,7 +84,7 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     import signal
 
     data_dir = tmp_path / "fg"
-    env, ports = _stack_env(data_dir)
+    env, ports = stack_env(data_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"],
         env=env,
@@ -108,15 +93,7 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{ports['api']}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
+        if not wait_ready(f"http://127.0.0.1:{ports['api']}"):
             pytest.fail("the stack did not become ready")
         time.sleep(1.0)  # let `up` reach its wait loop
         proc.send_signal(signal.SIGINT)

@@ -1,4 +1,5 @@
-"""Small data files the dataset tests write themselves, and the path of the real data."""
+"""Small data files the tests write themselves, and where the real data is (tests that need it skip
+when it is absent)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,21 @@ def interactions_csv(users: int = 30) -> str:
         for i in range(3):
             lines.append(f"u{u},p{(u + i) % 4 + 1},{events[(u + i) % 4]},2026-01-{i + 1:02d}T10:00:00Z")
     return "\n".join(lines) + "\n"
+
+
+def shop_data(products: int = 60, queries: int = 120) -> tuple[str, str]:
+    """A catalog CSV and graded judgments CSV with something to learn: queries name a product's type."""
+    kinds = ["drill", "hammer", "hose", "lamp", "saw", "paint", "ladder", "faucet", "tile", "fan"]
+    brands = ["acme", "bolt", "crest", "delta", "ember", "forge"]
+    catalog = ["product_id,title,brand"]
+    for i in range(products):
+        catalog.append(f"p{i},{brands[i % 6].title()} {kinds[i % 10]} model {i},{brands[i % 6].title()}")
+    judgments = ["query,product_id,grade"]
+    for q in range(queries):
+        kind = kinds[q % 10]
+        words = f"{kind} for home {q}"
+        for i in range(q % 7, products, 13):
+            grade = 3 if kinds[i % 10] == kind else 1
+            judgments.append(f"{words},p{i},{grade}")
+        judgments.append(f"{words},p{q % 10},3")
+    return "\n".join(catalog) + "\n", "\n".join(dict.fromkeys(judgments)) + "\n"

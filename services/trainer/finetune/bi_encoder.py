@@ -1,0 +1,155 @@
+"""Bi-encoders: query and product embeddings for retrieval, learned with in-batch (and mined) negatives."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from services.trainer.control import JobControl
+from services.trainer.finetune.base import PairTask, mean_pool
+
+MINE_POOL = 30  # the nearest non-positive products a query's hard negatives are drawn from
+MINE_BATCH = 128
+
+
+class BiEncoderTask(PairTask):
+    """Query and product embeddings (mean pooled, normalised): in-batch negatives, each pair's
+    loss weighted by its graded relevance; pairs below half the grade scale are not positives.
+
+    With ``hard_negatives`` each pair also brings that many products mined once, before training, from
+    the model as it starts: drawn from the MINE_POOL products nearest the query that are neither its
+    positives nor in its ``exclude`` set. A product in a query's ``exclude`` set (on sequence data: the
+    history) is never its negative, mined or in the batch.
+
+    With ``popularity_correction`` every column's logit is lowered by the log of its product's share of
+    the training positives (add-one smoothed over the catalog): in-batch negatives are drawn as often as
+    products are positives, and without the correction the model learns to push popular products down
+    for it (Yi et al., "Sampling-bias-corrected neural modeling", RecSys 2019). Serving scores are
+    uncorrected."""
+
+    scale = 20.0
+
+    def __init__(
+        self,
+        model_dir: str,
+        examples: list[tuple[str, str, float]],
+        product_text: dict[str, str],
+        max_length: int,
+        *,
+        exclude: dict[str, set[str]] | None = None,
+        hard_negatives: int = 0,
+        popularity_correction: bool = False,
+        seed: int = 42,
+    ):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModel.from_pretrained(model_dir)
+        self.product_text = product_text
+        positives = [(q, product_text[p], g) for q, p, g in examples if g >= 0.5]
+        self.log_share: dict[str, float] = {}
+        if popularity_correction:
+            counts = Counter(text for _, text, _ in positives)
+            catalog = set(product_text.values())
+            total = len(positives) + len(catalog)
+            self.log_share = {text: math.log((counts[text] + 1) / total) for text in catalog}
+        self.exclude = {
+            q: {product_text[p] for p in ids if p in product_text} for q, ids in (exclude or {}).items()
+        }
+        self.hard_negatives = hard_negatives
+        self.negatives: dict[str, list[str]] = {}
+        self.rng = random.Random(seed)
+        self._index(positives, max_length)
+
+    def encode(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+        batch = self.texts.batch(texts, device)
+        hidden = self.model(**batch).last_hidden_state
+        return mean_pool(hidden, batch["attention_mask"])
+
+    def mine(self, device: torch.device, control: JobControl, cache: Path) -> None:
+        """Each query's candidate hard negatives, from the model as it is now; kept in ``cache`` so a
+        resumed job draws from the same ones (its model has trained since)."""
+        if not self.hard_negatives:
+            return
+        positives: dict[str, set[str]] = {}
+        for query, text, _ in self.examples:
+            positives.setdefault(query, set()).add(text)
+        queries = list(positives)
+        if cache.exists():
+            saved = json.loads(cache.read_text())
+            titles, picks = saved["titles"], saved["negatives"]
+            self.texts.add(titles)
+        else:
+            titles = list(dict.fromkeys(self.product_text.values()))
+            self.texts.add(titles)
+            skip = {q: positives[q] | self.exclude.get(q, set()) for q in queries}
+            picks = self._nearest(queries, titles, skip, device, control)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"titles": titles, "negatives": picks}))
+        self.negatives = {q: [titles[i] for i in row] for q, row in zip(queries, picks, strict=True)}
+
+    @torch.no_grad()
+    def _nearest(
+        self,
+        queries: list[str],
+        titles: list[str],
+        skip: dict[str, set[str]],
+        device: torch.device,
+        control: JobControl,
+    ) -> list[list[int]]:
+        """Each query's MINE_POOL nearest titles (indices) that are not in its ``skip`` set."""
+        self.model.to(device).eval()
+        total = len(titles) + len(queries)
+        vectors = []
+        for start in range(0, len(titles), MINE_BATCH):
+            control.check()
+            vectors.append(self.encode(titles[start : start + MINE_BATCH], device).float())
+            control.report(phase="mine_negatives", done=start + len(vectors[-1]), total=total)
+        products = torch.cat(vectors)
+        depth = min(len(titles), MINE_POOL + max(len(texts) for texts in skip.values()))
+        picks: list[list[int]] = []
+        for start in range(0, len(queries), MINE_BATCH):
+            control.check()
+            chunk = queries[start : start + MINE_BATCH]
+            nearest = (self.encode(chunk, device).float() @ products.T).topk(depth, dim=1).indices
+            for query, row in zip(chunk, nearest.tolist(), strict=True):
+                picks.append([i for i in row if titles[i] not in skip[query]][:MINE_POOL])
+            control.report(phase="mine_negatives", done=len(titles) + len(picks), total=total)
+        self.model.train()
+        return picks
+
+    def loss(self, batch: list[tuple[str, str, float]], device: torch.device) -> torch.Tensor:
+        queries = self.encode([q for q, _, _ in batch], device)
+        candidates = [t for _, t, _ in batch]
+        if self.hard_negatives:
+            for query, _, _ in batch:
+                pool = self.negatives.get(query, [])
+                candidates += self.rng.sample(pool, min(self.hard_negatives, len(pool)))
+        products = self.encode(candidates, device)
+        logits = queries @ products.T * self.scale
+        # never a negative: the pair's own product under another column (the same product twice in a
+        # batch) or a product the query excludes
+        blocked = torch.tensor(
+            [
+                [j != i and (c == text or c in self.exclude.get(query, ())) for j, c in enumerate(candidates)]
+                for i, (query, text, _) in enumerate(batch)
+            ],
+            device=device,
+        )
+        if self.log_share:
+            logits = logits - torch.tensor(
+                [self.log_share[c] for c in candidates], dtype=logits.dtype, device=device
+            )
+        logits = logits.masked_fill(blocked, -1e4)
+        weights = torch.tensor([g for _, _, g in batch], dtype=logits.dtype, device=device)
+        per_pair = nn.functional.cross_entropy(
+            logits, torch.arange(len(batch), device=device), reduction="none"
+        )
+        loss: torch.Tensor = (per_pair * weights).sum() / weights.sum()
+        return loss

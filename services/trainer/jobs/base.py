@@ -1,0 +1,39 @@
+"""What a handler is given, and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import torch
+
+from services.trainer.control import JobControl
+from services.trainer.store import Claimed, NewVersion, VersionResult
+from shared.config import Settings
+from shared.datasets.examples import Examples, load
+
+
+@dataclass
+class JobRun:
+    settings: Settings
+    claimed: Claimed
+    control: JobControl
+    device: torch.device
+    # Folders a handler writes; the runner removes them by the job's outcome. Checkpoints (work_dir)
+    # outlive a worker that stops, so the next run resumes; a new version's files (out_dir) stay only
+    # when the job succeeds.
+    work_dir: Path | None = None
+    out_dir: Path | None = None
+
+    async def examples(self) -> Examples:
+        """The job's data as training and validation examples (parsed in a thread)."""
+        claimed = self.claimed
+        assert claimed.kind is not None
+        return await anyio.to_thread.run_sync(
+            load, self.settings.data_dir, claimed.kind, claimed.tables, claimed.catalog_tables
+        )
+
+
+Handler = Callable[[JobRun], Awaitable[NewVersion | VersionResult]]

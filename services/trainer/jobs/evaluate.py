@@ -1,0 +1,42 @@
+"""Evaluate jobs: score a registered version's fp32 graph, BM25 and the zero-shot base model on a
+dataset version's validation split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.trainer import evaluation
+from services.trainer.control import JobControl, in_thread
+from services.trainer.finetune.base import resolve_base_model
+from services.trainer.jobs.base import JobRun
+from services.trainer.jobs.version import VersionSpec, version_spec
+from services.trainer.store import VersionResult
+
+
+def evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
+    assert spec.examples is not None
+    control.report(phase="evaluate")
+    labels = spec.config.get("labels")
+    scorer = evaluation.onnx_scorer(spec.onnx("model"), spec.job_type, labels)
+    metrics = evaluation.model_metrics(spec.job_type, spec.examples, scorer, control, "model")
+    baselines = evaluation.baselines(
+        spec.job_type,
+        spec.examples,
+        evaluation.zero_shot(resolve_base_model(spec.base_model), spec.device, spec.max_length),
+        control,
+        spec.baselines_cache,
+    )
+    return {"model_file": "model", "metrics": metrics, "baselines": baselines}
+
+
+async def run(job: JobRun) -> VersionResult:
+    spec = version_spec(job)
+    row, version = job.claimed.job, job.claimed.model_version
+    assert version is not None
+    spec.examples = await job.examples()
+    spec.baselines_cache = evaluation.baselines_cache_file(
+        job.settings.cache_dir, row.dataset_version_id, spec.base_model, spec.max_length, spec.job_type
+    )
+    found = await in_thread(job.control, evaluate, spec, job.control)
+    found.update(model_version_id=str(version.id), dataset_version_id=str(row.dataset_version_id))
+    return VersionResult(result=found, progress=job.control.progress)

@@ -1,0 +1,60 @@
+"""Export jobs: rebuild a registered version's int8 graph for this machine's CPU and its fp16 graph from
+the fp32 one, check them, and check the int8 graph's metric on the version's own validation split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.trainer import evaluation
+from services.trainer.control import JobControl, in_thread
+from services.trainer.export import onnx_task, parity_examples, rebuild_variants
+from services.trainer.jobs.base import JobRun
+from services.trainer.jobs.version import VersionSpec, version_spec
+from services.trainer.store import VersionResult
+from shared.artifacts import rooted
+
+
+def rebuild(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the export's report, the rebuilt files' entries relative to the version's folder)."""
+    assert spec.examples is not None
+    control.report(phase="export")
+    rebuilt = rebuild_variants(
+        spec.directory,
+        model_file=spec.artifacts["model"]["path"],
+        task=onnx_task(spec.job_type),
+        examples=parity_examples(spec.job_type, spec.examples),
+        max_length=spec.max_length,
+    )
+    control.check()
+    int8 = spec.onnx_file(rebuilt.files["model_int8"]["path"])
+    check = evaluation.int8_check(
+        spec.job_type,
+        spec.examples,
+        int8,
+        spec.metrics,
+        spec.config.get("labels"),
+        spec.int8_tolerance,
+        control,
+    )
+    files = {name: {**entry, "servable": True} for name, entry in rebuilt.files.items()}
+    files["model_int8"]["servable"] = check["int8_servable"]
+    info = {
+        "int8_max_abs_diff": rebuilt.int8_max_abs_diff,
+        "int8_mean_cosine": rebuilt.int8_mean_cosine,
+        "fp16_max_abs_diff": rebuilt.fp16_max_abs_diff,
+        "int8_preset": rebuilt.int8_preset,
+        **check,
+        "seconds": rebuilt.seconds,
+    }
+    return info, files
+
+
+async def run(job: JobRun) -> VersionResult:
+    spec = version_spec(job)
+    spec.examples = await job.examples()
+    info, files = await in_thread(job.control, rebuild, spec, job.control)
+    files = rooted(files, spec.relative)
+    version = job.claimed.model_version
+    assert version is not None
+    result = {"model_version_id": str(version.id), **info, "files": files}
+    return VersionResult(result=result, progress=job.control.progress, artifacts=files, rebuild=info)

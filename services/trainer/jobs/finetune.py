@@ -1,0 +1,210 @@
+"""Fine-tunes: train, score the model and the baselines on the validation split, export to ONNX (+int8),
+check the int8 graph, and hand the result over as a new model version."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.trainer import evaluation
+from services.trainer.control import JobControl, in_thread
+from services.trainer.export import export_model, onnx_task, parity_examples
+from services.trainer.finetune.base import Task, resolve_base_model
+from services.trainer.finetune.bi_encoder import BiEncoderTask
+from services.trainer.finetune.checkpoint import checkpoint_model
+from services.trainer.finetune.classifier import ClassifierTask
+from services.trainer.finetune.cross_encoder import CrossEncoderTask
+from services.trainer.finetune.loop import TrainResult, fit, seed_everything
+from services.trainer.jobs.base import JobRun
+from services.trainer.provenance import git_commit, library_versions
+from services.trainer.store import NewVersion
+from shared.artifacts import rooted, version_folder
+from shared.datasets.examples import Examples
+from shared.models.enums import DatasetKind, JobType
+from shared.onnxmodel import OnnxTextModel
+from shared.training import Hyperparameters
+
+
+@dataclass
+class FineTuneSpec:
+    job_type: JobType
+    base_model: str
+    hyperparameters: Hyperparameters
+    examples: Examples
+    device: torch.device
+    work_dir: Path  # checkpoints; kept across a worker's death, removed when the job ends
+    out_dir: Path  # the model version's artifacts
+    checkpoint_interval_s: float
+    int8_tolerance: float
+    baselines_cache: Path | None = None
+
+
+@dataclass
+class FineTuned:
+    metrics: dict[str, Any]
+    baselines: dict[str, dict[str, Any]]
+    artifacts: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+    train: TrainResult
+    export: dict[str, Any] = field(default_factory=dict)
+
+
+def train_task(spec: FineTuneSpec, model_dir: str) -> Task:
+    """The task the job type learns, starting from ``model_dir``."""
+    hp = spec.hyperparameters
+    ex = spec.examples
+    if spec.job_type == JobType.bi_encoder:
+        return BiEncoderTask(
+            model_dir,
+            ex.train,
+            ex.product_text,
+            hp.max_length,
+            exclude=ex.train_exclude,
+            hard_negatives=hp.hard_negatives,
+            popularity_correction=(
+                hp.popularity_correction
+                if hp.popularity_correction is not None
+                else ex.kind == DatasetKind.sequences
+            ),
+            seed=hp.seed,
+        )
+    if spec.job_type == JobType.cross_encoder:
+        return CrossEncoderTask(model_dir, ex.train, ex.product_text, hp.max_length)
+    return ClassifierTask(model_dir, ex.texts.get("train", []), ex.labels, hp.max_length)
+
+
+def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
+    """Train, evaluate, export. Blocking: the worker runs it in a thread. Raises JobCancelled."""
+    seed_everything(spec.hyperparameters.seed)
+    hp = spec.hyperparameters
+    base_dir = resolve_base_model(spec.base_model)
+    resume = checkpoint_model(spec.work_dir)
+    task = train_task(spec, str(resume) if resume else base_dir)
+    if isinstance(task, BiEncoderTask):
+        task.mine(spec.device, control, spec.work_dir / "negatives.json")
+    scorer = evaluation.torch_scorer(task, spec.device, hp.max_length)
+
+    def validation_score() -> float:
+        return evaluation.validation_score(spec.job_type, spec.examples, scorer, control)
+
+    train = fit(
+        task,
+        hp,
+        spec.device,
+        control,
+        spec.work_dir,
+        checkpoint_interval_s=spec.checkpoint_interval_s,
+        evaluate=validation_score if hp.early_stopping_patience is not None else None,
+    )
+    if train.early_stopping is not None:
+        train.early_stopping["metric"] = evaluation.HEADLINE[spec.job_type]
+    control.check()
+    control.report(phase="evaluate")
+    metrics = evaluation.model_metrics(spec.job_type, spec.examples, scorer, control, "model")
+    baselines = evaluation.baselines(
+        spec.job_type,
+        spec.examples,
+        evaluation.zero_shot(base_dir, spec.device, hp.max_length),
+        control,
+        spec.baselines_cache,
+    )
+    control.check()
+    control.report(phase="export")
+    trained = spec.work_dir / "trained"
+    shutil.rmtree(trained, ignore_errors=True)
+    task.save(trained)
+    started = time.monotonic()
+    exported = export_model(
+        trained,
+        spec.out_dir,
+        task=onnx_task(spec.job_type),
+        examples=parity_examples(spec.job_type, spec.examples),
+        max_length=hp.max_length,
+        fp16=spec.device.type == "cuda",
+    )
+    control.check()
+    labels = spec.examples.labels if spec.job_type == JobType.classifier else None
+    int8 = OnnxTextModel(spec.out_dir / "model.int8.onnx", spec.out_dir, max_length=hp.max_length)
+    check = evaluation.int8_check(
+        spec.job_type, spec.examples, int8, metrics, labels, spec.int8_tolerance, control
+    )
+    artifacts = {name: {**entry, "servable": True} for name, entry in exported.files.items()}
+    artifacts["model_int8"]["servable"] = check["int8_servable"]
+    config = {
+        "max_length": hp.max_length,
+        "pooling": "mean" if spec.job_type == JobType.bi_encoder else None,
+        "normalize": spec.job_type == JobType.bi_encoder,
+        "labels": labels,
+        "headline_metric": evaluation.HEADLINE[spec.job_type],
+    }
+    export_info = {
+        "parity_max_abs_diff": exported.parity_max_abs_diff,
+        "int8_max_abs_diff": exported.int8_max_abs_diff,
+        "int8_mean_cosine": exported.int8_mean_cosine,
+        **check,
+        "opset": exported.opset,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    return FineTuned(metrics, baselines, artifacts, config, train, export_info)
+
+
+async def run(job: JobRun) -> NewVersion:
+    """Fine-tune the job's base model on its data; the result becomes a new model version."""
+    settings, row = job.settings, job.claimed.job
+    started = time.monotonic()
+    version_id = uuid.uuid4()
+    job.work_dir = settings.jobs_dir / str(row.id)
+    job.out_dir = settings.artifacts_dir / str(row.project_id) / str(version_id)
+    job.work_dir.mkdir(parents=True, exist_ok=True)
+    examples = await job.examples()
+    hyperparameters = Hyperparameters.model_validate(row.hyperparameters)
+    job_type = job.claimed.job_type
+    spec = FineTuneSpec(
+        job_type=job_type,
+        base_model=row.base_model or "",
+        hyperparameters=hyperparameters,
+        examples=examples,
+        device=job.device,
+        work_dir=job.work_dir,
+        out_dir=job.out_dir,
+        checkpoint_interval_s=settings.checkpoint_interval_s,
+        int8_tolerance=settings.int8_tolerance,
+        baselines_cache=evaluation.baselines_cache_file(
+            settings.cache_dir,
+            row.dataset_version_id,
+            row.base_model or "",
+            hyperparameters.max_length,
+            job_type,
+        ),
+    )
+    outcome = await in_thread(job.control, train_and_export, spec, job.control)
+    train = outcome.train
+    compute: dict[str, Any] = {
+        "device": job.device.type,
+        "train_seconds": train.train_seconds,
+        "steps": train.steps,
+        "pairs_per_s": train.pairs_per_s,
+        "resumed_from_step": train.resumed_from_step,
+        "runs": row.attempts,
+        "export": outcome.export,
+    }
+    if train.early_stopping is not None:
+        compute["early_stopping"] = train.early_stopping
+    return NewVersion(
+        id=version_id,
+        metrics=outcome.metrics,
+        baselines=outcome.baselines,
+        artifacts=rooted(outcome.artifacts, version_folder(row.project_id, version_id)),
+        config=outcome.config,
+        compute=compute,
+        library_versions=library_versions(),
+        git_commit=git_commit(),
+        duration_s=time.monotonic() - started,
+        steps=train.steps,
+    )

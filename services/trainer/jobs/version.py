@@ -1,0 +1,62 @@
+"""A registered model version that an evaluate, export or index job works on."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.trainer.jobs.base import JobRun
+from shared.artifacts import unrooted, version_folder
+from shared.datasets.examples import Examples
+from shared.models.enums import JobType
+from shared.onnxmodel import OnnxTextModel
+
+
+@dataclass
+class VersionSpec:
+    job_type: JobType  # the fine-tune that made it
+    directory: Path  # its artifacts folder
+    relative: Path  # the same, relative to DATA_DIR (as the registry stores paths)
+    artifacts: dict[str, dict[str, Any]]  # entries' paths relative to `directory`
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    base_model: str
+    device: torch.device
+    int8_tolerance: float
+    examples: Examples | None = None  # evaluate: the data to score on; export: its own training data
+    catalog: dict[str, str] | None = None  # index: product id -> text
+    catalog_version_id: uuid.UUID | None = None
+    baselines_cache: Path | None = None
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.get("max_length") or 128)
+
+    def onnx(self, name: str) -> OnnxTextModel:
+        """The graph of one of the version's artifacts ("model", "model_int8", ...)."""
+        return self.onnx_file(self.artifacts[name]["path"])
+
+    def onnx_file(self, path: str) -> OnnxTextModel:
+        """A graph in the version's folder, with the version's tokenizer."""
+        return OnnxTextModel(self.directory / path, self.directory, max_length=self.max_length)
+
+
+def version_spec(job: JobRun) -> VersionSpec:
+    version = job.claimed.model_version
+    assert version is not None
+    relative = version_folder(version.project_id, version.id)
+    return VersionSpec(
+        job_type=JobType(version.task_type),
+        directory=job.settings.data_dir / relative,
+        relative=relative,
+        artifacts=unrooted(version.artifacts, relative),
+        config=version.config,
+        metrics=version.metrics,
+        base_model=version.base_model,
+        device=job.device,
+        int8_tolerance=job.settings.int8_tolerance,
+    )

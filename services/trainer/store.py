@@ -1,0 +1,414 @@
+"""The job store: every read and write the trainer makes to a training job's row, and the model versions
+it registers. Postgres holds the truth about a job; each method is one unit of work.
+
+A job is claimed under a row lock, so two workers never run it at once; the claim says what the job
+reads (its data, the project's catalog, the model version it works on). While it runs, heartbeats
+write its progress and the compute it used; it ends succeeded (a new model version, or a result on the
+version it worked on), failed, cancelled, or handed back to the queue when its worker stops."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.datasets.catalog import latest_catalog_version
+from shared.db import unit_of_work
+from shared.models import Dataset, DatasetVersion, ModelVersion, Project, TrainingJob
+from shared.models.enums import DatasetKind, JobStatus, JobType, ModelStatus
+from shared.training import NEEDS_MODEL, TASK_OF
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What the queue knows a job by (its arq id is made from these)."""
+
+    id: uuid.UUID
+    retries: int
+    priority: int
+    attempts: int
+
+    @classmethod
+    def of(cls, job: TrainingJob) -> JobRef:
+        return cls(job.id, job.retries, job.priority, job.attempts)
+
+
+class Refusal(StrEnum):
+    gone = "gone"  # the job no longer exists
+    not_queued = "not queued"  # it runs elsewhere, or has ended
+    project_full = "project full"  # its project runs as many jobs as it may: try again shortly
+    failed = "failed"  # it cannot run (no runs left, or its inputs are gone): now failed
+
+
+@dataclass(frozen=True)
+class NotClaimed:
+    reason: Refusal
+    detail: str
+    job: JobRef | None = None
+
+
+@dataclass
+class Claimed:
+    """A job this worker now runs, and what it reads."""
+
+    job: TrainingJob
+    worker_id: str
+    kind: DatasetKind | None  # the data's kind; None for an index job (catalog only)
+    tables: dict[str, Any]  # the dataset version's tables (an index job: the catalog's)
+    catalog_tables: dict[str, Any] | None  # the project's catalog when `tables` has none
+    catalog_version_id: uuid.UUID | None  # the catalog an index job embeds
+    model_version: ModelVersion | None  # what an evaluate, export or index job works on
+    compute_before: float  # seconds earlier runs of the job used
+
+    @property
+    def job_type(self) -> JobType:
+        return JobType(self.job.job_type)
+
+
+@dataclass(frozen=True)
+class Beat:
+    owned: bool  # False: the job was reaped or taken over; this run must stop
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A fine-tune's model, registered as the project's next model version."""
+
+    id: uuid.UUID
+    metrics: dict[str, Any]
+    baselines: dict[str, Any]
+    artifacts: dict[str, Any]  # paths relative to DATA_DIR
+    config: dict[str, Any]
+    compute: dict[str, Any]
+    library_versions: dict[str, str]
+    git_commit: str | None
+    duration_s: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class VersionResult:
+    """What an evaluate, export or index job found, and what it adds to the version it worked on."""
+
+    result: dict[str, Any]
+    progress: dict[str, Any]
+    artifacts: dict[str, Any] | None = None  # file entries merged into the version's artifacts
+    rebuild: dict[str, Any] | None = None  # an export's report, kept in the version's compute
+
+
+@dataclass(frozen=True)
+class Reaped:
+    requeued: list[JobRef]  # running jobs whose worker went silent: queued again to resume
+    failed: list[uuid.UUID]  # the same, on their last allowed run: failed
+    waiting: list[JobRef]  # queued for over a minute: the queue may have lost them
+
+
+class _CannotRun(Exception):
+    pass
+
+
+class JobStore:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]):
+        self.sessionmaker = sessionmaker
+
+    async def claim(self, job_id: uuid.UUID, worker_id: str, max_attempts: int) -> Claimed | NotClaimed:
+        """Take the job if it is queued and its project has room; else say why not."""
+        async with unit_of_work(self.sessionmaker) as session:
+            job = (
+                await session.execute(select(TrainingJob).where(TrainingJob.id == job_id).with_for_update())
+            ).scalar_one_or_none()
+            if job is None:
+                return NotClaimed(Refusal.gone, "gone")
+            if job.status != JobStatus.queued.value:
+                return NotClaimed(Refusal.not_queued, f"already {job.status}")
+            project = (
+                await session.execute(select(Project).where(Project.id == job.project_id).with_for_update())
+            ).scalar_one()
+            running = (
+                await session.execute(
+                    select(func.count()).where(
+                        TrainingJob.project_id == project.id, TrainingJob.status == JobStatus.running.value
+                    )
+                )
+            ).scalar_one()
+            if running >= project.max_concurrent_jobs:
+                return NotClaimed(
+                    Refusal.project_full, "waiting for a free slot in the project", JobRef.of(job)
+                )
+            try:
+                if job.attempts >= max_attempts:
+                    raise _CannotRun(f"gave up after {job.attempts} runs that did not finish")
+                claimed = await self._inputs(session, job, worker_id)
+            except _CannotRun as exc:
+                job.status = JobStatus.failed.value
+                job.error = str(exc)
+                job.finished_at = func.now()
+                return NotClaimed(Refusal.failed, "failed")
+            job.status = JobStatus.running.value
+            job.worker_id = worker_id
+            job.attempts += 1
+            job.started_at = job.started_at or func.now()
+            job.heartbeat_at = func.now()
+            job.progress = {**(job.progress or {}), "phase": "starting"}
+            await session.flush()
+            await session.refresh(job)
+            claimed.job = job
+            claimed.compute_before = job.compute_seconds
+            return claimed
+
+    async def _inputs(self, session: AsyncSession, job: TrainingJob, worker_id: str) -> Claimed:
+        """What the job reads; _CannotRun says why it cannot run."""
+        job_type = JobType(job.job_type)
+        version = None
+        if job_type in NEEDS_MODEL:
+            version = await session.get(ModelVersion, job.input_model_version_id)
+            if version is None or "model" not in (version.artifacts or {}):
+                raise _CannotRun("its model version is gone or has no ONNX graph")
+        elif job_type not in TASK_OF:
+            raise _CannotRun(f"{job.job_type} jobs are not run by this trainer version")
+
+        def claimed(
+            kind: DatasetKind | None,
+            tables: dict[str, Any],
+            catalog_tables: dict[str, Any] | None = None,
+            catalog_version_id: uuid.UUID | None = None,
+        ) -> Claimed:
+            return Claimed(
+                job=job,
+                worker_id=worker_id,
+                kind=kind,
+                tables=tables,
+                catalog_tables=catalog_tables,
+                catalog_version_id=catalog_version_id,
+                model_version=version,
+                compute_before=0.0,
+            )
+
+        if job_type == JobType.index_catalog:
+            if job.dataset_version_id is None:
+                catalog = await latest_catalog_version(session, job.project_id)
+                if catalog is None:
+                    raise _CannotRun("the project has no catalog to index: import one first")
+                return claimed(None, catalog.tables, catalog_version_id=catalog.id)
+            found = await self._dataset_version(session, job.dataset_version_id)
+            if found is None or "catalog" not in found[0].tables:
+                raise _CannotRun("its dataset version is gone or holds no catalog")
+            return claimed(None, found[0].tables, catalog_version_id=found[0].id)
+        # an export checks its version on the version's own training data
+        source = (
+            version.dataset_version_id if job_type == JobType.export and version else job.dataset_version_id
+        )
+        found = await self._dataset_version(session, source)
+        if found is None:
+            raise _CannotRun("its dataset version is gone")
+        data, dataset = found
+        if "catalog" in data.tables:
+            return claimed(DatasetKind(dataset.kind), data.tables)
+        catalog = await latest_catalog_version(session, job.project_id)
+        return claimed(DatasetKind(dataset.kind), data.tables, catalog.tables if catalog else None)
+
+    @staticmethod
+    async def _dataset_version(
+        session: AsyncSession, version_id: uuid.UUID | None
+    ) -> tuple[DatasetVersion, Dataset] | None:
+        row = (
+            await session.execute(
+                select(DatasetVersion, Dataset)
+                .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+                .where(DatasetVersion.id == version_id)
+            )
+        ).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def set_device(self, claimed: Claimed, device: str) -> None:
+        async with unit_of_work(self.sessionmaker) as session:
+            await session.execute(
+                update(TrainingJob).where(TrainingJob.id == claimed.job.id).values(device=device)
+            )
+
+    async def heartbeat(
+        self, claimed: Claimed, progress: dict[str, Any], compute_seconds: float, delta_s: float, gpu: bool
+    ) -> Beat:
+        """Write progress, the heartbeat and the compute used; charge the project for the time since
+        the last beat."""
+        job = claimed.job
+        async with unit_of_work(self.sessionmaker) as session:
+            result = await session.execute(
+                update(TrainingJob)
+                .where(
+                    TrainingJob.id == job.id,
+                    TrainingJob.status == JobStatus.running.value,
+                    TrainingJob.worker_id == claimed.worker_id,
+                )
+                .values(progress=progress, heartbeat_at=func.now(), compute_seconds=compute_seconds)
+                .returning(TrainingJob.cancel_requested_at)
+            )
+            row = result.first()
+            column = Project.used_gpu_hours if gpu else Project.used_cpu_hours
+            await session.execute(
+                update(Project).where(Project.id == job.project_id).values({column: column + delta_s / 3600})
+            )
+        return Beat(owned=row is not None, cancel_requested=row is not None and row[0] is not None)
+
+    async def cancel_requested(self, job_id: uuid.UUID) -> bool:
+        async with self.sessionmaker() as session:
+            found = await session.execute(
+                select(TrainingJob.cancel_requested_at).where(TrainingJob.id == job_id)
+            )
+            return found.scalar_one_or_none() is not None
+
+    async def finish(
+        self,
+        claimed: Claimed,
+        status: JobStatus,
+        *,
+        error: str | None = None,
+        progress: dict[str, Any] | None = None,
+    ) -> None:
+        """End the job failed or cancelled."""
+        values: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": func.now(),
+            "heartbeat_at": func.now(),
+            "error": error,
+        }
+        if progress is not None:
+            values["progress"] = progress
+        async with unit_of_work(self.sessionmaker) as session:
+            await session.execute(
+                update(TrainingJob).where(TrainingJob.id == claimed.job.id).values(**values)
+            )
+
+    async def hand_back(self, claimed: Claimed) -> None:
+        """The worker is shutting down: queue the job again now (its checkpoint stays) rather than leave
+        it `running` until the reaper notices the silence."""
+        async with unit_of_work(self.sessionmaker) as session:
+            await session.execute(
+                update(TrainingJob)
+                .where(TrainingJob.id == claimed.job.id, TrainingJob.worker_id == claimed.worker_id)
+                .values(
+                    status=JobStatus.queued.value,
+                    worker_id=None,
+                    error="its worker stopped; the next run resumes from the last checkpoint",
+                )
+            )
+
+    @staticmethod
+    def _succeeded(claimed: Claimed, progress: dict[str, Any], **values: Any) -> Any:
+        """The statement that ends a job as succeeded."""
+        return (
+            update(TrainingJob)
+            .where(TrainingJob.id == claimed.job.id)
+            .values(
+                status=JobStatus.succeeded.value,
+                finished_at=func.now(),
+                error=None,
+                progress=progress,
+                **values,
+            )
+        )
+
+    async def register(self, claimed: Claimed, new: NewVersion) -> None:
+        """Register a fine-tune's model as the project's next version and end the job succeeded."""
+        job = claimed.job
+        async with unit_of_work(self.sessionmaker) as session:
+            await session.execute(select(Project.id).where(Project.id == job.project_id).with_for_update())
+            number = (
+                await session.execute(
+                    select(func.coalesce(func.max(ModelVersion.version), 0)).where(
+                        ModelVersion.project_id == job.project_id
+                    )
+                )
+            ).scalar_one() + 1
+            session.add(
+                ModelVersion(
+                    id=new.id,
+                    project_id=job.project_id,
+                    version=number,
+                    task_type=TASK_OF[claimed.job_type].value,
+                    status=ModelStatus.candidate.value,
+                    base_model=job.base_model or "",
+                    training_job_id=job.id,
+                    dataset_version_id=job.dataset_version_id,
+                    parent_model_version_id=job.input_model_version_id,
+                    hyperparameters=job.hyperparameters,
+                    config=new.config,
+                    metrics=new.metrics,
+                    baselines=new.baselines,
+                    artifacts=new.artifacts,
+                    library_versions=new.library_versions,
+                    git_commit=new.git_commit,
+                    duration_s=round(new.duration_s, 2),
+                    compute=new.compute,
+                )
+            )
+            progress = {"phase": "done", "step": new.steps, "total_steps": new.steps}
+            await session.execute(self._succeeded(claimed, progress))
+
+    async def complete(self, claimed: Claimed, outcome: VersionResult) -> None:
+        """Store an evaluate/export/index job's result and, for export and index, the version's new
+        files; end the job succeeded."""
+        version = claimed.model_version
+        assert version is not None
+        async with unit_of_work(self.sessionmaker) as session:
+            if outcome.artifacts or outcome.rebuild:
+                row = (
+                    await session.execute(
+                        select(ModelVersion).where(ModelVersion.id == version.id).with_for_update()
+                    )
+                ).scalar_one()
+                if outcome.artifacts:
+                    row.artifacts = {**row.artifacts, **outcome.artifacts}
+                if outcome.rebuild:
+                    export = {**row.compute.get("export", {}), "rebuild": outcome.rebuild}
+                    row.compute = {**row.compute, "export": export}
+            progress = {**outcome.progress, "phase": "done"}
+            await session.execute(self._succeeded(claimed, progress, result=outcome.result))
+
+    async def reap(self, stale_after: timedelta, max_attempts: int) -> Reaped:
+        """Queue again the running jobs whose worker stopped sending heartbeats (fail those on their last
+        allowed run), and list the jobs queued for over a minute, which the queue may have lost."""
+        requeued: list[JobRef] = []
+        failed: list[uuid.UUID] = []
+        silent = int(stale_after.total_seconds())
+        async with unit_of_work(self.sessionmaker) as session:
+            stale = (
+                await session.execute(
+                    select(TrainingJob)
+                    .where(
+                        TrainingJob.status == JobStatus.running.value,
+                        TrainingJob.heartbeat_at < func.now() - stale_after,
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+            for job in stale:
+                if job.attempts >= max_attempts:
+                    job.status = JobStatus.failed.value
+                    job.error = f"worker vanished (no heartbeat for {silent} s) on its last allowed run"
+                    job.finished_at = func.now()
+                    failed.append(job.id)
+                else:
+                    job.status = JobStatus.queued.value
+                    job.worker_id = None
+                    job.error = (
+                        f"worker vanished (no heartbeat for {silent} s); resuming from the last checkpoint"
+                    )
+                    requeued.append(JobRef.of(job))
+            waiting = (
+                await session.execute(
+                    select(TrainingJob).where(
+                        TrainingJob.status == JobStatus.queued.value,
+                        TrainingJob.queued_at < func.now() - timedelta(minutes=1),
+                    )
+                )
+            ).scalars()
+            again = {ref.id for ref in requeued}
+            lost = [JobRef.of(job) for job in waiting if job.id not in again]
+        return Reaped(requeued=requeued, failed=failed, waiting=lost)
