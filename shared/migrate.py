@@ -29,7 +29,3 @@ def upgrade(database_url: str | None = None, revision: str = "head") -> None:
 
 def downgrade(database_url: str | None = None, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
-
-
-def current(database_url: str | None = None) -> None:
-    command.current(alembic_config(database_url), verbose=False)

@@ -111,10 +111,6 @@ class CatalogIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
     def mask(self, filters: Filters) -> Mask | None:
         """Products the filters allow, or None when nothing is filtered."""
         if filters.empty():

@@ -135,19 +135,3 @@ def read_parquet(path: Path) -> pa.Table:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ImportProblem(f"{path.name}: not a readable Parquet file ({exc})") from exc
-
-
-def read_any(path: Path, *, encoding: str | None) -> tuple[pa.Table, str | None]:
-    """Pick the reader from the file name: .csv, .tsv/.tab, .jsonl/.ndjson/.json, .parquet/.pq."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return read_delimited(path, encoding=encoding)
-    if suffix in {".tsv", ".tab", ".txt"}:
-        return read_delimited(path, encoding=encoding, delimiter="\t")
-    if suffix in {".jsonl", ".ndjson", ".json"}:
-        return read_jsonl(path), "utf-8"
-    if suffix in {".parquet", ".pq"}:
-        return read_parquet(path), None
-    raise ImportProblem(
-        f"{path.name}: cannot tell the file type from its name; use .csv, .tsv, .jsonl or .parquet"
-    )
