@@ -12,7 +12,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from options import hyperparameter  # bench/options.py, beside this script
 
 from services.trainer.control import JobControl
 from services.trainer.device import pick_device, setup_threads
@@ -23,14 +24,7 @@ from shared.datasets.formats import FORMAT_KIND, DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
 from shared.models.enums import JobType
-from shared.training import DEFAULT_BASE_MODEL, Hyperparameters, parse_assignment
-
-
-def _hyperparameter(pair: str) -> tuple[str, Any]:
-    try:
-        return parse_assignment(pair)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--set {exc}") from None
+from shared.training import DEFAULT_BASE_MODEL, Hyperparameters
 
 
 def main() -> None:
@@ -51,7 +45,7 @@ def main() -> None:
     parser.add_argument(
         "--hard-negatives", type=int, default=0, help="Mined negatives per pair (bi-encoder)."
     )
-    parser.add_argument("--set", dest="hp", action="append", type=_hyperparameter, default=[],
+    parser.add_argument("--set", dest="hp", action="append", type=hyperparameter, default=[],
                         help="Another hyperparameter, NAME=VALUE (repeatable).")  # fmt: skip
     parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
     args = parser.parse_args()

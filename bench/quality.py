@@ -43,6 +43,8 @@ from rich.table import Table
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from options import hyperparameter  # noqa: E402  (bench/options.py, beside this script)
+
 from services.cli.data import upload  # noqa: E402
 from services.cli.jobs import watch_job  # noqa: E402
 from services.cli.walkthrough import wait_served  # noqa: E402
@@ -52,7 +54,6 @@ from shared.datasets.examples import Examples, load  # noqa: E402
 from shared.metrics import CATALOG_DEPTH, ranking_metrics  # noqa: E402
 from shared.models.enums import DatasetKind, KeyRole  # noqa: E402
 from shared.search import dense_top_k  # noqa: E402
-from shared.training import parse_assignment  # noqa: E402
 
 console = Console()
 K = 10
@@ -319,13 +320,6 @@ def _with(asks: dict[str, dict[str, Any]], **extra: Any) -> dict[str, dict[str, 
     return {qid: {**ask, **extra} for qid, ask in asks.items()}
 
 
-def _hyperparameter(pair: str) -> tuple[str, Any]:
-    try:
-        return parse_assignment(pair)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--set {exc}") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -346,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         default=1e-4,
         help="The cross-encoder's (its head starts untrained).",
     )
-    parser.add_argument("--set", dest="hp", action="append", type=_hyperparameter, default=[],
+    parser.add_argument("--set", dest="hp", action="append", type=hyperparameter, default=[],
                         help="Another hyperparameter of every job, NAME=VALUE (repeatable).")  # fmt: skip
     parser.add_argument("--base-model", help="A local folder or hub id (default MiniLM).")
     parser.add_argument("--max-queries", type=int, help="Ask /recommend for at most this many (default all).")

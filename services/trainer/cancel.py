@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from typing import Any
 
 from services.trainer.context import WorkerContext
 from shared.jobs import CANCEL_CHANNEL
@@ -17,6 +19,7 @@ from shared.jobs import CANCEL_CHANNEL
 log = logging.getLogger("recforge.trainer")
 
 RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+HEALTHY_S = 60.0  # a connection that served this long before failing starts the retry count afresh
 SUBSCRIBE_TIMEOUT_S = 5.0
 
 
@@ -48,28 +51,47 @@ async def stop_if_cancelled(wc: WorkerContext, message: bytes | str) -> bool:
 
 
 async def listen_for_cancellations(wc: WorkerContext, subscribed: asyncio.Event | None = None) -> None:
-    """Listen until cancelled; ``subscribed`` is set once the channel is subscribed (the first time)."""
+    """Listen until cancelled; ``subscribed`` is set once the channel is subscribed (the first time).
+
+    A connection that fails again soon after it was made counts as one more failure, so a flapping
+    Redis is retried ever more slowly; one that served for a while starts the count afresh."""
     failures = 0
     while True:
         pubsub = wc.redis.pubsub()
+        connected = None
         try:
             await pubsub.subscribe(CANCEL_CHANNEL)
+            connected = time.monotonic()
             if subscribed is not None:
                 subscribed.set()
-            failures = 0
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
                 if message is not None and message["type"] == "message":
-                    await stop_if_cancelled(wc, message["data"])
+                    await _handle(wc, message["data"])
         except asyncio.CancelledError:
             raise
         except Exception:
+            if connected is not None and time.monotonic() - connected > HEALTHY_S:
+                failures = 0
             pause = RETRY_S[min(failures, len(RETRY_S) - 1)]
             failures += 1
             log.warning("cancel listener lost Redis; retrying in %.1f s", pause, exc_info=failures == 1)
-            await asyncio.sleep(pause)
         finally:
-            try:
-                await asyncio.shield(pubsub.aclose())
-            except Exception:  # closing a broken connection may fail too
-                log.debug("closing the cancel listener's connection failed", exc_info=True)
+            await _close(pubsub)
+        await asyncio.sleep(pause)  # the loop above only ends by an exception, which set the pause
+
+
+async def _handle(wc: WorkerContext, data: bytes | str) -> None:
+    """A failure to act on one message (Postgres away) leaves the subscription as it is: the job's
+    heartbeat still sees the cancellation in its row."""
+    try:
+        await stop_if_cancelled(wc, data)
+    except Exception:
+        log.warning("could not act on a cancel message", exc_info=True)
+
+
+async def _close(pubsub: Any) -> None:
+    try:
+        await asyncio.shield(pubsub.aclose())
+    except Exception:  # closing a broken connection may fail too
+        log.debug("closing the cancel listener's connection failed", exc_info=True)

@@ -392,12 +392,20 @@ def headline(job_type: JobType, metrics: dict[str, Any]) -> float:
     return float(metrics.get(HEADLINE[job_type], 0.0))
 
 
+def require_validation_split(job_type: JobType, examples: Examples) -> None:
+    """Early stopping scores the validation split: refuse to start without one."""
+    valid = examples.texts.get("valid") if job_type == JobType.classifier else examples.valid.queries
+    if not valid:
+        raise ValueError(
+            "early_stopping_patience needs a validation split, and this dataset version has none: "
+            "import it with a valid_fraction above 0, or train without early stopping"
+        )
+
+
 def validation_score(job_type: JobType, examples: Examples, scorer: Scorer, control: JobControl) -> float:
     """The headline metric on the validation split, as early stopping reads it: on relevance data the
     judged candidates are reranked (the catalog pass is left out); sequence data is retrieval only."""
-    valid = examples.texts.get("valid") if job_type == JobType.classifier else examples.valid.queries
-    if not valid:
-        raise ValueError("early stopping needs a validation split, and this dataset version has none")
+    require_validation_split(job_type, examples)
     return headline(job_type, model_metrics(job_type, examples, scorer, control, "validation", catalog=False))
 
 

@@ -127,7 +127,8 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
             return claim.detail
         return await _run(wc, claim, control)
     finally:
-        wc.running.pop(training_job_id, None)
+        if wc.running.get(training_job_id) is control:
+            del wc.running[training_job_id]
 
 
 async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
@@ -136,6 +137,8 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
 
     job = claimed.job
     job_id = str(job.id)
+    started = time.monotonic()
+    control.started = started  # the job's compute counts from its claim
     job_run: JobRun | None = None
     heartbeat: asyncio.Task[None] | None = None
     try:
@@ -145,7 +148,9 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         control.report(phase="loading data")
         setup_threads()
         log.info("job running", extra={"job_id": job_id, "attempt": job.attempts, "device": device.type})
-        job_run = JobRun(settings=wc.settings, claimed=claimed, control=control, device=device)
+        job_run = JobRun(
+            settings=wc.settings, claimed=claimed, control=control, device=device, started=started
+        )
         outcome = await handler(claimed.job_type)(job_run)
     except asyncio.CancelledError:
         _remove(job_run.out_dir if job_run else None)

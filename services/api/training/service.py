@@ -4,11 +4,13 @@ The row is written and committed first; the arq job is enqueued only after the c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +31,14 @@ from shared.errors import Conflict, ValidationFailed
 from shared.jobs import CANCEL_CHANNEL, enqueue_training_job
 from shared.models import ModelVersion, TrainingJob
 from shared.models.enums import JobStatus, JobType, ModelStatus, ModelTaskType, ProjectStatus
-from shared.training import DEFAULT_BASE_MODEL, EVALUATES_ON, FINE_TUNES, NEEDS_MODEL, TRAINS_ON
+from shared.training import (
+    DEFAULT_BASE_MODEL,
+    EVALUATES_ON,
+    FINE_TUNES,
+    NEEDS_MODEL,
+    TRAINS_ON,
+    Hyperparameters,
+)
 
 AUDIT_FIELDS = ("job_type", "status", "priority", "dataset_version_id", "input_model_version_id", "retries")
 _IDEMPOTENT_FIELDS = (
@@ -114,6 +123,11 @@ async def _validate(session: AsyncSession, ctx: ProjectContext, data: JobCreate)
 
 
 def _same_request(job: TrainingJob, data: JobCreate, base_model: str | None) -> bool:
+    # the stored hyperparameters read through today's model, so a name added since (with its default)
+    # does not make a replay of an older submission look like a different request
+    stored = {name: getattr(job, name) for name in _IDEMPOTENT_FIELDS}
+    with contextlib.suppress(ValidationError):  # one today's rules refuse is compared as it was stored
+        stored["hyperparameters"] = Hyperparameters.model_validate(job.hyperparameters).model_dump()
     wanted = {
         "job_type": data.job_type.value,
         "dataset_version_id": data.dataset_version_id,
@@ -124,7 +138,7 @@ def _same_request(job: TrainingJob, data: JobCreate, base_model: str | None) -> 
         "compute_limit_hours": data.compute_limit_hours,
     }
     return all(
-        json.dumps(getattr(job, name), default=str, sort_keys=True)
+        json.dumps(stored[name], default=str, sort_keys=True)
         == json.dumps(wanted[name], default=str, sort_keys=True)
         for name in _IDEMPOTENT_FIELDS
     )

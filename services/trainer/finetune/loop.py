@@ -52,7 +52,8 @@ class TrainResult:
     train_seconds: float
     resumed_from_step: int
     # with early stopping: patience, eval_every_steps, evaluations [{step, score}], best_step,
-    # best_score and stopped_early; the model returned is the best one evaluated
+    # best_score, stopped_early and seconds (spent evaluating, left out of train_seconds and the
+    # rates); the model returned is the best one evaluated
     early_stopping: dict[str, Any] | None = None
 
 
@@ -69,6 +70,7 @@ class _EarlyStopping:
         self.stale = 0
         self.evaluations: list[dict[str, float]] = []
         self.weights: Weights | None = None
+        self.seconds = 0.0  # spent evaluating in this run: not training time
 
     def restore(self, state: dict[str, Any], weights: Weights | None) -> None:
         self.best, self.stale = state["best"], state["stale"]
@@ -84,9 +86,11 @@ class _EarlyStopping:
         return self.stale >= self.patience
 
     def step(self, task: Task, step: int, control: JobControl) -> None:
+        began = time.monotonic()
         task.model.eval()
         score = float(self.evaluate())
         task.model.train()
+        self.seconds += time.monotonic() - began
         self.evaluations.append({"step": step, "score": round(score, 6)})
         if score > self.best:
             self.best, self.best_step, self.stale = score, step, 0
@@ -103,6 +107,7 @@ class _EarlyStopping:
             "best_step": self.best_step,
             "best_score": self.best if self.evaluations else None,
             "stopped_early": stopped_early,
+            "seconds": round(self.seconds, 2),
         }
 
 
@@ -174,7 +179,7 @@ def fit(
             pairs += len(batch)
             value = float(loss.detach())
             ema = value if ema is None else 0.9 * ema + 0.1 * value
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started - (stopping.seconds if stopping else 0.0)
             rate = pairs / elapsed if elapsed > 0 else 0.0
             control.report(
                 step=step,
@@ -210,7 +215,7 @@ def fit(
             task.model.load_state_dict(stopping.weights)
         early_stopping = stopping.summary(stopped_early)
     task.model.eval()
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - started - (stopping.seconds if stopping else 0.0)
     return TrainResult(
         steps=step,
         epochs_run=round(step / steps_per_epoch, 3),

@@ -21,6 +21,7 @@ class JobRun:
     claimed: Claimed
     control: JobControl
     device: torch.device
+    started: float  # time.monotonic() when the run began
     # Folders a handler writes; the runner removes them by the job's outcome. Checkpoints (work_dir)
     # outlive a worker that stops, so the next run resumes; a new version's files (out_dir) stay only
     # when the job succeeds.

@@ -83,6 +83,8 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
     """Train, evaluate, export. Blocking: the worker runs it in a thread. Raises JobCancelled."""
     seed_everything(spec.hyperparameters.seed)
     hp = spec.hyperparameters
+    if hp.early_stopping_patience is not None:
+        evaluation.require_validation_split(spec.job_type, spec.examples)
     base_dir = resolve_base_model(spec.base_model)
     resume = checkpoint_model(spec.work_dir)
     task = train_task(spec, str(resume) if resume else base_dir)
@@ -157,7 +159,6 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
 async def run(job: JobRun) -> NewVersion:
     """Fine-tune the job's base model on its data; the result becomes a new model version."""
     settings, row = job.settings, job.claimed.job
-    started = time.monotonic()
     version_id = uuid.uuid4()
     job.work_dir = settings.jobs_dir / str(row.id)
     job.out_dir = settings.artifacts_dir / str(row.project_id) / str(version_id)
@@ -196,6 +197,7 @@ async def run(job: JobRun) -> NewVersion:
     }
     if train.early_stopping is not None:
         compute["early_stopping"] = train.early_stopping
+    duration_s = time.monotonic() - job.started
     return NewVersion(
         id=version_id,
         metrics=outcome.metrics,
@@ -205,6 +207,6 @@ async def run(job: JobRun) -> NewVersion:
         compute=compute,
         library_versions=library_versions(),
         git_commit=git_commit(),
-        duration_s=time.monotonic() - started,
+        duration_s=duration_s,
         steps=train.steps,
     )

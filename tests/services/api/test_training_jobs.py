@@ -186,6 +186,23 @@ async def test_idempotency_key_returns_the_first_job(
     assert other.status_code == 409 and other.json()["detail"]["job_id"] == first.json()["id"]
 
 
+async def test_a_replay_matches_a_job_stored_before_a_hyperparameter_was_added(
+    world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    version = await _ready(world)
+    headers = {**world.as_("member"), "Idempotency-Key": "before-the-upgrade"}
+    first = await world.client.post(f"{P}/training-jobs", json=_body(version), headers=headers)
+    assert first.status_code == 202, first.text
+    async with sessionmaker() as session:  # as a row written by a version without eval_every_steps
+        await session.execute(
+            update(TrainingJob).values(hyperparameters=TrainingJob.hyperparameters - "eval_every_steps")
+        )
+        await session.commit()
+    again = await world.client.post(f"{P}/training-jobs", json=_body(version), headers=headers)
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+
+
 async def test_higher_priority_runs_first(world: World, settings: Settings) -> None:
     version = await _ready(world)
     ids = {}
