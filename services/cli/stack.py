@@ -71,10 +71,16 @@ def up(
         supervisor.stop_infra(settings)
         raise
     running = supervisor.spawn_services(settings, urls)
-    with Live(_status_table({s.name: "starting" for s in running}), console=console, transient=True) as live:
-        not_ready = supervisor.wait_ready(
-            settings, running, timeout, on_tick=lambda st: live.update(_status_table(st))
-        )
+    try:
+        with Live(
+            _status_table({s.name: "starting" for s in running}), console=console, transient=True
+        ) as live:
+            not_ready = supervisor.wait_ready(
+                settings, running, timeout, on_tick=lambda st: live.update(_status_table(st))
+            )
+    except BaseException:  # Ctrl-C while the services start: leave nothing of the stack behind
+        _down(settings)
+        raise
     if not_ready:
         for service in running:
             if service.name in not_ready:

@@ -101,11 +101,42 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            subprocess.run([sys.executable, "-m", "services.cli", "down"], env=env, timeout=60)
+        subprocess.run([sys.executable, "-m", "services.cli", "down"], env=env, timeout=60)
     assert proc.returncode == 0, output
     assert "Stopped: api, inference, trainer, redis, postgres." in output
     logs = data_dir / "logs"
     assert "Application shutdown complete" in (logs / "api.log").read_text()
     assert "Application shutdown complete" in (logs / "inference.log").read_text()
     assert "trainer worker stopped" in (logs / "trainer.log").read_text()
+    assert _processes_mentioning(str(data_dir)) == []
+
+
+def test_ctrl_c_while_the_services_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    import signal
+
+    data_dir = tmp_path / "early"
+    env, _ = stack_env(data_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        state = data_dir / "run" / "services.json"
+        deadline = time.monotonic() + 60
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.exists(), "the services were not started"
+        pids = [s["pid"] for s in json.loads(state.read_text())]
+        proc.send_signal(signal.SIGINT)  # before they are ready: `up` is still waiting for them
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([sys.executable, "-m", "services.cli", "down"], env=env, timeout=60)
+    assert "Stopped: api, inference, trainer" in output, output
+    time.sleep(0.5)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
     assert _processes_mentioning(str(data_dir)) == []
