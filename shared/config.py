@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     # Keys API key digests (HMAC): a copy of the database alone cannot be used to check guessed keys.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
+    # What a Prometheus scraper sends to read /metrics (`Authorization: Bearer <token>`); admin API keys
+    # read it too. Unset: admin keys only. The series name projects' model versions: not for everyone.
+    metrics_token: SecretStr | None = None
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_echo: bool = False

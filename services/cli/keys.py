@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -52,25 +50,20 @@ def issue(
     """Issue a key straight in the database (the way to the first admin key); return its secret."""
 
     async def run() -> str:
-        from sqlalchemy import or_, select
-
         from services.api.auth.service import ensure_user, issue_key
         from shared.db import create_engine, create_sessionmaker, unit_of_work
         from shared.errors import NotFound
-        from shared.models import Project
+        from shared.projects import project_by_ref
 
         engine = create_engine(settings, pool_size=1)
         try:
             async with unit_of_work(create_sessionmaker(engine)) as session:
                 project_id = None
                 if project:
-                    clauses = [Project.slug == project]
-                    with contextlib.suppress(ValueError):
-                        clauses.append(Project.id == uuid.UUID(project))
-                    found = (await session.execute(select(Project.id).where(or_(*clauses)))).scalar()
+                    found = await project_by_ref(session, project)
                     if found is None:
                         raise NotFound(f"no project {project!r}")
-                    project_id = found
+                    project_id = found.id
                 user = await ensure_user(session, name=user_name, email=email)
                 expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
                 issued = await issue_key(

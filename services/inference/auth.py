@@ -1,7 +1,8 @@
 """Who may call the inference service: a project's service keys (scope `inference`, or `events` for
 /events) and admin keys. Keys are checked against Postgres and remembered for a short while, so the
 hot path does not wait on the database for every request; a revoked key stops working within
-`KEY_CACHE_S`."""
+`KEY_CACHE_S`. Unknown tokens are remembered apart from known keys, in a smaller cache of their own, so
+a flood of made-up tokens cannot push the keys of real callers out."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,8 +21,11 @@ from shared.models import ApiKey, User
 from shared.models.enums import KeyRole
 from shared.security import hash_api_key, key_refusal
 
+T = TypeVar("T")
+
 KEY_CACHE_S = 30.0
 KEY_CACHE_SIZE = 4096
+MISS_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -43,25 +48,27 @@ class KeyChecker:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], secret: str) -> None:
         self._sessionmaker = sessionmaker
         self._secret = secret
-        self._cache: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
+        self._known: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     async def check(self, authorization: str | None) -> Caller:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized()
         digest = hash_api_key(authorization[7:].strip(), self._secret)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < KEY_CACHE_S:
-            if cached[1] is None:
-                raise Unauthorized()
-            return cached[1]
-        caller = await self._lookup(digest)
-        self._cache[digest] = (now, caller)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > KEY_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        if caller is None:
+        known = self._known.get(digest)
+        if known is not None and now - known[0] < KEY_CACHE_S:
+            return known[1]
+        missed = self._unknown.get(digest)
+        if missed is not None and now - missed < KEY_CACHE_S:
             raise Unauthorized()
+        caller = await self._lookup(digest)
+        if caller is None:
+            self._known.pop(digest, None)
+            _remember(self._unknown, digest, now, MISS_CACHE_SIZE)
+            raise Unauthorized()
+        self._unknown.pop(digest, None)
+        _remember(self._known, digest, (now, caller), KEY_CACHE_SIZE)
         return caller
 
     async def _lookup(self, digest: str) -> Caller | None:
@@ -80,3 +87,10 @@ class KeyChecker:
         if key_refusal(revoked_at=key.revoked_at, expires_at=key.expires_at, user_active=active, now=now):
             return None
         return Caller(key.id, KeyRole(key.role), key.project_id, frozenset(key.scopes or ()))
+
+
+def _remember(cache: OrderedDict[str, T], key: str, value: T, size: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)

@@ -36,6 +36,7 @@ from shared.jobs import DEPLOYMENTS_CHANNEL
 from shared.models import Deployment, MerchandisingRule, ModelVersion, Project
 from shared.models.enums import DeploymentRole, ModelTaskType, RuleAction
 from shared.onnxmodel import OnnxTextModel, providers
+from shared.projects import as_id
 
 log = logging.getLogger("recforge.inference")
 
@@ -149,11 +150,11 @@ class ModelRegistry:
         return frozenset(version_id for version_id, _ in self._versions)
 
     def project(self, ref: str) -> ProjectServing:
-        """A project by id or slug; 404 when it has nothing deployed here."""
-        project_id = self._slugs.get(ref.lower())
+        """A project by id or slug (a reference that reads as a UUID is an id, never a slug); 404 when
+        it has nothing deployed here."""
+        project_id = as_id(ref)
         if project_id is None:
-            with contextlib.suppress(ValueError):
-                project_id = uuid.UUID(ref)
+            project_id = self._slugs.get(ref.lower())
         serving = self._projects.get(project_id) if project_id else None
         if serving is None:
             raise NotFound(f"project {ref!r} has no deployed model versions")

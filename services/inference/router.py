@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import Annotated, Any
@@ -26,7 +27,8 @@ from services.inference.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from shared.errors import NotFound
+from shared.errors import Forbidden, NotFound
+from shared.models.enums import KeyRole
 
 log = logging.getLogger("recforge.inference")
 router = APIRouter()
@@ -170,5 +172,17 @@ async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(resources: Resources) -> Response:
+async def metrics(request: Request, resources: Resources) -> Response:
+    """Prometheus metrics, for the metrics token (RECFORGE_METRICS_TOKEN) or an admin key: the series
+    name every project's model versions."""
+    authorization = request.headers.get("authorization") or ""
+    token = resources.settings.metrics_token
+    if not (
+        token and hmac.compare_digest(authorization.encode(), f"Bearer {token.get_secret_value()}".encode())
+    ):
+        caller = await resources.keys.check(authorization)
+        if caller.role != KeyRole.admin:
+            raise Forbidden(
+                "metrics are read with the metrics token (RECFORGE_METRICS_TOKEN) or an admin key"
+            )
     return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
 import time
 import uuid
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, or_, select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference.catalog import Filters
@@ -36,8 +35,9 @@ from services.inference.schemas import (
 )
 from shared.datasets.catalog import history_text
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.models import Event, Project
+from shared.models import Event
 from shared.models.enums import DeploymentRole, ModelTaskType
+from shared.projects import project_by_ref
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 RERANK_TOP = 20  # how many fused candidates the cross-encoder reorders
@@ -268,12 +268,9 @@ async def store_events(
 
 
 async def find_project(sessionmaker: async_sessionmaker[AsyncSession], ref: str) -> uuid.UUID:
-    """A project's id from its id or slug; 404 when there is none."""
-    condition = Project.slug == ref.lower()
-    with contextlib.suppress(ValueError):  # an id as well as a slug
-        condition = or_(condition, Project.id == uuid.UUID(ref))
+    """A project's id from its id or slug (an id always wins); 404 when there is none."""
     async with sessionmaker() as session:
-        found = (await session.execute(select(Project.id).where(condition))).scalar_one_or_none()
+        found = await project_by_ref(session, ref)
     if found is None:
         raise NotFound(f"project {ref!r} not found")
-    return found
+    return found.id

@@ -2,27 +2,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.models import Milestone, ModelVersion, Project, ProjectMember, Task, TrainingJob, User
 from shared.models.enums import JobStatus
-
-
-def _ref_clause(ref: str) -> Any:
-    try:
-        return or_(Project.id == uuid.UUID(ref), Project.slug == ref)
-    except ValueError:
-        return Project.slug == ref
+from shared.projects import project_by_ref
 
 
 async def find_project(session: AsyncSession, ref: str, *, for_update: bool = False) -> Project | None:
-    query: Select[tuple[Project]] = select(Project).where(_ref_clause(ref))
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+    """By id or slug; an id always wins (shared.projects)."""
+    return await project_by_ref(session, ref, for_update=for_update)
 
 
 async def lock_project(session: AsyncSession, project_id: uuid.UUID) -> Project:

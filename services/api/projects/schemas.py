@@ -4,10 +4,11 @@ import datetime as dt
 import uuid
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.api.schemas import reject_nulls
 from shared.models.enums import ProjectRole, ProjectStatus
+from shared.projects import as_id
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 
@@ -49,6 +50,15 @@ class ProjectCreate(BaseModel):
     target_date: dt.date | None = None
     budget: Budget = Field(default_factory=Budget)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("slug")
+    @classmethod
+    def _not_an_id(cls, slug: str) -> str:
+        if as_id(slug) is not None:
+            raise ValueError(
+                "a slug may not read as a UUID: project ids and slugs name projects in the same URLs"
+            )
+        return slug
 
     @model_validator(mode="after")
     def _dates_ordered(self) -> Self:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+import json
+import uuid
 
-from shared.models import AuditLog, ModelVersion, Project, Task, TrainingJob
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.models import AuditLog, ModelVersion, Project, ProjectMember, Task, TrainingJob
 from tests.support.world import World
 
 
@@ -247,3 +250,33 @@ async def test_every_change_is_audited_with_its_actor(world: World, session: Asy
     assert {"project.create", "member.add"} <= actions
     all_actions = (await session.execute(select(AuditLog.action))).scalars().all()
     assert "api_key.create" in all_actions and "user.create" in all_actions
+
+
+async def test_a_slug_may_not_read_as_a_uuid(world: World, session: AsyncSession) -> None:
+    """Else a project could take another's id as its slug and shadow it in every URL."""
+    before = await _counts(session)
+    for slug in (world.projects["search-b"]["id"], str(uuid.uuid4()), uuid.uuid4().hex):
+        response = await world.call("owner", "POST", "/api/v1/projects", json={"slug": slug, "name": "x"})
+        assert response.status_code == 422, response.text
+        assert "UUID" in json.dumps(response.json()["detail"])
+    assert await _counts(session) == before
+
+
+async def test_an_id_always_wins_over_a_slug(
+    world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A project whose slug is another project's id (a row from before slugs were checked) shadows
+    nothing: the id names project B for B's people, and the shadow's owner does not reach B through it."""
+    b = world.projects["search-b"]
+    owner = uuid.UUID(world.users["owner"])
+    async with sessionmaker() as session:
+        shadow = Project(slug=b["id"], name="shadow", owner_id=owner)
+        session.add(shadow)
+        await session.flush()
+        session.add(ProjectMember(project_id=shadow.id, user_id=owner, role="owner"))
+        await session.commit()
+    mine = await world.call("owner_b", "GET", f"/api/v1/projects/{b['id']}")
+    assert mine.status_code == 200 and mine.json()["slug"] == "search-b"
+    assert (await world.call("owner_b", "GET", f"/api/v1/projects/{b['id']}/progress")).status_code == 200
+    assert (await world.call("owner", "GET", f"/api/v1/projects/{b['id']}")).status_code == 404
+    assert (await world.call("owner", "GET", f"/api/v1/projects/{shadow.id}")).json()["name"] == "shadow"

@@ -222,7 +222,7 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     )
     assert "p7" not in [it["product_id"] for it in stored_user.json()["items"]]
 
-    metrics = await client.get("/metrics")
+    metrics = await client.get("/metrics", headers=bearer(world.admin))
     assert 'recforge_inference_request_seconds_count{model_version="' in metrics.text
     assert "recforge_inference_batch_size_bucket" in metrics.text
 
