@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from services.trainer.context import WorkerContext
+from services.trainer.control import StopReason
 from shared.jobs import CANCEL_CHANNEL
 
 log = logging.getLogger("recforge.trainer")
@@ -45,7 +46,7 @@ async def stop_if_cancelled(wc: WorkerContext, message: bytes | str) -> bool:
     control = wc.running.get(job_id)
     if control is None or not await wc.store.cancel_requested(job_id):
         return False
-    control.stop.set()
+    control.stop_for(StopReason.cancelled)
     log.info("cancellation received", extra={"job_id": str(job_id)})
     return True
 

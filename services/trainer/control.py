@@ -13,6 +13,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,14 +23,28 @@ class JobCancelled(Exception):
     """Raised inside the training thread when the job was asked to stop."""
 
 
+class StopReason(StrEnum):
+    cancelled = "cancelled"  # a person cancelled the job
+    compute_limit = "compute limit"  # the job used all the compute it may
+    superseded = "superseded"  # the job is no longer this run's: reaped, or taken over by another run
+    unreachable = "unreachable"  # the database did not answer the heartbeat for too long
+
+
 class JobControl:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._progress: dict[str, Any] = {}
         self._version = 0
         self.stop = threading.Event()
-        self.limit_reached = False  # stopped at the job's compute limit rather than cancelled
+        self.reason: StopReason | None = None
         self.started = time.monotonic()
+
+    def stop_for(self, reason: StopReason) -> None:
+        """Ask the run to stop; the first reason given is the one that counts."""
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+        self.stop.set()
 
     def report(self, **fields: Any) -> None:
         with self._lock:

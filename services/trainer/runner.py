@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.trainer.context import WorkerContext, worker_context
-from services.trainer.control import JobCancelled, JobControl
+from services.trainer.control import JobCancelled, JobControl, StopReason
 from services.trainer.store import Claimed, NewVersion, NotClaimed, Refusal
 from shared.jobs import enqueue_training_job, progress_channel
 from shared.models.enums import JobStatus, JobType
@@ -57,26 +57,50 @@ async def publish(wc: WorkerContext, job_id: uuid.UUID, payload: dict[str, Any])
 
 async def _heartbeat(wc: WorkerContext, claimed: Claimed, control: JobControl, gpu: bool) -> None:
     """Every progress_interval_s: write progress, heartbeat and compute; turn a cancellation, a lost
-    claim or the compute limit into the stop flag the training thread checks."""
+    claim or the compute limit into the stop flag the training thread checks.
+
+    A beat that fails (the database does not answer) is tried again at the next interval; compute is
+    charged from the last beat that got through. Once no beat has got through for half of
+    job_heartbeat_timeout_s, the run stops: the reaper may soon hand the job to another worker, and two
+    runs must never train the same job."""
     job = claimed.job
-    last = time.monotonic()
+    settings = wc.settings
+    last_beat = time.monotonic()
+    give_up_after = settings.job_heartbeat_timeout_s / 2
     limit_s = job.compute_limit_hours * 3600
     while True:
-        await asyncio.sleep(wc.settings.progress_interval_s)
+        await asyncio.sleep(settings.progress_interval_s)
         now = time.monotonic()
-        delta, last = now - last, now
         progress = control.progress
         used = claimed.compute_before + (now - control.started)
-        beat = await wc.store.heartbeat(claimed, progress, used, delta, gpu)
+        try:
+            beat = await wc.store.heartbeat(claimed, progress, used, now - last_beat, gpu)
+        except Exception as exc:
+            silent = now - last_beat
+            if silent >= give_up_after:
+                log.error(
+                    "no heartbeat got through for %.0f s: stopping the run",
+                    silent,
+                    extra={"job_id": str(job.id)},
+                )
+                control.stop_for(StopReason.unreachable)
+                return
+            log.warning(
+                "heartbeat failed (%s); trying again in %.1f s",
+                f"{type(exc).__name__}: {exc}"[:200],
+                settings.progress_interval_s,
+                extra={"job_id": str(job.id)},
+            )
+            continue
+        last_beat = now
         await publish(wc, job.id, {"id": str(job.id), "status": "running", "progress": progress})
         if not beat.owned:  # reaped or taken over: stop quietly
-            control.stop.set()
+            control.stop_for(StopReason.superseded)
             return
         if beat.cancel_requested:
-            control.stop.set()
+            control.stop_for(StopReason.cancelled)
         if used > limit_s:
-            control.limit_reached = True
-            control.stop.set()
+            control.stop_for(StopReason.compute_limit)
 
 
 async def _end(
@@ -86,9 +110,29 @@ async def _end(
     *,
     error: str | None = None,
     progress: dict[str, Any] | None = None,
-) -> None:
-    await wc.store.finish(claimed, status, error=error, progress=progress)
-    await publish(wc, claimed.job.id, {"id": str(claimed.job.id), "status": status.value})
+) -> bool:
+    """End the job (if it is still this run's) and tell its followers; whether it was."""
+    owned = await wc.store.finish(claimed, status, error=error, progress=progress)
+    if owned:
+        await publish(wc, claimed.job.id, {"id": str(claimed.job.id), "status": status.value})
+    return owned
+
+
+async def _requeue(wc: WorkerContext, claimed: Claimed, reason: str) -> bool:
+    """Hand the job back and queue its next run now; when the database or Redis is still away, the
+    reaper does it once they answer (the job's heartbeat has stopped)."""
+    try:
+        if not await wc.store.hand_back(claimed, reason):
+            return False
+        job = claimed.job
+        await enqueue_training_job(
+            wc.redis, wc.settings.queue_name, job.id, retries=job.retries, priority=job.priority,
+            attempts=claimed.attempt,
+        )  # fmt: skip
+    except Exception:
+        log.warning("could not hand the job back; the reaper will", extra={"job_id": str(claimed.job.id)})
+        return False
+    return True
 
 
 def _remove(path: Path | None) -> None:
@@ -143,7 +187,8 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
     heartbeat: asyncio.Task[None] | None = None
     try:
         device = pick_device(job.device)
-        await wc.store.set_device(claimed, device.type)
+        if not await wc.store.set_device(claimed, device.type):
+            return "superseded: the job is no longer this run's"
         heartbeat = asyncio.create_task(_heartbeat(wc, claimed, control, gpu=device.type == "cuda"))
         control.report(phase="loading data")
         setup_threads()
@@ -154,33 +199,48 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         outcome = await handler(claimed.job_type)(job_run)
     except asyncio.CancelledError:
         _remove(job_run.out_dir if job_run else None)
-        await wc.store.hand_back(claimed)
+        await wc.store.hand_back(claimed, "its worker stopped; the next run resumes from the last checkpoint")
         log.info("job handed back: the worker is stopping", extra={"job_id": job_id})
         raise
     except JobCancelled:
+        # this run's own files go; the job's checkpoints go only while the job is still this run's
         _remove(job_run.out_dir if job_run else None)
-        _remove(job_run.work_dir if job_run else None)
-        if control.limit_reached:
+        work_dir = job_run.work_dir if job_run else None
+        if control.reason == StopReason.superseded:
+            log.warning("job taken over by another run: stopping this one", extra={"job_id": job_id})
+            return "superseded: the job is no longer this run's"
+        if control.reason == StopReason.unreachable:
+            await _requeue(
+                wc, claimed, "its worker lost the database; the next run resumes from the last checkpoint"
+            )
+            return "handed back: the database did not answer"
+        if control.reason == StopReason.compute_limit:
             error = f"stopped at its compute limit of {job.compute_limit_hours} h"
-            await _end(wc, claimed, JobStatus.failed, error=error)
+            if await _end(wc, claimed, JobStatus.failed, error=error):
+                _remove(work_dir)
             return "failed: compute limit"
-        await _end(wc, claimed, JobStatus.cancelled, progress={**control.progress, "phase": "cancelled"})
+        if await _end(wc, claimed, JobStatus.cancelled, progress={**control.progress, "phase": "cancelled"}):
+            _remove(work_dir)
         log.info("job cancelled", extra={"job_id": job_id})
         return "cancelled"
     except Exception as exc:
         _remove(job_run.out_dir if job_run else None)
-        _remove(job_run.work_dir if job_run else None)
         log.exception("job failed", extra={"job_id": job_id})
-        await _end(wc, claimed, JobStatus.failed, error=f"{type(exc).__name__}: {exc}"[:4000])
+        if await _end(wc, claimed, JobStatus.failed, error=f"{type(exc).__name__}: {exc}"[:4000]):
+            _remove(job_run.work_dir if job_run else None)
         return "failed"
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
     if isinstance(outcome, NewVersion):
-        await wc.store.register(claimed, outcome)
+        owned = await wc.store.register(claimed, outcome)
     else:
-        await wc.store.complete(claimed, outcome)
+        owned = await wc.store.complete(claimed, outcome)
+    if not owned:  # taken over while it finished: the result is not this run's to record
+        _remove(job_run.out_dir)
+        log.warning("job taken over by another run: its result is dropped", extra={"job_id": job_id})
+        return "superseded: the job is no longer this run's"
     await publish(wc, job.id, {"id": job_id, "status": JobStatus.succeeded.value})
     _remove(job_run.work_dir)
     if isinstance(outcome, NewVersion):

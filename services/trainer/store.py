@@ -64,10 +64,22 @@ class Claimed:
     catalog_version_id: uuid.UUID | None  # the catalog an index job embeds
     model_version: ModelVersion | None  # what an evaluate, export or index job works on
     compute_before: float  # seconds earlier runs of the job used
+    attempt: int = 0  # this run's number: with worker_id, what says the job is still this run's
 
     @property
     def job_type(self) -> JobType:
         return JobType(self.job.job_type)
+
+    def owned(self) -> tuple[Any, ...]:
+        """The row conditions under which the job is still this run's: running, on this worker, in
+        this attempt. Every write a run makes to its job carries them, so a run that was reaped or taken
+        over changes nothing (and registers nothing)."""
+        return (
+            TrainingJob.id == self.job.id,
+            TrainingJob.status == JobStatus.running.value,
+            TrainingJob.worker_id == self.worker_id,
+            TrainingJob.attempts == self.attempt,
+        )
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,7 @@ class JobStore:
             await session.refresh(job)
             claimed.job = job
             claimed.compute_before = job.compute_seconds
+            claimed.attempt = job.attempts
             return claimed
 
     async def _inputs(self, session: AsyncSession, job: TrainingJob, worker_id: str) -> Claimed:
@@ -226,35 +239,36 @@ class JobStore:
         ).one_or_none()
         return (row[0], row[1]) if row else None
 
-    async def set_device(self, claimed: Claimed, device: str) -> None:
+    async def set_device(self, claimed: Claimed, device: str) -> bool:
+        """Record where the job runs; False when the job is no longer this run's."""
         async with unit_of_work(self.sessionmaker) as session:
-            await session.execute(
-                update(TrainingJob).where(TrainingJob.id == claimed.job.id).values(device=device)
+            found = await session.execute(
+                update(TrainingJob).where(*claimed.owned()).values(device=device).returning(TrainingJob.id)
             )
+            return found.first() is not None
 
     async def heartbeat(
         self, claimed: Claimed, progress: dict[str, Any], compute_seconds: float, delta_s: float, gpu: bool
     ) -> Beat:
-        """Write progress, the heartbeat and the compute used; charge the project for the time since
-        the last beat."""
-        job = claimed.job
+        """Write progress, the heartbeat and the compute used, and charge the project for the time since
+        the last beat, while the job is this run's."""
         async with unit_of_work(self.sessionmaker) as session:
             result = await session.execute(
                 update(TrainingJob)
-                .where(
-                    TrainingJob.id == job.id,
-                    TrainingJob.status == JobStatus.running.value,
-                    TrainingJob.worker_id == claimed.worker_id,
-                )
+                .where(*claimed.owned())
                 .values(progress=progress, heartbeat_at=func.now(), compute_seconds=compute_seconds)
                 .returning(TrainingJob.cancel_requested_at)
             )
             row = result.first()
+            if row is None:
+                return Beat(owned=False, cancel_requested=False)
             column = Project.used_gpu_hours if gpu else Project.used_cpu_hours
             await session.execute(
-                update(Project).where(Project.id == job.project_id).values({column: column + delta_s / 3600})
+                update(Project)
+                .where(Project.id == claimed.job.project_id)
+                .values({column: column + delta_s / 3600})
             )
-        return Beat(owned=row is not None, cancel_requested=row is not None and row[0] is not None)
+        return Beat(owned=True, cancel_requested=row[0] is not None)
 
     async def cancel_requested(self, job_id: uuid.UUID) -> bool:
         async with self.sessionmaker() as session:
@@ -270,8 +284,8 @@ class JobStore:
         *,
         error: str | None = None,
         progress: dict[str, Any] | None = None,
-    ) -> None:
-        """End the job failed or cancelled."""
+    ) -> bool:
+        """End the job failed or cancelled; False (and nothing changed) when it is no longer this run's."""
         values: dict[str, Any] = {
             "status": status.value,
             "finished_at": func.now(),
@@ -281,30 +295,32 @@ class JobStore:
         if progress is not None:
             values["progress"] = progress
         async with unit_of_work(self.sessionmaker) as session:
-            await session.execute(
-                update(TrainingJob).where(TrainingJob.id == claimed.job.id).values(**values)
+            found = await session.execute(
+                update(TrainingJob).where(*claimed.owned()).values(**values).returning(TrainingJob.id)
             )
+            return found.first() is not None
 
-    async def hand_back(self, claimed: Claimed) -> None:
-        """The worker is shutting down: queue the job again now (its checkpoint stays) rather than leave
-        it `running` until the reaper notices the silence."""
+    async def hand_back(self, claimed: Claimed, reason: str) -> bool:
+        """Queue the job again now (its checkpoint stays) rather than leave it `running` until the reaper
+        notices the silence: the worker is stopping, or lost the database. False when the job is no
+        longer this run's."""
         async with unit_of_work(self.sessionmaker) as session:
-            await session.execute(
+            found = await session.execute(
                 update(TrainingJob)
-                .where(TrainingJob.id == claimed.job.id, TrainingJob.worker_id == claimed.worker_id)
-                .values(
-                    status=JobStatus.queued.value,
-                    worker_id=None,
-                    error="its worker stopped; the next run resumes from the last checkpoint",
-                )
+                .where(*claimed.owned())
+                .values(status=JobStatus.queued.value, worker_id=None, error=reason)
+                .returning(TrainingJob.id)
             )
+            return found.first() is not None
 
     @staticmethod
-    def _succeeded(claimed: Claimed, progress: dict[str, Any], **values: Any) -> Any:
-        """The statement that ends a job as succeeded."""
-        return (
+    async def _succeed(
+        session: AsyncSession, claimed: Claimed, progress: dict[str, Any], **values: Any
+    ) -> bool:
+        """End the job succeeded, if it is still this run's."""
+        found = await session.execute(
             update(TrainingJob)
-            .where(TrainingJob.id == claimed.job.id)
+            .where(*claimed.owned())
             .values(
                 status=JobStatus.succeeded.value,
                 finished_at=func.now(),
@@ -312,13 +328,19 @@ class JobStore:
                 progress=progress,
                 **values,
             )
+            .returning(TrainingJob.id)
         )
+        return found.first() is not None
 
-    async def register(self, claimed: Claimed, new: NewVersion) -> None:
-        """Register a fine-tune's model as the project's next version and end the job succeeded."""
+    async def register(self, claimed: Claimed, new: NewVersion) -> bool:
+        """Register a fine-tune's model as the project's next version and end the job succeeded, both or
+        neither: False (and nothing written) when the job is no longer this run's."""
         job = claimed.job
         async with unit_of_work(self.sessionmaker) as session:
             await session.execute(select(Project.id).where(Project.id == job.project_id).with_for_update())
+            progress = {"phase": "done", "step": new.steps, "total_steps": new.steps}
+            if not await self._succeed(session, claimed, progress):
+                return False
             number = (
                 await session.execute(
                     select(func.coalesce(func.max(ModelVersion.version), 0)).where(
@@ -348,15 +370,17 @@ class JobStore:
                     compute=new.compute,
                 )
             )
-            progress = {"phase": "done", "step": new.steps, "total_steps": new.steps}
-            await session.execute(self._succeeded(claimed, progress))
+        return True
 
-    async def complete(self, claimed: Claimed, outcome: VersionResult) -> None:
+    async def complete(self, claimed: Claimed, outcome: VersionResult) -> bool:
         """Store an evaluate/export/index job's result and, for export and index, the version's new
-        files; end the job succeeded."""
+        files; end the job succeeded. False (and nothing written) when the job is no longer this run's."""
         version = claimed.model_version
         assert version is not None
         async with unit_of_work(self.sessionmaker) as session:
+            progress = {**outcome.progress, "phase": "done"}
+            if not await self._succeed(session, claimed, progress, result=outcome.result):
+                return False
             if outcome.artifacts or outcome.rebuild:
                 row = (
                     await session.execute(
@@ -368,8 +392,7 @@ class JobStore:
                 if outcome.rebuild:
                     export = {**row.compute.get("export", {}), "rebuild": outcome.rebuild}
                     row.compute = {**row.compute, "export": export}
-            progress = {**outcome.progress, "phase": "done"}
-            await session.execute(self._succeeded(claimed, progress, result=outcome.result))
+        return True
 
     async def reap(self, stale_after: timedelta, max_attempts: int) -> Reaped:
         """Queue again the running jobs whose worker stopped sending heartbeats (fail those on their last
