@@ -16,9 +16,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.auth import repository as keys_repository
-from services.api.deps import ResourcesDep, SessionDep
+from services.api.deps import ApiResources, ResourcesDep, SessionDep
 from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action, allows
+from shared.db import unit_of_work
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.models import Project
 from shared.models.enums import KeyRole, ProjectRole
@@ -115,11 +116,14 @@ async def authenticate(
     )
 
 
-async def get_principal(
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _principal(
+    session: AsyncSession,
     request: Request,
-    session: SessionDep,
-    resources: ResourcesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    resources: ApiResources,
+    credentials: HTTPAuthorizationCredentials | None,
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized()
@@ -131,14 +135,24 @@ async def get_principal(
     )
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
-
-
-async def get_person(principal: CurrentPrincipal) -> Principal:
+def _person(principal: Principal) -> Principal:
     """A person's key (admin or user): service keys only reach the endpoints of their scopes."""
     if principal.is_service:
         raise Forbidden("service keys may only call the endpoints of their scopes")
     return principal
+
+
+async def get_principal(
+    request: Request, session: SessionDep, resources: ResourcesDep, credentials: Credentials
+) -> Principal:
+    return await _principal(session, request, resources, credentials)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_person(principal: CurrentPrincipal) -> Principal:
+    return _person(principal)
 
 
 CurrentPerson = Annotated[Principal, Depends(get_person)]
@@ -212,3 +226,20 @@ async def get_project_context(
 
 
 ProjectDep = Annotated[ProjectContext, Depends(get_project_context)]
+
+
+async def get_released_project_context(
+    request: Request,
+    resources: ResourcesDep,
+    credentials: Credentials,
+    project_id: Annotated[str, Path(description="The project's id or slug.", max_length=100)],
+) -> ProjectContext:
+    """The project context, checked in a unit of work of its own that ends (and gives its connection
+    back to the pool) before the route goes on: for routes that stream a request body or work for long,
+    so slow clients cannot hold the pool's connections. The route opens its own units of work."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        principal = _person(await _principal(session, request, resources, credentials))
+        return await load_project_context(session, principal, project_id)
+
+
+ReleasedProjectDep = Annotated[ProjectContext, Depends(get_released_project_context)]

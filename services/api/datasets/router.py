@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from pydantic import ValidationError
 
-from services.api.context import CurrentPerson, ProjectDep
+from services.api.context import CurrentPerson, ProjectDep, ReleasedProjectDep
 from services.api.datasets import service
 from services.api.datasets.schemas import (
     DatasetRead,
@@ -90,14 +90,14 @@ def _parse_form(fields: dict[str, str]) -> ImportForm:
     openapi_extra=_form_schema(),
 )
 async def import_dataset(
-    request: Request, ctx: ProjectDep, session: SessionDep, resources: ResourcesDep, response: Response
+    request: Request, ctx: ReleasedProjectDep, resources: ResourcesDep, response: Response
 ) -> ImportResult:
     """Upload data (multipart) as a new version of a dataset: validated all or nothing, split by
     group, described, stored as Parquet. Identical content returns the existing version with 200."""
     ctx.require(Action.write_datasets)  # before reading the body
-    async with staged_upload(request, resources.settings) as upload:
+    async with staged_upload(request, resources.settings) as upload:  # no database connection held
         form = _parse_form(upload.fields)
-        result = await service.import_dataset(session, resources, ctx, upload, form)
+        result = await service.import_dataset(resources, ctx, upload, form)
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return result

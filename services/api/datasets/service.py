@@ -15,7 +15,13 @@ import pyarrow as pa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.audit.service import audit_change
-from services.api.context import Principal, ProjectContext, load_entity, project_context_of
+from services.api.context import (
+    Principal,
+    ProjectContext,
+    load_entity,
+    load_project_context,
+    project_context_of,
+)
 from services.api.datasets import repository
 from services.api.datasets.schemas import (
     DatasetRead,
@@ -129,10 +135,14 @@ def _result(
 
 
 async def import_dataset(
-    session: AsyncSession, resources: ApiResources, ctx: ProjectContext, upload: Upload, form: ImportForm
+    resources: ApiResources, ctx: ProjectContext, upload: Upload, form: ImportForm
 ) -> ImportResult:
     """Validate and store an upload as a new dataset version, or return the version that already
-    holds identical content. Rejected uploads store nothing but their error report."""
+    holds identical content. Rejected uploads store nothing but their error report.
+
+    No database connection is held while the files are parsed and checked (seconds to minutes for a
+    large upload): what the import needs to know first is read in a short unit of work, and the
+    version is written in another, which checks the caller's rights again."""
     ctx.require(Action.write_datasets)
     started = time.perf_counter()
     settings = resources.settings
@@ -141,22 +151,23 @@ async def import_dataset(
     name = form.name.strip() if form.name else _default_name(options, upload)
     project_id = ctx.project.id
 
-    existing = await repository.find_dataset(session, project_id, name)
-    if existing is not None and existing.kind != kind.value:
-        raise Conflict(
-            f"dataset {name!r} holds {existing.kind} data, not {kind.value}; import under another name"
-        )
-    if existing is not None:
-        duplicate = await repository.version_by_hash(session, existing.id, digest)
-        if duplicate is not None:
-            return await _record_duplicate(session, ctx, existing, duplicate, upload, options, started)
+    async with unit_of_work(resources.sessionmaker) as session:
+        existing = await repository.find_dataset(session, project_id, name)
+        if existing is not None and existing.kind != kind.value:
+            raise Conflict(
+                f"dataset {name!r} holds {existing.kind} data, not {kind.value}; import under another name"
+            )
+        if existing is not None:
+            duplicate = await repository.version_by_hash(session, existing.id, digest)
+            if duplicate is not None:
+                return await _record_duplicate(session, ctx, existing, duplicate, upload, options, started)
+        catalog_version = None
+        if kind in _NEEDS_CATALOG and options.format in GENERIC:
+            catalog_version = await catalog.latest_catalog_version(session, project_id)
 
     known_ids: pa.Array | None = None
-    if kind in _NEEDS_CATALOG and options.format in GENERIC:
-        catalog_version = await catalog.latest_catalog_version(session, project_id)
-        if catalog_version is not None:
-            known_ids = await anyio.to_thread.run_sync(catalog.product_ids, settings, catalog_version)
-
+    if catalog_version is not None:
+        known_ids = await anyio.to_thread.run_sync(catalog.product_ids, settings, catalog_version)
     files = [f.path for f in upload.files]
     try:
         async with resources.import_limiter:
@@ -176,6 +187,30 @@ async def import_dataset(
             },
         ) from None
 
+    async with unit_of_work(resources.sessionmaker) as session:
+        # the caller's role may have changed while the upload was parsed
+        ctx = await load_project_context(session, ctx.principal, str(project_id))
+        ctx.require(Action.write_datasets)
+        return await _create_version(
+            session, resources, ctx, name, kind, options, spec, digest, prepared, upload, form, started
+        )
+
+
+async def _create_version(
+    session: AsyncSession,
+    resources: ApiResources,
+    ctx: ProjectContext,
+    name: str,
+    kind: DatasetKind,
+    options: ImportOptions,
+    spec: SplitSpec,
+    digest: str,
+    prepared: Prepared,
+    upload: Upload,
+    form: ImportForm,
+    started: float,
+) -> ImportResult:
+    project_id = ctx.project.id
     values = {
         "project_id": project_id,
         "name": name,

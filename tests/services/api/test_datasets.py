@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
@@ -363,3 +364,41 @@ async def test_imports_history_records_every_attempt(
     async with sessionmaker() as session:
         statuses = sorted((await session.execute(select(DatasetImport.status))).scalars())
     assert statuses == ["created", "rejected"]
+
+
+async def test_slow_uploads_hold_no_database_connection(world: World, settings: Settings) -> None:
+    """Four uploads whose bodies have not arrived yet, on a pool of two connections: other requests are
+    answered at once, because the key and role checks give their connection back before the body is
+    read (and nothing holds one while the files are parsed)."""
+    from asgi_lifespan import LifespanManager
+
+    from services.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"db_pool_size": 1}))  # one connection, one overflow
+    arrived = asyncio.Event()
+
+    def body(n: int) -> Any:
+        async def chunks() -> Any:
+            yield b'--XyZ\r\nContent-Disposition: form-data; name="kind"\r\n\r\ncatalog\r\n'
+            yield b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="catalog.csv"\r\n\r\n'
+            await arrived.wait()
+            yield (CATALOG_CSV + f"p{n + 10},Spare part {n},,,,1,yes,\n").encode()
+            yield b"\r\n--XyZ--\r\n"
+
+        return chunks()
+
+    headers = {**world.as_("member"), "Content-Type": "multipart/form-data; boundary=XyZ"}
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=60) as client:
+            uploads = [
+                asyncio.create_task(client.post(f"{P}/datasets", headers=headers, content=body(n)))
+                for n in range(4)
+            ]
+            await asyncio.sleep(1.0)  # each is past its key check, waiting for its body
+            listed = await asyncio.wait_for(client.get("/api/v1/projects", headers=world.as_("member")), 5)
+            assert listed.status_code == 200
+            arrived.set()
+            answers = await asyncio.gather(*uploads)
+    assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
+    assert sorted(a.json()["version"] for a in answers) == [1, 2, 3, 4]
