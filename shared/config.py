@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # Dataset uploads: larger bodies answer 413 before they are read; imports run at most this many
     # at a time per API process (each is CPU-bound parsing and validation in a worker thread).
     max_upload_mb: int = Field(default=2048, ge=1)
+    # Every other request body (JSON) of the api and inference: larger ones answer 413 unread.
+    max_body_kb: int = Field(default=1024, ge=1, le=1024 * 1024)
     max_concurrent_imports: int = Field(default=2, ge=1, le=64)
 
     # Trainer: a running job reports progress (and checks for cancellation) every progress_interval_s,
@@ -147,6 +149,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_kb * 1024
 
     def resolved_database_url(self) -> str:
         """The configured URL, else the one of the embedded server `recforge up` started."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import AppError
+from shared.errors import AppError, PayloadTooLarge
 
 log = logging.getLogger("recforge.http")
 
@@ -39,6 +40,70 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         body = {"error": "validation_error", "message": "The request is invalid", "detail": errors}
         return JSONResponse(jsonable_encoder(body), status_code=422)
+
+
+async def send_error(send: Send, exc: AppError) -> None:
+    """Answer with an AppError's status and body from ASGI middleware (before the app runs)."""
+    body = json.dumps(exc.to_dict()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Refuses request bodies larger than ``limit`` bytes with 413 before the app sees any of them: at
+    once when Content-Length says so, else as soon as the bytes received pass it. Bodies within the
+    limit are read here and handed to the app whole. ``exempt(scope)`` names routes that enforce a
+    limit of their own while they stream (dataset uploads)."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: Callable[[Scope], bool] | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is larger than {self.limit // 1024} KiB (RECFORGE_MAX_BODY_KB)",
+            detail={"limit_bytes": self.limit},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await send_error(send, self._too_large())
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await send_error(send, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
 
 
 class RequestContextMiddleware:

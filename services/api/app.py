@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
 from arq import create_pool
 from fastapi import FastAPI, Request
+from starlette.types import Scope
 
 from services.api.audit.router import router as audit_router
 from services.api.auth.router import router as auth_router
@@ -20,11 +22,18 @@ from services.api.tasks.router import router as tasks_router
 from services.api.training.router import router as training_router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
-from shared.http import Check, infra_checks, setup_common
+from shared.http import BodyLimit, Check, infra_checks, setup_common
 from shared.jobs import redis_settings
 
 VERSION = "0.1.0"
 API_PREFIX = "/api/v1"
+
+
+_UPLOAD = re.compile(rf"{API_PREFIX}/projects/[^/]+/datasets")
+
+
+def _is_upload(scope: Scope) -> bool:
+    return scope["method"] == "POST" and _UPLOAD.fullmatch(scope["path"]) is not None
 
 
 def _checks(request: Request) -> Mapping[str, Check]:
@@ -58,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Projects, people, datasets, training jobs, model versions and deployments.",
         lifespan=lifespan,
     )
+    # dataset uploads stream to disk under their own limit (RECFORGE_MAX_UPLOAD_MB)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, exempt=_is_upload)
     setup_common(app, _checks)
     for router in (
         auth_router,

@@ -1,12 +1,15 @@
-"""A ceiling on requests in flight per process: beyond it, requests answer 429 at once, before any
-body is read, so a burst cannot pile up work and memory without bound. Health, readiness and metrics
-are never refused."""
+"""What a request must pass before the service reads its body: a ceiling on requests in flight per
+process (beyond it, 429 at once, so a burst cannot pile up work and memory without bound), then the
+caller's key (401/403 unread). Health, readiness and metrics are never refused by the ceiling."""
 
 from __future__ import annotations
 
 import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.errors import AppError
+from shared.http import send_error
 
 EXEMPT = ("/healthz", "/readyz", "/metrics")
 
@@ -43,3 +46,24 @@ class InFlightLimit:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class KeyFirst:
+    """Checks the caller's key of the ``paths`` (the POST endpoints) before their body is read, so a
+    caller without a valid key costs a header lookup and, once per key a while, a database read, but
+    never a body. The caller is left in the request state for the route."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            state = scope.setdefault("state", {})
+            authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            try:
+                state["caller"] = await state["resources"].keys.check(authorization or None)
+            except AppError as exc:
+                await send_error(send, exc)
+                return
+        await self.app(scope, receive, send)

@@ -11,15 +11,15 @@ from typing import Any
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 
-from services.inference.admission import InFlightLimit
+from services.inference.admission import InFlightLimit, KeyFirst
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import KeyChecker
 from services.inference.metrics import InferenceMetrics
 from services.inference.registry import ModelRegistry
-from services.inference.router import router
+from services.inference.router import POST_PATHS, router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
-from shared.http import Check, infra_checks, setup_common
+from shared.http import BodyLimit, Check, infra_checks, setup_common
 from shared.redis import create_redis
 
 VERSION = "0.1.0"
@@ -76,7 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Low-latency recommendations, scores, labels, embeddings and reranking over ONNX models.",
         lifespan=lifespan,
     )
-    setup_common(app, _checks)
     app.include_router(router)
+    # outermost first: request id and log, the in-flight ceiling, the key, then the body's size
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(KeyFirst, paths=POST_PATHS)
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
+    setup_common(app, _checks)
     return app

@@ -41,10 +41,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 Resources = Annotated[InferenceResources, Depends(get_resources)]
+# the endpoints whose key is checked before their body is read (services.inference.admission.KeyFirst)
+POST_PATHS = frozenset({"/recommend", "/score", "/rerank", "/classify", "/v1/embeddings", "/events"})
 
 
-async def _caller(resources: Resources, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    return await resources.keys.check(authorization)
+async def _caller(
+    request: Request, resources: Resources, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    checked: Caller | None = getattr(request.state, "caller", None)  # by KeyFirst, before the body
+    return checked if checked is not None else await resources.keys.check(authorization)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 ProjectRef = Field(min_length=1, max_length=200, description="The project's id or slug.")
+
+# What one request may carry: models read at most a few hundred tokens of a text, so longer texts only
+# cost memory and tokenizer time (422 names the field); a list is as long as one batch of work should be.
+TEXT_CHARS = 8192
+ID_CHARS = 200
+Text = Annotated[str, StringConstraints(min_length=1, max_length=TEXT_CHARS)]
+ProductId = Annotated[str, StringConstraints(min_length=1, max_length=ID_CHARS)]
+PROPERTIES = 32
+PROPERTY_CHARS = 1000
 
 
 class FilterSpec(BaseModel):
@@ -22,7 +31,7 @@ class RecommendRequest(BaseModel):
     project: str = ProjectRef
     query: str | None = Field(None, min_length=1, max_length=1000)
     user_id: str | None = Field(None, min_length=1, max_length=200)
-    history: list[str] | None = Field(
+    history: list[ProductId] | None = Field(
         None, max_length=1000, description="Product ids the user saw or bought, oldest first."
     )
     k: int = Field(10, ge=1, le=200)
@@ -63,8 +72,8 @@ class ScoreRequest(BaseModel):
 
     project: str = ProjectRef
     query: str = Field(min_length=1, max_length=1000)
-    product_ids: list[str] | None = Field(None, min_length=1, max_length=1000)
-    documents: list[str] | None = Field(
+    product_ids: list[ProductId] | None = Field(None, min_length=1, max_length=1000)
+    documents: list[Text] | None = Field(
         None, min_length=1, max_length=1000, description="Texts, instead of ids."
     )
 
@@ -85,7 +94,7 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     project: str = ProjectRef
-    texts: list[str] = Field(min_length=1, max_length=1000)
+    texts: list[Text] = Field(min_length=1, max_length=1000)
 
 
 class Classification(BaseModel):
@@ -105,7 +114,7 @@ class RerankRequest(BaseModel):
 
     project: str = ProjectRef
     query: str = Field(min_length=1, max_length=1000)
-    documents: list[str] = Field(min_length=1, max_length=1000)
+    documents: list[Text] = Field(min_length=1, max_length=1000)
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
 
@@ -124,11 +133,14 @@ class RerankResponse(BaseModel):
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request. `model` is the project's id or slug."""
 
-    input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)] = Field(
+        description=f"A text or a list of at most 2,048 texts of at most {TEXT_CHARS:,} characters each "
+        "(token arrays are not accepted)."
+    )
     model: str = ProjectRef
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    user: str | None = Field(None, max_length=ID_CHARS)
 
 
 class Embedding(BaseModel):
@@ -161,7 +173,25 @@ class EventIn(BaseModel):
     user_id: str | None = Field(None, max_length=200)
     position: int | None = Field(None, ge=0)
     value: float | None = Field(None, description="An amount, e.g. a purchase's price.")
-    properties: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    properties: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description=f"At most {PROPERTIES} of them; names of at most 64 characters, texts of at most "
+        f"{PROPERTY_CHARS}.",
+    )
+
+    @field_validator("properties")
+    @classmethod
+    def _bounded(
+        cls, value: dict[str, str | int | float | bool | None]
+    ) -> dict[str, str | int | float | bool | None]:
+        if len(value) > PROPERTIES:
+            raise ValueError(f"at most {PROPERTIES} properties")
+        for name, item in value.items():
+            if len(name) > 64:
+                raise ValueError(f"property name {name[:20]!r}... is longer than 64 characters")
+            if isinstance(item, str) and len(item) > PROPERTY_CHARS:
+                raise ValueError(f"property {name!r} is longer than {PROPERTY_CHARS} characters")
+        return value
 
 
 class EventsRequest(BaseModel):

