@@ -53,6 +53,7 @@ class Principal:
     project_id: uuid.UUID | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
     request_id: str | None = None
+    expires_at: datetime | None = None  # the key's: no key it issues outlives it
 
     @property
     def is_admin(self) -> bool:
@@ -113,6 +114,7 @@ async def authenticate(
         project_id=api_key.project_id,
         scopes=frozenset(api_key.scopes),
         request_id=request_id,
+        expires_at=api_key.expires_at,
     )
 
 

@@ -60,3 +60,17 @@ async def list_users(session: AsyncSession, *, after: uuid.UUID | None, limit: i
     if after is not None:
         query = query.where(User.id > after)
     return list((await session.execute(query)).scalars())
+
+
+async def live_service_keys(session: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID) -> list[ApiKey]:
+    query = (
+        select(ApiKey)
+        .where(
+            ApiKey.project_id == project_id,
+            ApiKey.user_id == user_id,
+            ApiKey.role == "service",
+            ApiKey.revoked_at.is_(None),
+        )
+        .with_for_update()
+    )
+    return list((await session.execute(query)).scalars())

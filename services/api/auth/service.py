@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.audit.service import record
+from services.api.audit.service import audit_change, record
 from services.api.auth import repository
 from services.api.auth.schemas import KeyCreate
 from services.api.auth.scopes import ServiceScope
-from services.api.context import Principal
+from services.api.context import Principal, ProjectContext
 from services.api.projects import repository as projects_repository
 from shared.errors import Conflict, Forbidden, ValidationFailed
 from shared.models import ApiKey, User
@@ -117,7 +117,7 @@ async def create_user(session: AsyncSession, principal: Principal, *, name: str,
 
 async def create_key(session: AsyncSession, principal: Principal, data: KeyCreate, secret: str) -> IssuedKey:
     """Admins issue any key. Others issue keys for themselves only: user keys, and service keys of
-    projects they own or maintain."""
+    projects they own or maintain. A key issued by an expiring key expires with it, at the latest."""
     if not principal.is_admin:
         if data.user_id != principal.user_id:
             raise Forbidden("only admins may create keys for other users")
@@ -145,6 +145,9 @@ async def create_key(session: AsyncSession, principal: Principal, data: KeyCreat
     if data.scopes is not None and data.role != KeyRole.service:
         raise ValidationFailed("scopes apply to service keys only", detail=[{"loc": ["body", "scopes"]}])
     scopes = [s.value for s in (data.scopes or list(ServiceScope))] if data.role == KeyRole.service else []
+    expires_at = data.expires_at
+    if principal.expires_at is not None and (expires_at is None or expires_at > principal.expires_at):
+        expires_at = principal.expires_at  # a key never outlives the key that issued it
     return await issue_key(
         session,
         user=user,
@@ -153,7 +156,28 @@ async def create_key(session: AsyncSession, principal: Principal, data: KeyCreat
         role=data.role,
         project_id=project_id,
         scopes=scopes,
-        expires_at=data.expires_at,
+        expires_at=expires_at,
         actor_user_id=principal.user_id,
         actor_key_id=principal.key_id,
     )
+
+
+async def revoke_service_keys(
+    session: AsyncSession, ctx: ProjectContext, user_id: uuid.UUID, why: str
+) -> int:
+    """Revoke the live service keys of the project that belong to the user (those they issued); each
+    revocation is audited."""
+    revoked = 0
+    for key in await repository.live_service_keys(session, ctx.project.id, user_id):
+        key.revoked_at = datetime.now(UTC)
+        revoked += 1
+        await audit_change(
+            session,
+            ctx,
+            "api_key.revoke",
+            "api_key",
+            key.id,
+            {"revoked_at": None},
+            {"revoked_at": key.revoked_at.isoformat(), "reason": why},
+        )
+    return revoked

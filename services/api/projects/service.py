@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.audit.service import audit_change, record
 from services.api.auth import repository as users_repository
+from services.api.auth.service import revoke_service_keys
 from services.api.context import Principal, ProjectContext
 from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository
@@ -309,6 +310,8 @@ async def remove_member(session: AsyncSession, ctx: ProjectContext, user_id: uui
     await audit_change(
         session, ctx, "member.remove", "member", user_id, {"user_id": str(user_id), "role": role.value}, None
     )
+    # the service keys they issued for the project go with them: their storefronts get new keys
+    await revoke_service_keys(session, ctx, user_id, "its user left the project")
 
 
 # -- progress ----------------------------------------------------------------------------------

@@ -125,3 +125,65 @@ async def test_user_count_unchanged_by_a_rejected_request(world: World, session:
     )
     assert bad.status_code == 422
     assert (await session.execute(select(func.count()).select_from(User))).scalar_one() == before
+
+
+async def test_a_key_never_issues_a_key_that_outlives_it(world: World) -> None:
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    expiring = await world.call(
+        "admin",
+        "POST",
+        "/api/v1/keys",
+        json={"user_id": world.users["member"], "name": "expiring", "expires_at": soon.isoformat()},
+    )
+    assert expiring.status_code == 201, expiring.text
+    key = bearer(expiring.json()["key"])
+    later = (soon + dt.timedelta(days=30)).isoformat()
+    for body in ({"name": "forever"}, {"name": "later", "expires_at": later}):
+        minted = await world.client.post(
+            "/api/v1/keys", json={"user_id": world.users["member"], **body}, headers=key
+        )
+        assert minted.status_code == 201, minted.text
+        assert dt.datetime.fromisoformat(minted.json()["expires_at"]) == soon
+    sooner = (soon - dt.timedelta(hours=1)).isoformat()
+    minted = await world.client.post(
+        "/api/v1/keys",
+        json={"user_id": world.users["member"], "name": "sooner", "expires_at": sooner},
+        headers=key,
+    )
+    assert dt.datetime.fromisoformat(minted.json()["expires_at"]) == dt.datetime.fromisoformat(sooner)
+
+
+async def test_removing_a_member_revokes_the_service_keys_they_issued(
+    world: World, session: AsyncSession
+) -> None:
+    issued = await world.call(
+        "maintainer",
+        "POST",
+        "/api/v1/keys",
+        json={
+            "user_id": world.users["maintainer"],
+            "name": "storefront",
+            "role": "service",
+            "project_id": "search-a",
+        },
+    )
+    assert issued.status_code == 201, issued.text
+    a = world.projects["search-a"]["id"]
+    removed = await world.call("owner", "DELETE", f"/api/v1/projects/{a}/members/{world.users['maintainer']}")
+    assert removed.status_code == 204
+    key = await session.get(ApiKey, issued.json()["id"])
+    assert key is not None and key.revoked_at is not None
+    other = await session.get(ApiKey, (await _key_id(world, "service")))
+    assert other is not None and other.revoked_at is None  # the owner's service key stays
+    audited = (
+        await session.execute(
+            select(AuditLog).where(AuditLog.action == "api_key.revoke", AuditLog.entity_id == str(key.id))
+        )
+    ).scalar_one()
+    assert audited.after is not None and audited.after["reason"] == "its user left the project"
+
+
+async def _key_id(world: World, who: str) -> str:
+    listed = await world.call("owner", "GET", "/api/v1/keys")
+    prefix = world.keys[who][:10]
+    return str(next(k["id"] for k in listed.json()["items"] if k["prefix"] == prefix))
