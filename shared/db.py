@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.config import Settings
+
+log = logging.getLogger("recforge.db")
 
 
 def create_engine(settings: Settings, *, url: str | None = None, pool_size: int | None = None) -> AsyncEngine:
@@ -30,8 +33,9 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """Commit when the block succeeds, roll back when it raises.
 
-    After a commit the ``after_commit`` hooks run; after a rollback (or a failed commit) the
-    ``on_rollback`` hooks undo side effects outside the database, such as files already written."""
+    After a commit the ``after_commit`` hooks run (one that fails is logged, not raised: the commit
+    stands); after a rollback (or a failed commit) the ``on_rollback`` hooks undo side effects outside
+    the database, such as files already written."""
     async with sessionmaker() as session:
         try:
             yield session
@@ -46,7 +50,13 @@ async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncI
             raise
         session.info.pop("on_rollback", None)
         for hook in session.info.pop("after_commit", []):
-            await hook()
+            try:
+                await hook()
+            except Exception:
+                # The change is committed: the caller hears of its success. What failed is a notice (a
+                # queue entry, a Redis message), and each has a reconciler: the reaper enqueues queued
+                # jobs the queue lacks, inference re-reads deployments, heartbeats read cancellations.
+                log.warning("an after-commit step failed; it will be reconciled", exc_info=True)
 
 
 async def ping_database(engine: AsyncEngine) -> None:

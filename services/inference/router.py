@@ -166,7 +166,11 @@ async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -
     request_ids = sorted({e.request_id for e in data.events if e.request_id})
     versions: dict[str, str] = {}
     if request_ids:
-        found = await resources.redis.mget([f"recforge:request:{r}" for r in request_ids])
+        try:
+            found = await resources.redis.mget([f"recforge:request:{r}" for r in request_ids])
+        except Exception:  # the events are the truth; which version served them is a detail
+            log.warning("Redis did not answer: events are stored without their model version", exc_info=True)
+            found = [None] * len(request_ids)
         versions = {
             r: (v.decode() if isinstance(v, bytes) else v)
             for r, v in zip(request_ids, found, strict=True)
