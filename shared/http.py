@@ -149,20 +149,30 @@ class RequestContextMiddleware:
                 )
 
 
+class NotReady(Exception):
+    """A readiness check's own verdict; its message is shown (other failures show their kind only)."""
+
+
 async def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, Any]]:
-    async def one(check: Check) -> dict[str, Any]:
+    """Run the readiness checks at once. Anyone may ask, so a failure shows its kind, not its text
+    (which can hold hosts, paths or another tenant's names); the text goes to the log."""
+
+    async def one(name: str, check: Check) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             detail = await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+        except NotReady as exc:
+            return {"ok": False, "error": str(exc)[:300]}
         except Exception as exc:  # a readiness probe reports every failure, whatever its kind
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            log.warning("readiness check %s failed: %s", name, f"{type(exc).__name__}: {exc}"[:500])
+            return {"ok": False, "error": type(exc).__name__}
         result: dict[str, Any] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
         if detail is not None:
             result["detail"] = detail
         return result
 
     names = list(checks)
-    results = await asyncio.gather(*(one(checks[name]) for name in names))
+    results = await asyncio.gather(*(one(name, checks[name]) for name in names))
     report = dict(zip(names, results, strict=True))
     return all(r["ok"] for r in results), report
 

@@ -12,6 +12,7 @@ from shared.errors import AppError
 from shared.http import send_error
 
 EXEMPT = ("/healthz", "/readyz", "/metrics")
+CALLER = "recforge.caller"  # the scope key KeyFirst leaves the checked caller under
 
 
 class InFlightLimit:
@@ -51,7 +52,8 @@ class InFlightLimit:
 class KeyFirst:
     """Checks the caller's key of the ``paths`` (the POST endpoints) before their body is read, so a
     caller without a valid key costs a header lookup and, once per key a while, a database read, but
-    never a body. The caller is left in the request state for the route."""
+    never a body. The caller is left in the request's scope (``CALLER``) for the route: never in the
+    lifespan state, which requests may share."""
 
     def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
         self.app = app
@@ -59,10 +61,10 @@ class KeyFirst:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            state = scope.setdefault("state", {})
+            resources = scope["state"]["resources"]
             authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
             try:
-                state["caller"] = await state["resources"].keys.check(authorization or None)
+                scope[CALLER] = await resources.keys.check(authorization or None)
             except AppError as exc:
                 await send_error(send, exc)
                 return

@@ -19,7 +19,7 @@ from services.inference.registry import ModelRegistry
 from services.inference.router import POST_PATHS, router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
-from shared.http import BodyLimit, Check, infra_checks, setup_common
+from shared.http import BodyLimit, Check, NotReady, infra_checks, setup_common
 from shared.redis import create_redis
 
 VERSION = "0.1.0"
@@ -30,12 +30,14 @@ def _checks(request: Request) -> Mapping[str, Check]:
     resources = get_resources(request)
 
     async def models_loaded() -> dict[str, Any]:
-        async with resources.sessionmaker() as session:
-            missing = await resources.registry.missing_versions(session)
-        if missing:
-            detail = f" ({resources.registry.last_error})" if resources.registry.last_error else ""
-            raise RuntimeError(f"deployed model versions not loaded yet: {sorted(map(str, missing))}{detail}")
-        return {"loaded": len(resources.registry.loaded_versions)}
+        """Ready once the deployments were read and loaded at least once: a version that fails to load
+        fails its own project's requests (503), not the replica; admins see which at /models."""
+        registry = resources.registry
+        if not registry.refreshed:
+            async with resources.sessionmaker() as session:
+                if await registry.deploys_anything(session):
+                    raise NotReady("loading the deployed model versions")
+        return {"loaded": len(registry.loaded_versions), "failed": registry.failures}
 
     return {**infra_checks(resources.engine, resources.redis), "models": models_loaded}
 

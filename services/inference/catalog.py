@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from shared.files import verify
 from shared.search import BM25Index
 
 log = logging.getLogger("recforge.inference")
@@ -177,11 +178,12 @@ class CatalogIndex:
 
 
 def load_vectors(directory: Path, files: dict[str, Any], ids: list[str]) -> FloatArray | None:
-    """Embeddings an index job wrote, reordered to `ids`; None when they do not cover them."""
+    """Embeddings an index job wrote, reordered to `ids`; None when they do not cover them. The files
+    must match their recorded digests (DigestMismatch)."""
     import pyarrow.parquet as pq
 
-    vectors = np.load(directory / files["embeddings"]["path"], mmap_mode="r")
-    stored = pq.read_table(directory / files["product_ids"]["path"])["product_id"].to_pylist()
+    vectors = np.load(verify(directory, files["embeddings"]), mmap_mode="r")
+    stored = pq.read_table(verify(directory, files["product_ids"]))["product_id"].to_pylist()
     row = {pid: i for i, pid in enumerate(stored)}
     if any(pid not in row for pid in ids):
         return None

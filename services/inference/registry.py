@@ -31,7 +31,8 @@ from services.inference.merchandising import Rule
 from shared.artifacts import unrooted, version_folder
 from shared.config import Settings
 from shared.datasets.catalog import catalog_text, latest_catalog_version
-from shared.errors import NotFound
+from shared.errors import NotFound, ServiceUnavailable
+from shared.files import verify
 from shared.jobs import DEPLOYMENTS_CHANNEL
 from shared.models import Deployment, MerchandisingRule, ModelVersion, Project
 from shared.models.enums import DeploymentRole, ModelTaskType, RuleAction
@@ -97,19 +98,35 @@ class RoleServing:
 
 
 @dataclass(frozen=True)
+class LoadFailure:
+    """A deployed version this replica could not load (a missing or damaged file, say)."""
+
+    deployment_id: uuid.UUID
+    version_id: uuid.UUID
+    error: str
+
+
+@dataclass(frozen=True)
 class ProjectServing:
     project_id: uuid.UUID
     slug: str
     roles: dict[DeploymentRole, RoleServing] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()  # merchandising, in creation order
+    # deployments this replica could not load; a role among them serves the version it had, if any
+    failed: dict[DeploymentRole, LoadFailure] = field(default_factory=dict)
 
     def role(self, role: DeploymentRole) -> RoleServing:
         found = self.roles.get(role)
-        if found is None:
-            raise NotFound(
-                f"project {self.slug!r} has no {role.value} deployed: promote a model version first"
+        if found is not None:
+            return found
+        failure = self.failed.get(role)
+        if failure is not None:  # this project's trouble alone: every other project is served
+            raise ServiceUnavailable(
+                f"project {self.slug!r}'s {role.value} (model version {failure.version_id}) could not be "
+                f"loaded here: {failure.error}. Promote a working version, or re-run its export job.",
+                headers={"Retry-After": "30"},
             )
-        return found
+        raise NotFound(f"project {self.slug!r} has no {role.value} deployed: promote a model version first")
 
 
 def _choose_file(artifacts: dict[str, Any], prefer_gpu: bool) -> tuple[str, list[str]]:
@@ -141,7 +158,7 @@ class ModelRegistry:
         self._wanted: set[uuid.UUID] = set()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self.last_error: str | None = None
+        self.refreshed = False  # the first look at the deployments has finished (whatever it found)
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -160,22 +177,45 @@ class ModelRegistry:
             raise NotFound(f"project {ref!r} has no deployed model versions")
         return serving
 
-    async def missing_versions(self, session: AsyncSession) -> set[uuid.UUID]:
-        """Deployed versions (primary and canary) that this process has not loaded yet."""
-        return await self._wanted_versions(session) - self.loaded_versions
+    def describe(self) -> list[dict[str, Any]]:
+        """What this replica serves, per project and role: the loaded versions and the failed ones."""
+        rows: list[dict[str, Any]] = []
+        for serving in sorted(self._projects.values(), key=lambda p: p.slug):
+            where = {"project": serving.slug, "project_id": str(serving.project_id)}
+            for role, found in serving.roles.items():
+                for version, arm in ((found.primary, "primary"), (found.canary, "canary")):
+                    if version is None:
+                        continue
+                    rows.append(
+                        {
+                            **where,
+                            "role": role.value,
+                            "arm": arm,
+                            "model_version_id": str(version.id),
+                            "state": "loaded",
+                            "file": version.model_file,
+                            "provider": version.provider,
+                        }
+                    )
+            for role, failure in serving.failed.items():
+                rows.append(
+                    {
+                        **where,
+                        "role": role.value,
+                        "model_version_id": str(failure.version_id),
+                        "state": "failed",
+                        "error": failure.error,
+                    }
+                )
+        return rows
 
-    async def _wanted_versions(self, session: AsyncSession) -> set[uuid.UUID]:
-        rows = await session.execute(
-            select(Deployment.model_version_id, Deployment.canary_model_version_id).where(
-                Deployment.is_active
-            )
-        )
-        wanted: set[uuid.UUID] = set()
-        for primary, canary in rows:
-            wanted.add(primary)
-            if canary is not None:
-                wanted.add(canary)
-        return wanted
+    async def deploys_anything(self, session: AsyncSession) -> bool:
+        found = await session.execute(select(Deployment.id).where(Deployment.is_active).limit(1))
+        return found.first() is not None
+
+    @property
+    def failures(self) -> int:
+        return sum(len(p.failed) for p in self._projects.values())
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -185,7 +225,8 @@ class ModelRegistry:
         folder = version_folder(version.project_id, version.id)
         directory = settings.data_dir / folder
         model_file, wanted = _choose_file(version.artifacts, settings.prefer_gpu)
-        path = directory / unrooted(version.artifacts, folder)[model_file]["path"]
+        # the graph served is the one the registry describes, byte for byte
+        path = verify(directory, unrooted(version.artifacts, folder)[model_file])
         max_length = int(version.config.get("max_length") or 128)
         model = OnnxTextModel(
             path,
@@ -246,7 +287,13 @@ class ModelRegistry:
         index = version.artifacts.get("catalog_index") or {}
 
         def vectors(ids: list[str]) -> np.ndarray:
-            if index.get("dataset_version_id") == catalog_id and index.get("model_file") == model_file:
+            graph = version.artifacts.get(model_file, {}).get("sha256")
+            same_graph = index.get("model_sha256") in (None, graph)  # an export may have rebuilt it
+            if (
+                index.get("dataset_version_id") == catalog_id
+                and index.get("model_file") == model_file
+                and same_graph
+            ):
                 found = load_vectors(directory, unrooted(index["files"], folder), ids)
                 if found is not None:
                     return found
@@ -309,23 +356,20 @@ class ModelRegistry:
                         catalogs[deployment.project_id] = (str(found.id), found.tables) if found else None
             projects: dict[uuid.UUID, dict[DeploymentRole, RoleServing]] = {}
             slugs: dict[str, uuid.UUID] = {}
-            errors = []
+            failed: dict[uuid.UUID, dict[DeploymentRole, LoadFailure]] = {}
             keep: set[tuple[uuid.UUID, str | None]] = set()
             for deployment, slug in rows:
                 slugs[slug] = deployment.project_id
                 catalog = catalogs.get(deployment.project_id)
+                role = DeploymentRole(deployment.role)
                 try:
                     primary = await self._ensure(versions[deployment.model_version_id], catalog, keep)
-                    canary = (
-                        await self._ensure(versions[deployment.canary_model_version_id], catalog, keep)
-                        if deployment.canary_model_version_id
-                        else None
-                    )
-                except Exception as exc:  # keep serving what is loaded; readiness says what is missing
+                except Exception as exc:  # keep serving what is loaded; the project alone does without it
                     log.exception("could not load a deployment", extra={"deployment_id": str(deployment.id)})
-                    errors.append(f"{deployment.id}: {type(exc).__name__}: {exc}")
+                    failed.setdefault(deployment.project_id, {})[role] = LoadFailure(
+                        deployment.id, deployment.model_version_id, f"{type(exc).__name__}: {exc}"[:500]
+                    )
                     old = self._projects.get(deployment.project_id)
-                    role = DeploymentRole(deployment.role)
                     if old is not None and role in old.roles:
                         projects.setdefault(deployment.project_id, {})[role] = old.roles[role]
                         for version in (old.roles[role].primary, old.roles[role].canary):
@@ -337,20 +381,33 @@ class ModelRegistry:
                                     )
                                 )
                     continue
-                projects.setdefault(deployment.project_id, {})[DeploymentRole(deployment.role)] = RoleServing(
+                canary = None
+                if deployment.canary_model_version_id:
+                    try:
+                        canary = await self._ensure(
+                            versions[deployment.canary_model_version_id], catalog, keep
+                        )
+                    except Exception:  # the primary takes the canary's share until it loads
+                        log.exception("could not load a canary", extra={"deployment_id": str(deployment.id)})
+                projects.setdefault(deployment.project_id, {})[role] = RoleServing(
                     deployment.id, primary, canary, deployment.canary_percent
                 )
             self._projects = {
                 project_id: ProjectServing(
                     project_id,
                     next(s for s, p in slugs.items() if p == project_id),
-                    roles,
+                    projects.get(project_id, {}),
                     tuple(rules.get(project_id, ())),
+                    {
+                        role: f
+                        for role, f in failed.get(project_id, {}).items()
+                        if role not in projects.get(project_id, {})
+                    },
                 )
-                for project_id, roles in projects.items()
+                for project_id in {*projects, *failed}
             }
             self._slugs = slugs
-            self.last_error = "; ".join(errors) or None
+            self.refreshed = True
             retired = [key for key in self._versions if key not in keep]
             for key in retired:  # in-flight requests finish on the batcher they hold
                 await self._versions.pop(key).batcher.close()

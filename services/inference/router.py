@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.inference import service
+from services.inference.admission import CALLER
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import Caller
 from services.inference.registry import ProjectServing
@@ -48,7 +49,7 @@ POST_PATHS = frozenset({"/recommend", "/score", "/rerank", "/classify", "/v1/emb
 async def _caller(
     request: Request, resources: Resources, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
-    checked: Caller | None = getattr(request.state, "caller", None)  # by KeyFirst, before the body
+    checked: Caller | None = request.scope.get(CALLER)  # by KeyFirst, before the body was read
     return checked if checked is not None else await resources.keys.check(authorization)
 
 
@@ -178,6 +179,14 @@ async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -
         }
     accepted = await service.store_events(resources.sessionmaker, project_id, data, versions)
     return EventsResponse(accepted=accepted)
+
+
+@router.get("/models", responses=ERRORS, tags=["ops"])
+async def models(resources: Resources, caller: CallerDep) -> list[dict[str, Any]]:
+    """What this replica serves (admins): every deployed version, loaded or failed with the reason."""
+    if caller.role != KeyRole.admin:
+        raise Forbidden("this needs an admin key")
+    return resources.registry.describe()
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -12,6 +12,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -383,8 +384,9 @@ def rebuild_variants(
 ) -> RebuildResult:
     """Quantize `out_dir/model_file` to int8 with this machine's CPU preset and convert it to fp16.
 
-    The new graphs are written beside the old ones and renamed over them only after both are built
-    and checked against the fp32 graph on `examples`."""
+    The new graphs get names of their own beside the old ones (`model.int8.<tag>.onnx`), which they
+    never overwrite: the served files stay as they are until the registry records the new ones, and the
+    caller removes whichever set ends up unused."""
     from transformers import AutoConfig
 
     started = time.perf_counter()
@@ -408,11 +410,13 @@ def rebuild_variants(
             fp16_diff = float(np.max(np.abs(fp16 - reference)))
         except Exception:  # onnxruntime builds without fp16 CPU kernels: the graph is checked where it runs
             fp16_diff = None
-        shutil.move(int8_staged, out_dir / INT8_FILE)
-        shutil.move(fp16_staged, out_dir / FP16_FILE)
+        tag = uuid.uuid4().hex[:8]
+        int8_name, fp16_name = f"model.int8.{tag}.onnx", f"model.fp16.{tag}.onnx"
+        shutil.move(int8_staged, out_dir / int8_name)
+        shutil.move(fp16_staged, out_dir / fp16_name)
     cosine = float(np.mean(np.sum(int8 * reference, axis=1))) if task == "feature-extraction" else None
     return RebuildResult(
-        files={"model_int8": file_entry(out_dir, INT8_FILE), "model_fp16": file_entry(out_dir, FP16_FILE)},
+        files={"model_int8": file_entry(out_dir, int8_name), "model_fp16": file_entry(out_dir, fp16_name)},
         int8_max_abs_diff=float(np.max(np.abs(int8 - reference))),
         int8_mean_cosine=cosine,
         fp16_max_abs_diff=fp16_diff,

@@ -237,6 +237,9 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         owned = await wc.store.register(claimed, outcome)
     else:
         owned = await wc.store.complete(claimed, outcome)
+    if not isinstance(outcome, NewVersion):
+        for path in outcome.obsolete if owned else outcome.staged:  # the set of graphs left unused
+            path.unlink(missing_ok=True)
     if not owned:  # taken over while it finished: the result is not this run's to record
         _remove(job_run.out_dir)
         log.warning("job taken over by another run: its result is dropped", extra={"job_id": job_id})

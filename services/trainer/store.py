@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -112,6 +113,8 @@ class VersionResult:
     progress: dict[str, Any]
     artifacts: dict[str, Any] | None = None  # file entries merged into the version's artifacts
     rebuild: dict[str, Any] | None = None  # an export's report, kept in the version's compute
+    staged: tuple[Path, ...] = ()  # files written for `artifacts`: removed if the result is not recorded
+    obsolete: tuple[Path, ...] = ()  # files `artifacts` replaces: removed once it is recorded
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import httpx
 from asgi_lifespan import LifespanManager
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.inference.app import create_app as create_inference
 from shared.config import Settings
-from shared.models import Deployment
-from tests.factories import create_model_version, create_project, create_user
 from tests.support.processes import free_port
 from tests.support.world import bearer
 
@@ -56,20 +53,6 @@ async def test_readyz_reports_unreachable_redis(db: object, settings: Settings) 
     assert body["status"] == "not_ready"
     assert body["checks"]["postgres"]["ok"] is True
     assert body["checks"]["redis"]["ok"] is False
-
-
-async def test_inference_not_ready_while_a_deployed_model_is_not_loaded(
-    inference_client: httpx.AsyncClient, session: AsyncSession
-) -> None:
-    owner = await create_user(session)
-    project = await create_project(session, owner=owner)
-    version = await create_model_version(session, project=project)
-    session.add(Deployment(project_id=project.id, role="retriever", model_version_id=version.id))
-    await session.commit()
-
-    ready = await inference_client.get("/readyz")
-    assert ready.status_code == 503
-    assert str(version.id) in ready.json()["checks"]["models"]["error"]
 
 
 async def test_errors_render_as_json(

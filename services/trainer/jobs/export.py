@@ -1,5 +1,8 @@
 """Export jobs: rebuild a registered version's int8 graph for this machine's CPU and its fp16 graph from
-the fp32 one, check them, and check the int8 graph's metric on the version's own validation split."""
+the fp32 one, check them, and check the int8 graph's metric on the version's own validation split.
+
+The served graphs are never touched: the new ones are written under new names, the registry is pointed
+at them when the job ends, and only then are the old ones removed (or the new ones, if it fails)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from shared.artifacts import rooted
 
 
 def rebuild(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(the export's report, the rebuilt files' entries relative to the version's folder)."""
+    """(the export's report, the rebuilt files' entries relative to the version's folder). The new
+    graphs are removed again if their checks do not finish."""
     assert spec.examples is not None
     control.report(phase="export")
     rebuilt = rebuild_variants(
@@ -25,17 +29,22 @@ def rebuild(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dic
         examples=parity_examples(spec.job_type, spec.examples),
         max_length=spec.max_length,
     )
-    control.check()
-    int8 = spec.onnx_file(rebuilt.files["model_int8"]["path"])
-    check = evaluation.int8_check(
-        spec.job_type,
-        spec.examples,
-        int8,
-        spec.metrics,
-        spec.config.get("labels"),
-        spec.int8_tolerance,
-        control,
-    )
+    try:
+        control.check()
+        int8 = spec.onnx_file(rebuilt.files["model_int8"]["path"])
+        check = evaluation.int8_check(
+            spec.job_type,
+            spec.examples,
+            int8,
+            spec.metrics,
+            spec.config.get("labels"),
+            spec.int8_tolerance,
+            control,
+        )
+    except BaseException:
+        for entry in rebuilt.files.values():
+            (spec.directory / entry["path"]).unlink(missing_ok=True)
+        raise
     files = {name: {**entry, "servable": True} for name, entry in rebuilt.files.items()}
     files["model_int8"]["servable"] = check["int8_servable"]
     info = {
@@ -53,8 +62,21 @@ async def run(job: JobRun) -> VersionResult:
     spec = version_spec(job)
     spec.examples = await job.examples()
     info, files = await in_thread(job.control, rebuild, spec, job.control)
-    files = rooted(files, spec.relative)
+    replaced = [
+        spec.directory / spec.artifacts[name]["path"]
+        for name in files
+        if name in spec.artifacts and spec.artifacts[name]["path"] != files[name]["path"]
+    ]
+    staged = tuple(spec.directory / entry["path"] for entry in files.values())
+    rooted_files = rooted(files, spec.relative)
     version = job.claimed.model_version
     assert version is not None
-    result = {"model_version_id": str(version.id), **info, "files": files}
-    return VersionResult(result=result, progress=job.control.progress, artifacts=files, rebuild=info)
+    result = {"model_version_id": str(version.id), **info, "files": rooted_files}
+    return VersionResult(
+        result=result,
+        progress=job.control.progress,
+        artifacts=rooted_files,
+        rebuild=info,
+        staged=staged,
+        obsolete=tuple(replaced),
+    )

@@ -50,6 +50,7 @@ def index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
     return {
         "dataset_version_id": str(spec.catalog_version_id),
         "model_file": model_file,
+        "model_sha256": spec.artifacts[model_file].get("sha256"),  # the graph the vectors come from
         "count": len(ids),
         "dim": int(vectors.shape[1]) if len(ids) else 0,
         "files": {

@@ -485,3 +485,36 @@ async def test_embeddings_tokenize_off_the_event_loop(
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["data"]) == 2048 and answer.json()["usage"]["total_tokens"] > 2048
     assert recording_tokenizers and loop_thread not in recording_tokenizers
+
+
+async def test_a_graph_that_does_not_match_its_digest_is_not_served(
+    world: World, settings: Settings, deployed: dict[str, Any]
+) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from services.inference.app import create_app
+
+    version = (await world.call("member", "GET", f"/api/v1/model-versions/{deployed['bi']}")).json()
+    graph = settings.data_dir / version["artifacts"]["model_int8"]["path"]
+    fp32 = settings.data_dir / version["artifacts"]["model"]["path"]
+    graph.write_bytes(fp32.read_bytes())  # a valid graph, but not the one the registry describes
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inference") as client:
+            await _wait_loaded(client)
+            rows = (await client.get("/models", headers=bearer(world.admin))).json()
+            failed = [r for r in rows if r["model_version_id"] == deployed["bi"]]
+            assert failed and failed[0]["state"] == "failed" and "sha256" in failed[0]["error"]
+            answer = await client.post(
+                "/recommend",
+                json={"project": "search-a", "query": "drill"},
+                headers=await _service_key(world),
+            )
+            assert answer.status_code == 503 and deployed["bi"] in answer.json()["message"]
+            classified = await client.post(
+                "/classify",
+                json={"project": "search-a", "texts": ["where is my order"]},
+                headers=await _service_key(world),
+            )
+            assert classified.status_code == 200  # the project's other roles are served

@@ -275,6 +275,22 @@ def test_rebuild_variants_replaces_int8_and_adds_fp16(
     assert not [p.name for p in out.iterdir() if p.name.startswith(".rebuild-")]
 
 
+def test_rebuild_variants_never_overwrites_the_served_graphs(
+    encoder_export: tuple[Path, ExportResult], tmp_path: Path
+) -> None:
+    """The served files stay byte for byte until the registry is pointed at the new ones."""
+    import shutil
+
+    source, _ = encoder_export
+    out = tmp_path / "version"
+    shutil.copytree(source, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = rebuild_variants(out, task="feature-extraction", examples=TITLES)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+    new = {entry["path"] for entry in result.files.values()}
+    assert not new & set(before) and all((out / name).is_file() for name in new)
+
+
 def test_rebuild_without_fp32_graph_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="fp32 graph is needed"):
         rebuild_variants(tmp_path, task="feature-extraction", examples=TITLES)

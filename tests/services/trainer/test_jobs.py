@@ -18,12 +18,16 @@ import torch
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.trainer.control import JobCancelled, JobControl, StopReason
 from services.trainer.finetune.checkpoint import checkpoint_model
+from services.trainer.jobs import export as export_job
+from services.trainer.jobs.base import JobRun
 from services.trainer.reaper import reap_stale_jobs
-from services.trainer.store import JobStore
+from services.trainer.store import Claimed, JobStore
 from shared.config import Settings
 from shared.jobs import redis_settings
 from shared.models import TrainingJob
+from shared.models.enums import JobStatus
 from tests.support.data import shop_data
 from tests.support.processes import CLI, cli_env, free_port
 from tests.support.training import PROJECT as P
@@ -576,3 +580,66 @@ async def test_cli_submits_a_job_and_follows_it(
     assert cli.returncode == 0, stderr.decode()
     assert f"Model version {model_id} on dataset version {version}" in stdout.decode()
     assert "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
+
+
+class _StopAt(JobControl):
+    """A real control that is asked to stop the moment the job reports a phase (as a cancel would)."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self._phase = phase
+
+    def report(self, **fields: Any) -> None:
+        super().report(**fields)
+        if fields.get("phase") == self._phase:
+            self.stop_for(StopReason.cancelled)
+
+
+async def test_an_export_switches_to_its_graphs_only_once_they_are_recorded(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    model = await _run_job(
+        world,
+        settings,
+        {"job_type": "bi_encoder", "dataset_version_id": version, "base_model": str(tiny_model),
+         "hyperparameters": {"max_steps": 5, "batch_size": 16, "max_length": 24}},
+    )  # fmt: skip
+    served = {name: settings.data_dir / model["artifacts"][name]["path"] for name in ("model", "model_int8")}
+    before = {name: path.read_bytes() for name, path in served.items()}
+    folder = served["model"].parent
+
+    # an export stopped during its checks leaves the served graphs and nothing of its own
+    submitted = await world.call(
+        "member",
+        "POST",
+        f"{P}/training-jobs",
+        json={"job_type": "export", "input_model_version_id": model["id"]},
+    )
+    claimed = await JobStore(sessionmaker).claim(uuid.UUID(submitted.json()["id"]), "test:1", 3)
+    assert isinstance(claimed, Claimed)
+    run = JobRun(settings, claimed, _StopAt("check_int8"), torch.device("cpu"), started=0.0)
+    with pytest.raises(JobCancelled):
+        await export_job.run(run)
+    assert {name: path.read_bytes() for name, path in served.items()} == before
+    assert sorted(p.name for p in folder.glob("model*.onnx")) == sorted(p.name for p in served.values())
+    await JobStore(sessionmaker).finish(claimed, JobStatus.cancelled)
+
+    # one that ends: the registry names the new graphs, and the old int8 graph is gone
+    exported = await _run_job_result(
+        world, settings, {"job_type": "export", "input_model_version_id": model["id"]}
+    )
+    after = (await world.call("member", "GET", f"/api/v1/model-versions/{model['id']}")).json()
+    new_int8 = settings.data_dir / after["artifacts"]["model_int8"]["path"]
+    assert new_int8 != served["model_int8"] and new_int8.is_file() and not served["model_int8"].exists()
+    assert after["artifacts"]["model_int8"]["path"] == exported["files"]["model_int8"]["path"]
+    assert served["model"].read_bytes() == before["model"]
+
+
+async def _run_job_result(w: World, settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
+    submitted = await w.call("member", "POST", f"{P}/training-jobs", json=body)
+    assert submitted.status_code == 202, submitted.text
+    await _run_worker(make_worker(settings))
+    job = await _job(w, submitted.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    return dict(job["result"])
