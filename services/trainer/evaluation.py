@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from services.trainer.finetune.bi_encoder import BiEncoderTask
 from services.trainer.finetune.classifier import ClassifierTask
 from services.trainer.finetune.cross_encoder import CrossEncoderTask
 from shared.datasets.examples import Examples, Judged
+from shared.files import write_text_atomic
 from shared.metrics import CATALOG_DEPTH, classification_metrics, ranking_metrics, rmse
 from shared.models.enums import DatasetKind, JobType
 from shared.onnxmodel import OnnxTextModel
@@ -380,10 +380,7 @@ def baselines(
         else _ranking_baselines(examples, zero_shot(), control)
     )
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(found, sort_keys=True), encoding="utf-8")
-        partial.replace(cache_file)
+        write_text_atomic(cache_file, json.dumps(found, sort_keys=True))
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections import Counter
@@ -15,6 +16,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from services.trainer.control import JobControl
 from services.trainer.finetune.base import PairTask, mean_pool
+from shared.files import write_text_atomic
+
+log = logging.getLogger("recforge.trainer")
 
 MINE_POOL = 30  # the nearest non-positive products a query's hard negatives are drawn from
 MINE_BATCH = 128
@@ -81,17 +85,16 @@ class BiEncoderTask(PairTask):
         for query, text, _ in self.examples:
             positives.setdefault(query, set()).add(text)
         queries = list(positives)
-        if cache.exists():
-            saved = json.loads(cache.read_text())
-            titles, picks = saved["titles"], saved["negatives"]
+        saved = _read_negatives(cache, len(queries))
+        if saved is not None:
+            titles, picks = saved
             self.texts.add(titles)
         else:
             titles = list(dict.fromkeys(self.product_text.values()))
             self.texts.add(titles)
             skip = {q: positives[q] | self.exclude.get(q, set()) for q in queries}
             picks = self._nearest(queries, titles, skip, device, control)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"titles": titles, "negatives": picks}))
+            write_text_atomic(cache, json.dumps({"titles": titles, "negatives": picks}))
         self.negatives = {q: [titles[i] for i in row] for q, row in zip(queries, picks, strict=True)}
 
     @torch.no_grad()
@@ -153,3 +156,18 @@ class BiEncoderTask(PairTask):
         )
         loss: torch.Tensor = (per_pair * weights).sum() / weights.sum()
         return loss
+
+
+def _read_negatives(cache: Path, queries: int) -> tuple[list[str], list[list[int]]] | None:
+    """The mined negatives a previous run of the job kept, if the file is whole and fits the data."""
+    try:
+        saved = json.loads(cache.read_text())
+        titles, picks = saved["titles"], saved["negatives"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("mined negatives unreadable; mining them again", extra={"path": str(cache)})
+        return None
+    if len(picks) != queries:
+        return None
+    return titles, picks

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from services.trainer.finetune.base import Task
+from shared.files import fsync_dir, fsync_tree
 
 Weights = dict[str, torch.Tensor]
 
 
 def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights | None = None) -> None:
+    recover_checkpoint(work)  # whatever a killed run left half-swapped is settled first
     staging = work / "checkpoint.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -25,19 +27,25 @@ def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights
     torch.save(state, staging / "state.pt")
     if best is not None:
         torch.save(best, staging / "best.pt")
+    fsync_tree(staging)  # on disk before it is renamed into place
     final = work / "checkpoint"
     old = work / "checkpoint.old"
     if final.exists():
         final.rename(old)
     staging.rename(final)
+    fsync_dir(work)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_checkpoint(work: Path) -> None:
-    """A worker killed between save_checkpoint's two renames leaves only checkpoint.old: take it back."""
+    """Settle what a worker killed inside save_checkpoint left: only checkpoint.old (killed between the
+    two renames) is taken back; checkpoint and checkpoint.old both (killed before the old one was
+    removed) keep the newer one."""
     final, old = work / "checkpoint", work / "checkpoint.old"
     if not final.exists() and (old / "state.pt").exists():
         old.rename(final)
+    elif final.exists() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def checkpoint_model(work: Path) -> Path | None:
@@ -53,7 +61,7 @@ def load_checkpoint(work: Path) -> tuple[dict[str, Any] | None, Weights | None]:
     folder = work / "checkpoint"
     if not (folder / "state.pt").exists():
         return None, None
-    state: dict[str, Any] = torch.load(folder / "state.pt", weights_only=False)
+    state: dict[str, Any] = torch.load(folder / "state.pt", weights_only=True)
     best: Weights | None = None
     if (folder / "best.pt").exists():
         best = torch.load(folder / "best.pt", weights_only=True)

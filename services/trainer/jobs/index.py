@@ -19,7 +19,7 @@ from services.trainer.jobs.version import VersionSpec, version_spec
 from services.trainer.store import VersionResult
 from shared.artifacts import rooted
 from shared.datasets.catalog import catalog_text
-from shared.files import file_entry
+from shared.files import file_entry, fsync_dir, fsync_tree
 
 
 def index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
@@ -41,9 +41,11 @@ def index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
     try:
         np.save(staging / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32))
         pq.write_table(pa.table({"product_id": pa.array(ids, pa.string())}), staging / "product_ids.parquet")
+        fsync_tree(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
+        fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
