@@ -22,9 +22,10 @@ JOB_EXPIRES = PRIORITY_STEP * 10 + timedelta(days=7)
 
 
 def arq_job_id(training_job_id: uuid.UUID, retries: int = 0, attempts: int = 0) -> str:
-    """A fixed arq id per run of a training job: arq refuses a second enqueue of the same id, so a
-    double submission can never run twice, while a retry (a new run) and a resumption after a lost
-    worker (a new attempt) get new ids; arq keeps an id's result for an hour and would refuse it."""
+    """A fixed arq id per run of a training job: arq refuses a second enqueue of an id it holds (queued or
+    running), so a double submission can never run twice, while a retry (a new run) and a resumption
+    after a lost worker (a new attempt) get new ids, which a dead worker's claim on the old id cannot
+    block."""
     base = f"training-job:{training_job_id}:{retries}"
     return f"{base}:a{attempts}" if attempts else base
 
@@ -37,21 +38,15 @@ async def enqueue_training_job(
     retries: int,
     priority: int,
     attempts: int = 0,
-    suffix: str = "",
-    delay_s: float | None = None,
 ) -> bool:
     """Put a committed training job on the queue. Priority 9 runs first, 0 last; FIFO within one.
-    With ``delay_s`` the entry is due only that many seconds from now (and then competes by time
-    alone): a job waiting for its project's slot looks again later. ``suffix`` makes the arq id of
-    such a further entry of the same run.
 
-    False when arq already holds this id (queued, or finished less than an hour ago)."""
-    now = datetime.now(UTC)
-    run_at = now + timedelta(seconds=delay_s) if delay_s is not None else now - PRIORITY_STEP * priority
+    False when arq already holds this id (queued, or running)."""
+    run_at = datetime.now(UTC) - PRIORITY_STEP * priority
     job = await redis.enqueue_job(
         RUN_TRAINING_JOB,
         str(training_job_id),
-        _job_id=arq_job_id(training_job_id, retries, attempts) + suffix,
+        _job_id=arq_job_id(training_job_id, retries, attempts),
         _queue_name=queue_name,
         _defer_until=run_at,
         _expires=JOB_EXPIRES,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.trainer.context import WorkerContext, worker_context
 from services.trainer.control import JobCancelled, JobControl, StopReason
-from services.trainer.store import Claimed, NewVersion, NotClaimed, Refusal
+from services.trainer.store import Claimed, NewVersion, NotClaimed
 from shared.jobs import enqueue_training_job, progress_channel
 from shared.models.enums import JobStatus, JobType
 
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from services.trainer.jobs.base import Handler, JobRun
 
 log = logging.getLogger("recforge.trainer")
-
-# A job whose project already runs as many jobs as it may is looked at again after this long.
-CONCURRENCY_RETRY_S = 15.0
 
 
 def handler(job_type: JobType) -> Handler:
@@ -140,20 +137,18 @@ def _remove(path: Path | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def _wait_for_a_slot(wc: WorkerContext, refused: NotClaimed) -> None:
-    """The project runs as many jobs as it may: look again shortly, as a new queue entry."""
-    assert refused.job is not None
-    ref = refused.job
-    await enqueue_training_job(
-        wc.redis,
-        wc.settings.queue_name,
-        ref.id,
-        retries=ref.retries,
-        priority=ref.priority,
-        attempts=ref.attempts,
-        suffix=f":w{int(time.time())}",
-        delay_s=CONCURRENCY_RETRY_S,
-    )
+async def _wake_waiting(wc: WorkerContext, project_id: uuid.UUID) -> None:
+    """A job of the project left `running`: queue its waiting jobs again, each with its own priority.
+    (A job that found its project full is not re-enqueued on a timer; the reaper also wakes jobs that
+    have waited a minute, should this notice be lost.)"""
+    try:
+        for ref in await wc.store.waiting_jobs(project_id):
+            await enqueue_training_job(
+                wc.redis, wc.settings.queue_name, ref.id, retries=ref.retries, priority=ref.priority,
+                attempts=ref.attempts,
+            )  # fmt: skip
+    except Exception:
+        log.warning("could not wake the project's waiting jobs; the reaper will", exc_info=True)
 
 
 async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
@@ -166,10 +161,11 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
     try:
         claim = await wc.store.claim(training_job_id, wc.worker_id, wc.settings.max_job_attempts)
         if isinstance(claim, NotClaimed):
-            if claim.reason == Refusal.project_full:
-                await _wait_for_a_slot(wc, claim)
-            return claim.detail
-        return await _run(wc, claim, control)
+            return claim.detail  # project full: it waits, and is woken when a slot frees
+        try:
+            return await _run(wc, claim, control)
+        finally:
+            await _wake_waiting(wc, claim.job.project_id)
     finally:
         if wc.running.get(training_job_id) is control:
             del wc.running[training_job_id]

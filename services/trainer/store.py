@@ -397,6 +397,16 @@ class JobStore:
                     row.compute = {**row.compute, "export": export}
         return True
 
+    async def waiting_jobs(self, project_id: uuid.UUID) -> list[JobRef]:
+        """The project's queued jobs, highest priority first."""
+        async with self.sessionmaker() as session:
+            rows = await session.execute(
+                select(TrainingJob)
+                .where(TrainingJob.project_id == project_id, TrainingJob.status == JobStatus.queued.value)
+                .order_by(TrainingJob.priority.desc(), TrainingJob.queued_at)
+            )
+            return [JobRef.of(job) for job in rows.scalars()]
+
     async def reap(self, stale_after: timedelta, max_attempts: int) -> Reaped:
         """Queue again the running jobs whose worker stopped sending heartbeats (fail those on their last
         allowed run), and list the jobs queued for over a minute, which the queue may have lost."""

@@ -24,6 +24,11 @@ from shared.jobs import RUN_TRAINING_JOB
 log = logging.getLogger("recforge.trainer")
 
 
+# keep_result=0: the job's row is the record, so arq keeps no result, and a job id is free again as
+# soon as its run returns (a job that waited for its project's slot is queued again under the same id)
+TRAINING_FUNCTION = func(run_training_job, name=RUN_TRAINING_JOB, keep_result=0)
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -66,7 +71,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 class WorkerSettings:
     """Redis settings and the queue name are passed by `recforge worker` from the process settings."""
 
-    functions: ClassVar[list[Any]] = [func(run_training_job, name=RUN_TRAINING_JOB)]
+    functions: ClassVar[list[Any]] = [TRAINING_FUNCTION]
     on_startup = startup
     on_shutdown = shutdown
     health_check_interval = 10

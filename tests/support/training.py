@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from arq import func
 from arq.worker import Worker
 
-from services.trainer.runner import run_training_job
-from services.trainer.worker import shutdown, startup
+from services.trainer.worker import TRAINING_FUNCTION, shutdown, startup
 from shared.config import Settings
-from shared.jobs import RUN_TRAINING_JOB, redis_settings
+from shared.jobs import redis_settings
 from tests.support.world import World
 
 PROJECT = "/api/v1/projects/search-a"
@@ -20,7 +18,7 @@ PROJECT = "/api/v1/projects/search-a"
 def make_worker(settings: Settings, **overrides: Any) -> Worker:
     quiet = settings.model_copy(update={"trainer_port": 0, "progress_interval_s": 0.2, **overrides})
     return Worker(
-        functions=[func(run_training_job, name=RUN_TRAINING_JOB)],
+        functions=[TRAINING_FUNCTION],
         redis_settings=redis_settings(quiet),
         queue_name=quiet.queue_name,
         burst=True,

@@ -281,6 +281,7 @@ async def retry(
     job.status = JobStatus.queued.value
     job.retries += 1
     job.attempts = 0  # a person's retry starts with every run allowed again
+    job.compute_seconds = 0.0  # ...and with its whole compute limit (the project was charged already)
     job.error = None
     job.result = None
     job.progress = {}

@@ -505,7 +505,58 @@ async def test_a_project_at_its_job_limit_waits(
         entries = [key.decode() for key in await redis.zrange(settings.queue_name, 0, -1)]
     finally:
         await redis.aclose()
-    assert any(key.startswith(f"training-job:{waiting}:0:w") for key in entries)
+    # it waits without a timer: no entry of its own comes back to the queue every few seconds
+    assert not any(waiting in key for key in entries), entries
+
+
+async def test_a_waiting_job_is_woken_with_its_priority_when_a_slot_frees(
+    world: World, settings: Settings, tiny_model: Path
+) -> None:
+    import time
+
+    from redis.asyncio import Redis
+
+    from shared.jobs import PRIORITY_STEP, arq_job_id
+
+    version = await _project_with_data(world)
+    await world.call("owner", "PATCH", P, json={"max_concurrent_jobs": 1})
+    base = {"job_type": "bi_encoder", "dataset_version_id": version, "base_model": str(tiny_model)}
+    busy = {**base, "hyperparameters": {"epochs": 100, "batch_size": 4, "max_length": 24}}
+    busy_id = (await world.call("member", "POST", f"{P}/training-jobs", json=busy)).json()["id"]
+    first = asyncio.create_task(_run_worker(make_worker(settings)))
+    for _ in range(300):
+        if (await _job(world, busy_id))["status"] == "running":
+            break
+        await asyncio.sleep(0.1)
+    small = {**base, "priority": 9, "hyperparameters": {"max_steps": 3, "batch_size": 8, "max_length": 24}}
+    waiting_id = (await world.call("member", "POST", f"{P}/training-jobs", json=small)).json()["id"]
+    entry = arq_job_id(uuid.UUID(waiting_id))
+    redis = Redis.from_url(settings.resolved_redis_url())
+    try:
+        second = make_worker(settings)  # finds the project full, and leaves the job waiting
+        polling = asyncio.create_task(second.async_run())
+        await asyncio.sleep(3)
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        await second.close()
+        assert (await _job(world, busy_id))["status"] == "running"
+        assert (await _job(world, waiting_id))["status"] == "queued"
+        assert await redis.zscore(settings.queue_name, entry) is None  # no timer brings it back
+        cancelled = await world.call("member", "POST", f"/api/v1/training-jobs/{busy_id}/cancel")
+        assert cancelled.status_code == 202
+        score = None
+        for _ in range(600):  # the busy job ends on the first worker, which wakes the waiting one
+            score = await redis.zscore(settings.queue_name, entry)
+            if score is not None or (await _job(world, waiting_id))["status"] != "queued":
+                break
+            await asyncio.sleep(0.02)
+        # queued again under its own id with priority 9's place: ahead of anything queued since
+        assert score is None or score < (time.time() - 8 * PRIORITY_STEP.total_seconds()) * 1000
+        await asyncio.wait_for(first, timeout=120)
+    finally:
+        await redis.aclose()
+    assert (await _job(world, busy_id))["status"] == "cancelled"
+    assert (await _job(world, waiting_id))["status"] == "succeeded"
 
 
 async def test_reaper_enqueues_a_queued_job_the_queue_lost(
@@ -643,3 +694,29 @@ async def _run_job_result(w: World, settings: Settings, body: dict[str, Any]) ->
     job = await _job(w, submitted.json()["id"])
     assert job["status"] == "succeeded", job["error"]
     return dict(job["result"])
+
+
+async def test_a_job_retried_after_its_compute_limit_gets_its_whole_limit_again(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tiny_model: Path
+) -> None:
+    version = await _project_with_data(world)
+    body = {
+        "job_type": "bi_encoder",
+        "dataset_version_id": version,
+        "base_model": str(tiny_model),
+        "compute_limit_hours": 0.01,
+        "hyperparameters": {"max_steps": 3, "batch_size": 8, "max_length": 24},
+    }
+    job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+    async with sessionmaker() as session:  # as a run stopped at its limit leaves it
+        await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == uuid.UUID(job_id))
+            .values(status="failed", compute_seconds=40.0, error="stopped at its compute limit of 0.01 h")
+        )
+        await session.commit()
+    retried = await world.call("member", "POST", f"/api/v1/training-jobs/{job_id}/retry")
+    assert retried.status_code == 202 and retried.json()["compute_seconds"] == 0
+    await _run_worker(make_worker(settings))
+    job = await _job(world, job_id)
+    assert job["status"] == "succeeded", job["error"]
