@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(default=120.0, gt=0)
     job_heartbeat_timeout_s: float = Field(default=60.0, ge=5)
     max_job_attempts: int = Field(default=3, ge=1, le=20)
+    # Folders local base models may be trained from (separated by ":", as PATH); hub ids are always
+    # allowed. A folder inside data_dir never is.
+    model_roots: str = ""
     # The int8 model is servable when its NDCG@10 (or accuracy) is within this of the fp32 model's.
     int8_tolerance: float = Field(default=0.01, ge=0, le=1)
 
@@ -149,6 +153,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def model_root_paths(self) -> list[Path]:
+        return [Path(part) for part in self.model_roots.split(os.pathsep) if part.strip()]
 
     @property
     def max_body_bytes(self) -> int:

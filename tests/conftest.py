@@ -127,6 +127,7 @@ def settings(
         data_dir=tmp_path_factory.mktemp("data"),
         log_format=LogFormat.console,
         queue_name=f"recforge:test:{uuid.uuid4().hex[:8]}",
+        model_roots=str(tmp_path_factory.getbasetemp()),  # the tiny models tests train from
     )
 
 

@@ -35,6 +35,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         RECFORGE_DATABASE_URL=settings.resolved_database_url(),
         RECFORGE_REDIS_URL=settings.resolved_redis_url(),
         RECFORGE_DATA_DIR=str(settings.data_dir),
+        RECFORGE_MODEL_ROOTS=settings.model_roots,
         COLUMNS="200",
     )
     env.update(extra)
@@ -47,6 +48,7 @@ def stack_env(data_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
     ports = {"api": free_port(), "inference": free_port(), "trainer": free_port()}
     env.update(
         RECFORGE_DATA_DIR=str(data_dir),
+        RECFORGE_MODEL_ROOTS=str(data_dir.parent),  # where tests keep the tiny models they train from
         RECFORGE_API_PORT=str(ports["api"]),
         RECFORGE_INFERENCE_PORT=str(ports["inference"]),
         RECFORGE_TRAINER_PORT=str(ports["trainer"]),

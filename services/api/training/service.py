@@ -25,6 +25,7 @@ from services.api.projects.service import ensure_budget
 from services.api.schemas import snapshot
 from services.api.training import repository
 from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
+from shared.config import Settings
 from shared.datasets.catalog import latest_catalog_version
 from shared.db import after_commit
 from shared.errors import Conflict, ValidationFailed
@@ -38,6 +39,7 @@ from shared.training import (
     NEEDS_MODEL,
     TRAINS_ON,
     Hyperparameters,
+    base_model_problem,
 )
 
 AUDIT_FIELDS = ("job_type", "status", "priority", "dataset_version_id", "input_model_version_id", "retries")
@@ -69,7 +71,7 @@ def to_read(job: TrainingJob, outputs: list[uuid.UUID] | None = None) -> JobRead
     return read
 
 
-async def _validate(session: AsyncSession, ctx: ProjectContext, data: JobCreate) -> None:
+async def _validate(session: AsyncSession, settings: Settings, ctx: ProjectContext, data: JobCreate) -> None:
     project_id = ctx.project.id
     job_type = data.job_type
     needs_data = job_type in FINE_TUNES or job_type == JobType.evaluate
@@ -120,6 +122,10 @@ async def _validate(session: AsyncSession, ctx: ProjectContext, data: JobCreate)
         )
     if job_type not in FINE_TUNES and data.base_model is not None:
         raise _invalid("base_model", f"a {job_type.value} job uses its model version, not a base model")
+    if data.base_model is not None:
+        problem = base_model_problem(data.base_model, settings.model_root_paths, settings.data_dir)
+        if problem is not None:
+            raise _invalid("base_model", problem)
 
 
 def _same_request(job: TrainingJob, data: JobCreate, base_model: str | None) -> bool:
@@ -166,7 +172,7 @@ async def submit(
             return _replay(first, data, base_model)
     if ctx.project.status not in (ProjectStatus.proposed.value, ProjectStatus.active.value):
         raise Conflict(f"the project is {ctx.project.status}: it runs no new jobs")
-    await _validate(session, ctx, data)
+    await _validate(session, resources.settings, ctx, data)
     project = await projects_repository.lock_project(session, ctx.project.id)
     reserved = await repository.reserved_hours(session, project.id)
     _reserve(project, data.compute_limit_hours, reserved, data.device)

