@@ -53,7 +53,8 @@ def decode_int_cursor(cursor: str | None) -> int | None:
     if not cursor:
         return None
     (value,) = decode_cursor(cursor, 1)
-    if not isinstance(value, int) or isinstance(value, bool):
+    # what a BIGINT holds (a crafted cursor past it would reach the database and fail there)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise invalid_cursor()
     return value
 

@@ -35,6 +35,17 @@ class Caller:
     project_id: uuid.UUID | None
     scopes: frozenset[str]
 
+    def require_service_or_admin(self) -> None:
+        """A person's key may not call inference at all: refused before any project is looked up, so
+        the answer never says whether a project exists."""
+        if self.role not in (KeyRole.admin, KeyRole.service):
+            raise Forbidden("use a service key of this project (or an admin key)")
+
+    def sees(self, project_id: uuid.UUID) -> bool:
+        """Whether the project exists for this caller: admins see every project, a service key its own.
+        Another project answers as one that does not exist, so a key cannot probe for names."""
+        return self.role == KeyRole.admin or (self.role == KeyRole.service and self.project_id == project_id)
+
     def require(self, project_id: uuid.UUID, scope: str) -> None:
         if self.role == KeyRole.admin:
             return

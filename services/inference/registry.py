@@ -174,8 +174,12 @@ class ModelRegistry:
             project_id = self._slugs.get(ref.lower())
         serving = self._projects.get(project_id) if project_id else None
         if serving is None:
-            raise NotFound(f"project {ref!r} has no deployed model versions")
+            raise self.unknown(ref)
         return serving
+
+    @staticmethod
+    def unknown(ref: str) -> NotFound:
+        return NotFound(f"project {ref!r} has no deployed model versions")
 
     def describe(self) -> list[dict[str, Any]]:
         """What this replica serves, per project and role: the loaded versions and the failed ones."""

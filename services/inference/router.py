@@ -4,6 +4,7 @@ import asyncio
 import hmac
 import logging
 import time
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response, status
@@ -59,7 +60,10 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 def _serving(
     resources: InferenceResources, caller: Caller, project: str, scope: str = "inference"
 ) -> ProjectServing:
+    caller.require_service_or_admin()
     serving = resources.registry.project(project)
+    if not caller.sees(serving.project_id):
+        raise resources.registry.unknown(project)
     caller.require(serving.project_id, scope)
     return serving
 
@@ -68,12 +72,18 @@ def _request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-def _remember(resources: InferenceResources, request_id: str, version_id: str) -> None:
+def _request_key(project_id: uuid.UUID, request_id: str) -> str:
+    """Request ids come from clients (X-Request-ID): each project has its own, so no project can
+    overwrite, or read, another's."""
+    return f"recforge:request:{project_id}:{request_id}"
+
+
+def _remember(resources: InferenceResources, project_id: uuid.UUID, request_id: str, version_id: str) -> None:
     """Link the request id to the version that answered, for events that arrive later (not awaited)."""
 
     async def write() -> None:
         try:
-            await resources.redis.set(f"recforge:request:{request_id}", version_id, ex=REQUEST_TTL_S)
+            await resources.redis.set(_request_key(project_id, request_id), version_id, ex=REQUEST_TTL_S)
         except Exception:
             log.warning("could not record the request's model version", exc_info=True)
 
@@ -93,7 +103,7 @@ async def recommend(
     answer = await service.recommend(
         resources.registry, resources.sessionmaker, serving, data, _request_id(request)
     )
-    _remember(resources, answer.request_id, answer.model_version)
+    _remember(resources, serving.project_id, answer.request_id, answer.model_version)
     resources.metrics.latency.labels("/recommend", answer.model_version).observe(
         time.perf_counter() - started
     )
@@ -159,16 +169,19 @@ async def embeddings(
 async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -> EventsResponse:
     """Store impressions, clicks, carts and purchases for feedback training and online metrics; each
     event with a request_id is tied to the model version that served that request."""
+    caller.require_service_or_admin()
     try:
         project_id = resources.registry.project(data.project).project_id
     except NotFound:  # nothing deployed here (yet): events are still the project's
         project_id = await service.find_project(resources.sessionmaker, data.project)
+    if not caller.sees(project_id):
+        raise NotFound(f"project {data.project!r} not found")
     caller.require(project_id, "events")
     request_ids = sorted({e.request_id for e in data.events if e.request_id})
     versions: dict[str, str] = {}
     if request_ids:
         try:
-            found = await resources.redis.mget([f"recforge:request:{r}" for r in request_ids])
+            found = await resources.redis.mget([_request_key(project_id, r) for r in request_ids])
         except Exception:  # the events are the truth; which version served them is a detail
             log.warning("Redis did not answer: events are stored without their model version", exc_info=True)
             found = [None] * len(request_ids)

@@ -93,7 +93,9 @@ def read_delimited(
             ),
         )
     except pa.ArrowInvalid as exc:
-        raise ImportProblem(f"{path.name}: not a valid {_describe(delimiter)} file ({exc})") from exc
+        raise ImportProblem(
+            f"{path.name}: not a valid {_describe(delimiter)} file ({_told(exc, path)})"
+        ) from exc
     return table, encoding
 
 
@@ -109,7 +111,7 @@ def read_jsonl(path: Path) -> pa.Table:
         errors = _bad_json_lines(path)
         if errors:
             raise ImportProblem(f"{path.name}: malformed JSON lines", errors=errors) from exc
-        raise ImportProblem(f"{path.name}: not valid JSON lines ({exc})") from exc
+        raise ImportProblem(f"{path.name}: not valid JSON lines ({_told(exc, path)})") from exc
 
 
 def _bad_json_lines(path: Path, limit: int = 100) -> list[RowError]:
@@ -134,4 +136,9 @@ def read_parquet(path: Path) -> pa.Table:
     try:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ImportProblem(f"{path.name}: not a readable Parquet file ({exc})") from exc
+        raise ImportProblem(f"{path.name}: not a readable Parquet file ({_told(exc, path)})") from exc
+
+
+def _told(exc: BaseException, path: Path) -> str:
+    """A reader's error as the uploader may read it: the server's folders replaced by the file's name."""
+    return str(exc).replace(str(path.resolve()), path.name).replace(str(path), path.name)

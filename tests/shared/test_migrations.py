@@ -75,3 +75,14 @@ async def test_audit_log_is_append_only(db: AsyncEngine) -> None:
                 await conn.execute(text(statement))
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT action FROM audit_log"))).scalars().all() == ["test.create"]
+
+
+async def test_audit_log_refuses_truncate(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await conn.execute(text("INSERT INTO audit_log (action, entity_type) VALUES ('test.create', 'test')"))
+    for statement in ("TRUNCATE audit_log", "TRUNCATE audit_log RESTART IDENTITY CASCADE"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with db.begin() as conn:
+                await conn.execute(text(statement))
+    async with db.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar_one() == 1

@@ -402,3 +402,19 @@ async def test_slow_uploads_hold_no_database_connection(world: World, settings: 
             answers = await asyncio.gather(*uploads)
     assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
     assert sorted(a.json()["version"] for a in answers) == [1, 2, 3, 4]
+
+
+async def test_errors_about_a_file_never_show_where_the_server_keeps_it(
+    world: World, settings: Settings
+) -> None:
+    for name, body in (("items.parquet", b"PAR1 this is not parquet"), ("broken.jsonl", b'{"a": 1\n')):
+        response = await world.call(
+            "member",
+            "POST",
+            f"{P}/datasets",
+            files=[("file", (name, io.BytesIO(body)))],
+            data={"kind": "catalog"},
+        )
+        assert response.status_code == 422, response.text
+        assert str(settings.data_dir) not in response.text and "/uploads/" not in response.text, response.text
+        assert name in response.text

@@ -31,3 +31,25 @@ async def test_dataset_uploads_are_not_held_to_the_json_limit(world: World) -> N
         data={"kind": "catalog"},
     )
     assert response.status_code == 201, response.text
+
+
+async def test_crafted_cursors_answer_422(world: World) -> None:
+    import base64
+
+    def cursor(values: list[object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+    a = world.projects["search-a"]["id"]
+    datasets = (await world.call("member", "GET", f"/api/v1/projects/{a}/datasets")).json()
+    assert datasets["items"] == []
+    for url, value in (
+        (f"/api/v1/projects/{a}/audit", [10**30]),
+        (f"/api/v1/projects/{a}/audit", [-1]),
+        (f"/api/v1/projects/{a}/model-versions", [2**63]),
+        (f"/api/v1/projects/{a}/tasks", ["9999-99-99", "x"]),
+        ("/api/v1/users", ["not-a-uuid"]),
+    ):
+        response = await world.call(
+            "owner" if "users" not in url else "admin", "GET", f"{url}?cursor={cursor(value)}"
+        )
+        assert response.status_code == 422, (url, value, response.text)

@@ -79,3 +79,30 @@ async def test_made_up_tokens_do_not_evict_real_keys(
         with contextlib.suppress(Unauthorized):
             await checker.check(f"Bearer rf_{secrets.token_urlsafe(16)}")
     assert (await checker.check(key)).key_id == caller.key_id
+
+
+async def test_another_projects_key_cannot_tell_whether_a_project_exists(
+    world: World, inference_client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """search-a's service key asks about search-b (which exists) and about a project that does not:
+    the answers are the same. A person's key is refused before any project is looked up."""
+    b = world.projects["search-b"]
+    key = bearer(world.keys["service"])
+    for path, field in (("/recommend", "project"), ("/events", "project")):
+        extra: dict[str, object] = (
+            {"query": "drill"}
+            if path == "/recommend"
+            else {"events": [{"type": "click", "product_id": "p1"}]}
+        )
+        answers = []
+        for ref in (b["slug"], b["id"], "no-such-project", str(uuid.uuid4())):
+            response = await inference_client.post(path, json={field: ref, **extra}, headers=key)
+            answers.append((response.status_code, response.json()["error"]))
+        assert set(answers) == {(404, "not_found")}, (path, answers)
+        person = await inference_client.post(
+            path, json={field: b["id"], **extra}, headers=bearer(world.keys["owner_b"])
+        )
+        stranger = await inference_client.post(
+            path, json={field: "no-such-project", **extra}, headers=bearer(world.keys["owner_b"])
+        )
+        assert person.status_code == stranger.status_code == 403

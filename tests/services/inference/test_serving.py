@@ -518,3 +518,30 @@ async def test_a_graph_that_does_not_match_its_digest_is_not_served(
                 headers=await _service_key(world),
             )
             assert classified.status_code == 200  # the project's other roles are served
+
+
+async def test_request_ids_are_each_projects_own(
+    world: World,
+    deployed: dict[str, Any],
+    inference_client: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A request id is the client's choice: another project sending events with the same id does not
+    see (or take) the version that answered search-a's request."""
+    await _wait_loaded(inference_client)
+    answered = await inference_client.post(
+        "/recommend",
+        json={"project": "search-a", "query": "drill"},
+        headers={**(await _service_key(world)), "X-Request-ID": "checkout-42"},
+    )
+    assert answered.status_code == 200 and answered.json()["request_id"] == "checkout-42"
+    await asyncio.sleep(0.2)  # the link is written beside the response
+    event = {"type": "click", "product_id": "p1", "request_id": "checkout-42"}
+    for project in ("search-b", "search-a"):
+        sent = await inference_client.post(
+            "/events", json={"project": project, "events": [event]}, headers=bearer(world.admin)
+        )
+        assert sent.status_code == 202, sent.text
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
+    assert [str(r.model_version_id) if r.model_version_id else None for r in rows] == [None, deployed["bi"]]
