@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Every other request body (JSON) of the api and inference: larger ones answer 413 unread.
     max_body_kb: int = Field(default=1024, ge=1, le=1024 * 1024)
     max_concurrent_imports: int = Field(default=2, ge=1, le=64)
+    # Server-sent event streams (GET /training-jobs/{id}/events) open at once per API process; more
+    # answer 429. Each holds a Redis subscription.
+    max_event_streams: int = Field(default=64, ge=1, le=10_000)
 
     # Trainer: a running job reports progress (and checks for cancellation) every progress_interval_s,
     # checkpoints every checkpoint_interval_s, and is presumed dead after job_heartbeat_timeout_s of
@@ -124,6 +127,16 @@ class Settings(BaseSettings):
                 "RECFORGE_ENV=production"
             )
         return self
+
+    def warnings(self) -> list[str]:
+        """What a service says at start about settings that are only fit for development."""
+        found = []
+        if self.secret_key.get_secret_value() == DEV_SECRET:
+            found.append(
+                "RECFORGE_SECRET_KEY is the development default, which anyone can read in RecForge's "
+                "source: set a private value before any key leaves this machine"
+            )
+        return found
 
     @property
     def run_dir(self) -> Path:

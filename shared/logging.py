@@ -59,3 +59,9 @@ def logging_config(settings: Settings, service: str) -> dict[str, Any]:
 
 def configure_logging(settings: Settings, service: str) -> None:
     logging.config.dictConfig(logging_config(settings, service))
+
+
+def warn_about_settings(settings: Settings, logger: logging.Logger) -> None:
+    """Log, at a service's start, each setting that is only fit for development."""
+    for warning in settings.warnings():
+        logger.warning(warning)

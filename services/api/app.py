@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -24,8 +25,10 @@ from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.http import BodyLimit, Check, infra_checks, setup_common
 from shared.jobs import redis_settings
+from shared.logging import warn_about_settings
 
 VERSION = "0.1.0"
+log = logging.getLogger("recforge.api")
 API_PREFIX = "/api/v1"
 
 
@@ -46,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ApiResources]]:
+        warn_about_settings(settings, log)
         engine = create_engine(settings)
         redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
         resources = ApiResources(
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sessionmaker=create_sessionmaker(engine),
             redis=redis,
             import_limiter=anyio.CapacityLimiter(settings.max_concurrent_imports),
+            event_streams=anyio.CapacityLimiter(settings.max_event_streams),
         )
         try:
             yield {"resources": resources}

@@ -144,6 +144,21 @@ def _person(principal: Principal) -> Principal:
     return principal
 
 
+async def still_valid(session: AsyncSession, principal: Principal) -> str | None:
+    """Why the principal's key may no longer be used (revoked, expired, user deactivated), or None: for
+    work that outlives the request that authenticated it, such as an event stream."""
+    found = await keys_repository.get_key_with_user(session, principal.key_id)
+    if found is None:
+        return "this API key no longer exists"
+    key, user = found
+    return key_refusal(
+        revoked_at=key.revoked_at,
+        expires_at=key.expires_at,
+        user_active=user.is_active,
+        now=datetime.now(UTC),
+    )
+
+
 async def get_principal(
     request: Request, session: SessionDep, resources: ResourcesDep, credentials: Credentials
 ) -> Principal:

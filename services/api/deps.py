@@ -22,6 +22,7 @@ class ApiResources:
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: ArqRedis  # arq's client: the job queue, pub/sub and plain Redis commands
     import_limiter: anyio.CapacityLimiter  # dataset imports parsing at once in this process
+    event_streams: anyio.CapacityLimiter  # server-sent event streams open at once (each holds Redis)
 
 
 def get_resources(request: Request) -> ApiResources:

@@ -11,8 +11,25 @@ import typer
 
 from services.cli.client import api_url
 from services.cli.console import console, database_errors, fail, load_settings
+from shared.config import Settings
 from shared.errors import AppError
 from shared.models.enums import KeyRole
+
+DEMO_KEY_DAYS = 7  # the demo's admin key is for trying things out: it does not live forever
+
+
+def demo_key(settings: Settings) -> str:
+    """An admin key for the walk-through (and a while after it), which expires."""
+    from services.cli.keys import issue
+
+    return issue(
+        settings,
+        KeyRole.admin,
+        email="demo@recforge.local",
+        user_name="Demo admin",
+        name="demo",
+        expires_in_days=DEMO_KEY_DAYS,
+    )
 
 
 def demo(
@@ -56,13 +73,11 @@ def demo(
 
     settings = load_settings()
     if key is None:
-        from services.cli.keys import issue
-
         with database_errors():
-            key = issue(
-                settings, KeyRole.admin, email="demo@recforge.local", user_name="Demo admin", name="demo"
-            )
-        console.print("Created an admin key for demo@recforge.local (printed at the end).")
+            key = demo_key(settings)
+        console.print(
+            f"Created an admin key for demo@recforge.local, valid {DEMO_KEY_DAYS} days (printed at the end)."
+        )
     inference_url = inference or os.environ.get(
         "RECFORGE_INFERENCE_URL", f"http://{settings.host}:{settings.inference_port}"
     )

@@ -20,6 +20,7 @@ from services.inference.router import POST_PATHS, router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.http import BodyLimit, Check, NotReady, infra_checks, setup_common
+from shared.logging import warn_about_settings
 from shared.redis import create_redis
 
 VERSION = "0.1.0"
@@ -47,11 +48,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InferenceResources]]:
+        warn_about_settings(settings, log)
         engine = create_engine(settings)
         redis = create_redis(settings)
         sessionmaker = create_sessionmaker(engine)
         metrics = InferenceMetrics()
-        registry = ModelRegistry(settings, sessionmaker, redis, observe=metrics.observe_batch)
+        registry = ModelRegistry(
+            settings, sessionmaker, redis, observe=metrics.observe_batch, forget=metrics.forget
+        )
         resources = InferenceResources(
             settings=settings,
             engine=engine,

@@ -3,6 +3,9 @@ queue depth per model. Each app owns its registry, so several apps in one proces
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
@@ -33,6 +36,22 @@ class InferenceMetrics:
             registry=self.registry,
         )
 
+        self._routes: dict[str, set[str]] = {}  # model version -> the routes it answered
+
+    def took(self, route: str, model_version: str, started: float) -> None:
+        """Record a request's time since ``started`` (time.perf_counter()), by the version that answered."""
+        self.latency.labels(route, model_version).observe(time.perf_counter() - started)
+        self._routes.setdefault(model_version, set()).add(route)
+
     def observe_batch(self, model: str, size: int, queued: int) -> None:
         self.batch_size.labels(model).observe(size)
         self.queue_depth.labels(model).set(queued)
+
+    def forget(self, model_version: str, model: str) -> None:
+        """A version left this replica: its series go, so a long-lived replica's /metrics does not grow
+        with every version it ever served."""
+        for route in self._routes.pop(model_version, ()):
+            self.latency.remove(route, model_version)
+        for family in (self.batch_size, self.queue_depth):
+            with contextlib.suppress(KeyError):  # it never ran a batch
+                family.remove(model)

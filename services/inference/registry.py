@@ -147,11 +147,13 @@ class ModelRegistry:
         sessionmaker: async_sessionmaker[AsyncSession] | None = None,
         redis: Redis | None = None,
         observe: Observer | None = None,
+        forget: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._sessionmaker = sessionmaker
         self._redis = redis
         self._observe = observe
+        self._forget = forget  # (model version id, batcher name) of a version that left
         self._projects: dict[uuid.UUID, ProjectServing] = {}
         self._slugs: dict[str, uuid.UUID] = {}
         self._versions: dict[tuple[uuid.UUID, str | None], ServedVersion] = {}
@@ -414,7 +416,10 @@ class ModelRegistry:
             self.refreshed = True
             retired = [key for key in self._versions if key not in keep]
             for key in retired:  # in-flight requests finish on the batcher they hold
-                await self._versions.pop(key).batcher.close()
+                gone = self._versions.pop(key)
+                await gone.batcher.close()
+                if self._forget is not None and all(other.id != gone.id for other in self._versions.values()):
+                    self._forget(str(gone.id), gone.batcher.name)
 
     async def _ensure(
         self,

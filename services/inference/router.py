@@ -104,9 +104,7 @@ async def recommend(
         resources.registry, resources.sessionmaker, serving, data, _request_id(request)
     )
     _remember(resources, serving.project_id, answer.request_id, answer.model_version)
-    resources.metrics.latency.labels("/recommend", answer.model_version).observe(
-        time.perf_counter() - started
-    )
+    resources.metrics.took("/recommend", answer.model_version, started)
     return answer
 
 
@@ -118,7 +116,7 @@ async def score(
     deployed, else the cosine of the retriever's embeddings."""
     started = time.perf_counter()
     answer = await service.score(_serving(resources, caller, data.project), data, _request_id(request))
-    resources.metrics.latency.labels("/score", answer.model_version).observe(time.perf_counter() - started)
+    resources.metrics.took("/score", answer.model_version, started)
     return answer
 
 
@@ -129,7 +127,7 @@ async def rerank(
     """Documents ordered by relevance to the query, best first (as the Cohere and TEI rerank APIs)."""
     started = time.perf_counter()
     answer = await service.rerank(_serving(resources, caller, data.project), data, _request_id(request))
-    resources.metrics.latency.labels("/rerank", answer.model_version).observe(time.perf_counter() - started)
+    resources.metrics.took("/rerank", answer.model_version, started)
     return answer
 
 
@@ -140,7 +138,7 @@ async def classify(
     """Each text's label and the probability of every label, from the deployed classifier."""
     started = time.perf_counter()
     answer = await service.classify(_serving(resources, caller, data.project), data, _request_id(request))
-    resources.metrics.latency.labels("/classify", answer.model_version).observe(time.perf_counter() - started)
+    resources.metrics.took("/classify", answer.model_version, started)
     return answer
 
 
@@ -155,7 +153,7 @@ async def embeddings(
         _serving(resources, caller, data.model), data, _request_id(request)
     )
     response.headers["X-Model-Version"] = version
-    resources.metrics.latency.labels("/v1/embeddings", version).observe(time.perf_counter() - started)
+    resources.metrics.took("/v1/embeddings", version, started)
     return answer
 
 

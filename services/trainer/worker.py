@@ -20,6 +20,7 @@ from services.trainer.store import JobStore
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.jobs import RUN_TRAINING_JOB
+from shared.logging import warn_about_settings
 
 log = logging.getLogger("recforge.trainer")
 
@@ -37,6 +38,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Make the worker's resources; ``ctx["settings"]`` may hold settings to use instead of the
     process's (tests pass their own)."""
     settings: Settings = ctx.get("settings") or get_settings()
+    warn_about_settings(settings, log)
     engine = create_engine(settings, pool_size=4)
     wc = WorkerContext(
         settings=settings,

@@ -75,3 +75,15 @@ def test_migrate_command_goes_down_and_up(settings: Settings, scratch_database: 
     down = recforge("migrate", "base", "--downgrade", env=env)
     assert down.returncode == 0, down.stderr
     assert recforge("migrate", env=env).returncode == 0
+
+
+async def test_the_demos_admin_key_expires(settings: Settings, session: AsyncSession) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from services.cli.demo import DEMO_KEY_DAYS, demo_key
+
+    await asyncio.to_thread(demo_key, settings)
+    stored = (await session.execute(select(ApiKey))).scalar_one()
+    assert stored.role == "admin" and stored.expires_at is not None
+    assert abs(stored.expires_at - (datetime.now(UTC) + timedelta(days=DEMO_KEY_DAYS))) < timedelta(minutes=5)

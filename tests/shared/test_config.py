@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,24 @@ def test_urls_fall_back_to_the_embedded_servers(tmp_path: Path) -> None:
     )
     assert settings.resolved_database_url() == "postgresql+asyncpg://postgres:@/recforge?host=/x"
     assert settings.resolved_redis_url() == "unix:///x.sock"
+
+
+async def test_services_warn_at_start_about_the_development_secret(
+    settings: Settings, db: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from asgi_lifespan import LifespanManager
+    from pydantic import SecretStr
+
+    from services.api.app import create_app as create_api
+    from services.inference.app import create_app as create_inference
+    from shared.config import DEV_SECRET
+
+    for create in (create_api, create_inference):
+        for secret, warned in ((DEV_SECRET, True), ("a-private-secret-of-enough-length", False)):
+            caplog.clear()
+            app = create(settings.model_copy(update={"secret_key": SecretStr(secret)}))
+            with caplog.at_level(logging.WARNING):
+                async with LifespanManager(app):
+                    pass
+            said = [r.getMessage() for r in caplog.records if "RECFORGE_SECRET_KEY" in r.getMessage()]
+            assert bool(said) is warned, (create.__module__, secret, said)

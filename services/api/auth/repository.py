@@ -36,6 +36,15 @@ async def get_key_by_hash(session: AsyncSession, digest: str) -> tuple[ApiKey, U
     return (row[0], row[1]) if row else None
 
 
+async def get_key_with_user(session: AsyncSession, key_id: uuid.UUID) -> tuple[ApiKey, User] | None:
+    row = (
+        await session.execute(
+            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.id == key_id)
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 async def get_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
     return await session.get(ApiKey, key_id)
 

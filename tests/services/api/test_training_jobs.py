@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
@@ -18,7 +19,7 @@ from shared.jobs import arq_job_id, progress_channel
 from shared.models import Project, TrainingJob
 from tests.factories import create_model_version
 from tests.support.data import CATALOG_CSV, relevance_csv
-from tests.support.world import World
+from tests.support.world import World, bearer
 
 P = "/api/v1/projects/search-a"
 
@@ -358,3 +359,56 @@ async def test_base_models_are_hub_ids_or_folders_under_the_model_roots(
             "member", "POST", f"{P}/training-jobs", json=_body(version, base_model=base_model)
         )
         assert response.status_code == 202, (base_model, response.text)
+
+
+async def test_event_streams_are_capped_and_end_when_the_key_is_revoked(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from services.api.app import create_app
+
+    version = await _ready(world)
+    job = (await world.call("member", "POST", f"{P}/training-jobs", json=_body(version))).json()
+    async with sessionmaker() as session:
+        await session.execute(update(TrainingJob).values(status="running"))
+        await session.commit()
+    viewer_key = await world.call(
+        "admin", "POST", "/api/v1/keys", json={"user_id": world.users["viewer"], "name": "dashboard"}
+    )
+    key = viewer_key.json()
+    app = create_app(settings.model_copy(update={"max_event_streams": 1}))
+    url = f"/api/v1/training-jobs/{job['id']}/events"
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=30) as client:
+            seen: list[str] = []
+
+            async def follow() -> None:
+                async with client.stream("GET", url, headers=bearer(key["key"])) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: "):
+                            seen.append(line[7:])
+
+            follower = asyncio.create_task(follow())
+            for _ in range(50):
+                if seen:
+                    break
+                await asyncio.sleep(0.1)
+            second = await client.get(url, headers=world.as_("member"))
+            assert second.status_code == 429 and second.headers["retry-after"]
+            revoked = await client.delete(f"/api/v1/keys/{key['id']}", headers=world.as_("admin"))
+            assert revoked.status_code == 204
+            redis = Redis.from_url(settings.resolved_redis_url())
+            try:  # the next update the stream hears, it checks the key again
+                await redis.publish(progress_channel(uuid.UUID(job["id"])), json.dumps({"status": "running"}))
+            finally:
+                await redis.aclose()
+            await asyncio.wait_for(follower, timeout=10)
+            assert seen[0] == "job" and seen[-1] == "end"
+            async with sessionmaker() as session:  # a finished job's stream is one event long
+                await session.execute(update(TrainingJob).values(status="succeeded"))
+                await session.commit()
+            third = await client.get(url, headers=world.as_("member"))
+            assert third.status_code == 200  # the closed stream gave its place back

@@ -424,7 +424,7 @@ async def test_events_need_no_deployment(
     other = await inference_client.post(
         "/events", json={**body, "project": "search-b"}, headers=bearer(world.keys["service"])
     )
-    assert other.status_code == 403
+    assert other.status_code == 404  # another project answers as one that does not exist
     missing = await inference_client.post(
         "/events", json={**body, "project": "nope"}, headers=bearer(world.keys["service"])
     )
@@ -545,3 +545,41 @@ async def test_request_ids_are_each_projects_own(
     async with sessionmaker() as session:
         rows = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
     assert [str(r.model_version_id) if r.model_version_id else None for r in rows] == [None, deployed["bi"]]
+
+
+async def test_a_retired_versions_metrics_leave_with_it(
+    world: World,
+    settings: Settings,
+    deployed: dict[str, Any],
+    inference_client: httpx.AsyncClient,
+    tiny_model: Path,
+) -> None:
+    await _wait_loaded(inference_client)
+    key = bearer(world.keys["service"])
+    first = deployed["bi"]
+    served = await inference_client.post(
+        "/recommend", json={"project": "search-a", "query": "saw"}, headers=key
+    )
+    assert served.json()["model_version"] == first
+    scraped = (await inference_client.get("/metrics", headers=bearer(world.admin))).text
+    assert f'model_version="{first}"' in scraped
+    relevance = (await world.call("member", "GET", f"/api/v1/model-versions/{first}")).json()[
+        "dataset_version_id"
+    ]
+    (second,) = await _train(
+        world,
+        settings,
+        [{"job_type": "bi_encoder", "dataset_version_id": relevance, "base_model": str(tiny_model),
+          "hyperparameters": {"max_steps": 3, "batch_size": 16, "max_length": 32, "seed": 3}}],
+    )  # fmt: skip
+    assert (await world.call("owner", "POST", f"/api/v1/model-versions/{second}/promote")).status_code == 200
+    for _ in range(300):
+        answer = await inference_client.post(
+            "/recommend", json={"project": "search-a", "query": "saw"}, headers=key
+        )
+        if answer.json()["model_version"] == second:
+            break
+        await asyncio.sleep(0.1)
+    scraped = (await inference_client.get("/metrics", headers=bearer(world.admin))).text
+    assert f'model_version="{second}"' in scraped
+    assert first not in scraped  # neither its latency series nor its batcher's
