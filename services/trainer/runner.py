@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.trainer import janitor
 from services.trainer.context import WorkerContext, worker_context
 from services.trainer.control import JobCancelled, JobControl, StopReason
 from services.trainer.store import Claimed, NewVersion, NotClaimed
@@ -151,6 +152,14 @@ async def _wake_waiting(wc: WorkerContext, project_id: uuid.UUID) -> None:
         log.warning("could not wake the project's waiting jobs; the reaper will", exc_info=True)
 
 
+async def sweep_disk(wc: WorkerContext) -> None:
+    """What killed runs left on disk goes (services.trainer.janitor); a failure only waits a turn."""
+    try:
+        await janitor.sweep(wc.settings, wc.store)
+    except Exception:
+        log.warning("the janitor's sweep failed; it sweeps again after the next job", exc_info=True)
+
+
 async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
     """arq entry point. Idempotent: a job that is not queued is left alone."""
     wc = worker_context(ctx)
@@ -166,6 +175,7 @@ async def run_training_job(ctx: dict[str, Any], job_id: str) -> str:
             return await _run(wc, claim, control)
         finally:
             await _wake_waiting(wc, claim.job.project_id)
+            await sweep_disk(wc)
     finally:
         if wc.running.get(training_job_id) is control:
             del wc.running[training_job_id]
@@ -190,7 +200,12 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         setup_threads()
         log.info("job running", extra={"job_id": job_id, "attempt": job.attempts, "device": device.type})
         job_run = JobRun(
-            settings=wc.settings, claimed=claimed, control=control, device=device, started=started
+            settings=wc.settings,
+            claimed=claimed,
+            control=control,
+            device=device,
+            started=started,
+            note_output=lambda version_id: wc.store.note_output(claimed, version_id),
         )
         outcome = await handler(claimed.job_type)(job_run)
     except asyncio.CancelledError:

@@ -8,6 +8,7 @@ version it worked on), failed, cancelled, or handed back to the queue when its w
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.datasets.catalog import latest_catalog_version
@@ -122,6 +124,26 @@ class Reaped:
     requeued: list[JobRef]  # running jobs whose worker went silent: queued again to resume
     failed: list[uuid.UUID]  # the same, on their last allowed run: failed
     waiting: list[JobRef]  # queued for over a minute: the queue may have lost them
+
+
+@dataclass(frozen=True)
+class LiveOutputs:
+    """What the rows say is in use on disk (the janitor removes the rest)."""
+
+    jobs: set[uuid.UUID]  # queued or running jobs: their work folders hold what a run resumes from
+    planned: set[uuid.UUID]  # the version folders queued or running fine-tunes write
+    busy: set[uuid.UUID]  # versions a queued or running export or index job writes into
+    versions: dict[uuid.UUID, set[str]]  # registered versions and their files, relative to DATA_DIR
+
+
+def _paths(artifacts: dict[str, Any]) -> set[str]:
+    found = set()
+    for entry in artifacts.values():
+        if isinstance(entry, dict):
+            if isinstance(entry.get("path"), str):
+                found.add(entry["path"])
+            found |= _paths(entry.get("files") or {})
+    return found
 
 
 class _CannotRun(Exception):
@@ -396,6 +418,47 @@ class JobStore:
                     export = {**row.compute.get("export", {}), "rebuild": outcome.rebuild}
                     row.compute = {**row.compute, "export": export}
         return True
+
+    async def note_output(self, claimed: Claimed, version_id: uuid.UUID) -> bool:
+        """Record, before its files are written, the version folder this run's fine-tune fills, so the
+        janitor knows it is in use. False when the job is no longer this run's."""
+        async with unit_of_work(self.sessionmaker) as session:
+            found = await session.execute(
+                update(TrainingJob)
+                .where(*claimed.owned())
+                .values(
+                    progress=TrainingJob.progress.op("||")(
+                        type_coerce({"output_version_id": str(version_id)}, JSONB)
+                    )
+                )
+                .returning(TrainingJob.id)
+            )
+            return found.first() is not None
+
+    async def live_outputs(self) -> LiveOutputs:
+        active = (JobStatus.queued.value, JobStatus.running.value)
+        async with self.sessionmaker() as session:
+            jobs = (
+                await session.execute(
+                    select(
+                        TrainingJob.id,
+                        TrainingJob.job_type,
+                        TrainingJob.input_model_version_id,
+                        TrainingJob.progress,
+                    ).where(TrainingJob.status.in_(active))
+                )
+            ).all()
+            versions = (await session.execute(select(ModelVersion.id, ModelVersion.artifacts))).all()
+        planned = set()
+        for _, _, _, progress in jobs:
+            with contextlib.suppress(ValueError, TypeError):
+                planned.add(uuid.UUID(str((progress or {}).get("output_version_id"))))
+        return LiveOutputs(
+            jobs={job_id for job_id, _, _, _ in jobs},
+            planned=planned,
+            busy={model for _, kind, model, _ in jobs if model is not None and kind in ("export", "index")},
+            versions={version_id: _paths(artifacts or {}) for version_id, artifacts in versions},
+        )
 
     async def waiting_jobs(self, project_id: uuid.UUID) -> list[JobRef]:
         """The project's queued jobs, highest priority first."""

@@ -15,7 +15,7 @@ from services.trainer.cancel import start_listening
 from services.trainer.context import CONTEXT_KEY, WorkerContext, worker_context
 from services.trainer.health import BackgroundHealthServer, health_app
 from services.trainer.reaper import reaper_loop
-from services.trainer.runner import run_training_job
+from services.trainer.runner import run_training_job, sweep_disk
 from services.trainer.store import JobStore
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
@@ -52,6 +52,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         server = BackgroundHealthServer(health_app(engine, wc.redis), settings.host, settings.trainer_port)
         await server.start()
         wc.health_server = server
+    await sweep_disk(wc)  # what runs killed before this worker started left behind
     wc.background.append(asyncio.create_task(reaper_loop(settings, wc.store, wc.redis)))
     wc.background.append(await start_listening(wc))
     log.info("trainer worker started", extra={"worker_id": wc.worker_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ class JobRun:
     control: JobControl
     device: torch.device
     started: float  # time.monotonic() when the run began
+    # records the version folder a fine-tune is about to fill (False: the job is no longer this run's)
+    note_output: Callable[[uuid.UUID], Awaitable[bool]] | None = None
     # Folders a handler writes; the runner removes them by the job's outcome. Checkpoints (work_dir)
     # outlive a worker that stops, so the next run resumes; a new version's files (out_dir) stay only
     # when the job succeeds.

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from services.trainer import evaluation
-from services.trainer.control import JobControl, in_thread
+from services.trainer.control import JobControl, StopReason, in_thread
 from services.trainer.export import export_model, onnx_task, parity_examples
 from services.trainer.finetune.base import Task, resolve_base_model
 from services.trainer.finetune.bi_encoder import BiEncoderTask
@@ -163,6 +163,10 @@ async def run(job: JobRun) -> NewVersion:
     if problem is not None:  # the api checks this too; the trainer's filesystem has the last word
         raise ValueError(problem)
     version_id = uuid.uuid4()
+    job.control.report(output_version_id=str(version_id))  # kept in the heartbeats' progress too
+    if job.note_output is not None and not await job.note_output(version_id):
+        job.control.stop_for(StopReason.superseded)
+        job.control.check()
     job.work_dir = settings.jobs_dir / str(row.id)
     job.out_dir = settings.artifacts_dir / str(row.project_id) / str(version_id)
     job.work_dir.mkdir(parents=True, exist_ok=True)
