@@ -14,6 +14,7 @@ from starlette.types import Scope
 
 from services.api.audit.router import router as audit_router
 from services.api.auth.router import router as auth_router
+from services.api.datasets.cleanup import sweep_imports
 from services.api.datasets.router import router as datasets_router
 from services.api.deployments.router import router as deployments_router
 from services.api.deps import ApiResources, get_resources
@@ -60,6 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             import_limiter=anyio.CapacityLimiter(settings.max_concurrent_imports),
             event_streams=anyio.CapacityLimiter(settings.max_event_streams),
         )
+        try:
+            await sweep_imports(settings, resources.sessionmaker)
+        except Exception:  # a sweep is housekeeping: the api serves without it
+            log.warning("could not sweep abandoned import files", exc_info=True)
         try:
             yield {"resources": resources}
         finally:

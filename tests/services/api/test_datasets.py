@@ -418,3 +418,37 @@ async def test_errors_about_a_file_never_show_where_the_server_keeps_it(
         assert response.status_code == 422, response.text
         assert str(settings.data_dir) not in response.text and "/uploads/" not in response.text, response.text
         assert name in response.text
+
+
+async def test_an_api_start_removes_what_killed_imports_left(world: World, settings: Settings) -> None:
+    import os
+    import time
+
+    from asgi_lifespan import LifespanManager
+
+    from services.api.app import create_app
+
+    kept_version = (
+        await world.call(
+            "member", "POST", f"{P}/datasets", files=[("file", ("c.csv", io.BytesIO(CATALOG_CSV.encode())))],
+            data={"kind": "catalog"},
+        )
+    ).json()["version_id"]  # fmt: skip
+    project = world.projects["search-a"]["id"]
+    root = settings.data_dir
+    stale = [
+        root / "uploads" / "0123abcd",
+        root / "datasets" / project / ".staging-x-1234abcd",
+        root / "datasets" / project / str(uuid.uuid4()),  # written, never committed
+    ]
+    fresh = root / "uploads" / "fedc4321"  # another api process may be receiving it now
+    for folder in (*stale, fresh):
+        (folder / "part").mkdir(parents=True, exist_ok=True)
+    then = time.time() - 7200
+    for folder in stale:
+        os.utime(folder, (then, then))
+    os.utime(root / "datasets" / project / kept_version, (then, then))
+    async with LifespanManager(create_app(settings)):
+        pass
+    assert not any(folder.exists() for folder in stale)
+    assert fresh.exists() and (root / "datasets" / project / kept_version).exists()
