@@ -68,11 +68,14 @@ class Settings(BaseSettings):
 
     # Trainer: a running job reports progress (and checks for cancellation) every progress_interval_s,
     # checkpoints every checkpoint_interval_s, and is presumed dead after job_heartbeat_timeout_s of
-    # silence (then another worker resumes it from its checkpoint, up to max_job_attempts runs).
+    # silence (then another worker resumes it from its checkpoint, up to max_job_attempts runs). A job
+    # queued for lost_job_after_s that the Redis queue does not hold (Redis restarted, or was down
+    # when the job was submitted) is enqueued again by the workers' reaper.
     progress_interval_s: float = Field(default=2.0, gt=0, le=60)
     checkpoint_interval_s: float = Field(default=120.0, gt=0)
     job_heartbeat_timeout_s: float = Field(default=60.0, ge=5)
     max_job_attempts: int = Field(default=3, ge=1, le=20)
+    lost_job_after_s: float = Field(default=60.0, ge=1)
     # Folders local base models may be trained from (separated by ":", as PATH); hub ids are always
     # allowed. A folder inside data_dir never is.
     model_roots: str = ""

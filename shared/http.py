@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import AppError, PayloadTooLarge
+from shared.errors import AppError, PayloadTooLarge, ServiceUnavailable
 
 log = logging.getLogger("recforge.http")
 
@@ -149,6 +149,97 @@ class RequestContextMiddleware:
                 )
 
 
+OUTAGE_RETRY_AFTER_S = 5
+_CLIENT_LIBRARIES = ("/asyncpg/", "/sqlalchemy/", "/redis/")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return [e for e in seen if isinstance(e, BaseException)]
+
+
+def _from_client_library(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if any(part in tb.tb_frame.f_code.co_filename for part in _CLIENT_LIBRARIES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL or Redis cannot be reached right now (down, restarting, the
+    connection cut, the pool exhausted), as opposed to a fault of the request or of the code."""
+    import asyncpg
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    for cause in _chain(exc):
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(
+            cause,
+            sqlalchemy.exc.TimeoutError  # no pooled connection came free in time
+            | asyncpg.PostgresConnectionError
+            | asyncpg.CannotConnectNowError  # the server is starting or shutting down
+            | asyncpg.OperatorInterventionError  # the server was told to shut down
+            | asyncpg.TooManyConnectionsError
+            | asyncpg.exceptions.ConnectionDoesNotExistError  # closed under the query
+            | redis.exceptions.ConnectionError
+            | redis.exceptions.TimeoutError,
+        ):
+            return True
+        # a socket that refuses, resets or is missing (a server's Unix socket), inside a client
+        if isinstance(cause, OSError) and _from_client_library(cause):
+            return True
+    return False
+
+
+class OutageGuard:
+    """Answers 503 with Retry-After, instead of 500, when a request fails because PostgreSQL or Redis
+    cannot be reached: clients retry, and the process itself needs no restart (pools reconnect)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as exc:
+            if started or not is_outage(exc):
+                raise
+            log.warning(
+                "a dependency is unreachable: %s",
+                f"{type(exc).__name__}: {exc}"[:300],
+                extra={"path": scope["path"]},
+            )
+            await send_error(
+                send,
+                ServiceUnavailable(
+                    "the service cannot reach its database or queue right now; retry shortly",
+                    headers={"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+                ),
+            )
+
+
 class NotReady(Exception):
     """A readiness check's own verdict; its message is shown (other failures show their kind only)."""
 
@@ -213,5 +304,6 @@ def health_router(checks_for: ChecksFactory) -> APIRouter:
 
 def setup_common(app: FastAPI, checks_for: ChecksFactory) -> None:
     install_error_handlers(app)
+    app.add_middleware(OutageGuard)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router(checks_for))

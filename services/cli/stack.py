@@ -221,16 +221,8 @@ def worker(
     settings = load_settings()
     configure_logging(settings, "trainer")
     try:
-        from arq import run_worker
+        from services.trainer.worker import run
 
-        from services.trainer.worker import WorkerSettings
-        from shared.jobs import redis_settings
-
-        run_worker(
-            WorkerSettings,  # type: ignore[arg-type]
-            redis_settings=redis_settings(settings),
-            queue_name=settings.queue_name,
-            burst=burst,
-        )
+        run(settings, burst=burst)
     except AppError as exc:
         app_error(exc)

@@ -23,7 +23,11 @@ async def reap_stale_jobs(settings: Settings, store: JobStore, redis: ArqRedis) 
     """Requeue running jobs whose worker stopped sending heartbeats, so another worker resumes them
     from their checkpoint (a job that has used all its runs fails instead); enqueue queued jobs
     the queue lost (a Redis failure right after the API committed them)."""
-    reaped = await store.reap(timedelta(seconds=settings.job_heartbeat_timeout_s), settings.max_job_attempts)
+    reaped = await store.reap(
+        timedelta(seconds=settings.job_heartbeat_timeout_s),
+        settings.max_job_attempts,
+        timedelta(seconds=settings.lost_job_after_s),
+    )
     missing = [
         job
         for job in reaped.waiting

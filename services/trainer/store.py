@@ -470,9 +470,11 @@ class JobStore:
             )
             return [JobRef.of(job) for job in rows.scalars()]
 
-    async def reap(self, stale_after: timedelta, max_attempts: int) -> Reaped:
+    async def reap(
+        self, stale_after: timedelta, max_attempts: int, lost_after: timedelta = timedelta(minutes=1)
+    ) -> Reaped:
         """Queue again the running jobs whose worker stopped sending heartbeats (fail those on their last
-        allowed run), and list the jobs queued for over a minute, which the queue may have lost."""
+        allowed run), and list the jobs queued for over ``lost_after``, which the queue may have lost."""
         requeued: list[JobRef] = []
         failed: list[uuid.UUID] = []
         silent = int(stale_after.total_seconds())
@@ -504,7 +506,7 @@ class JobStore:
                 await session.execute(
                     select(TrainingJob).where(
                         TrainingJob.status == JobStatus.queued.value,
-                        TrainingJob.queued_at < func.now() - timedelta(minutes=1),
+                        TrainingJob.queued_at < func.now() - lost_after,
                     )
                 )
             ).scalars()

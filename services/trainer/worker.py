@@ -10,6 +10,9 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from arq import func
+from arq.worker import Worker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.trainer.cancel import start_listening
 from services.trainer.context import CONTEXT_KEY, WorkerContext, worker_context
@@ -69,6 +72,63 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await wc.health_server.stop()
     await wc.engine.dispose()
     log.info("trainer worker stopped", extra={"worker_id": wc.worker_id})
+
+
+REDIS_FAULTS = (RedisConnectionError, RedisTimeoutError, OSError)
+REDIS_RETRY_S = 1.0
+
+
+class ResilientWorker(Worker):
+    """An arq worker that outlives a Redis outage: arq's own poll loop ends the process at the first
+    connection error, so a job running at that moment would be lost to its worker and resumed
+    elsewhere. Here a poll that fails is logged and tried again; the job running goes on (its state
+    is in Postgres), and a queue that came back empty is refilled by the reaper from Postgres."""
+
+    redis_down_since: float | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_FAULTS as exc:
+            if self.redis_down_since is None:
+                self.redis_down_since = asyncio.get_running_loop().time()
+                log.warning("Redis is unreachable; polling again every %.0f s: %s", REDIS_RETRY_S, exc)
+            await asyncio.sleep(REDIS_RETRY_S)
+            return
+        if self.redis_down_since is not None:
+            down = asyncio.get_running_loop().time() - self.redis_down_since
+            log.info("Redis answers again after %.0f s", down)
+            self.redis_down_since = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq takes a slot (semaphore and counter) before it asks Redis for the job; a Redis error
+        # there would keep the slot forever, and a worker with one slot would take no job again
+        for job_id in job_ids:
+            before = self.tasks.get(job_id.decode())
+            try:
+                await super().start_jobs([job_id])
+            except REDIS_FAULTS:
+                if self.tasks.get(job_id.decode()) is before:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
+
+def run(settings: Settings, *, burst: bool = False) -> None:
+    """Run a trainer worker in this process until it is told to stop."""
+    from arq.worker import get_kwargs
+
+    from shared.jobs import redis_settings
+
+    worker = ResilientWorker(
+        **{
+            **get_kwargs(WorkerSettings),  # type: ignore[arg-type]
+            "redis_settings": redis_settings(settings),
+            "queue_name": settings.queue_name,
+            "burst": burst,
+        }
+    )
+    worker.run()
 
 
 class WorkerSettings:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from arq.worker import Worker
-
-from services.trainer.worker import TRAINING_FUNCTION, shutdown, startup
+from services.trainer.worker import TRAINING_FUNCTION, ResilientWorker, shutdown, startup
 from shared.config import Settings
 from shared.jobs import redis_settings
 from tests.support.world import World
@@ -15,9 +13,9 @@ from tests.support.world import World
 PROJECT = "/api/v1/projects/search-a"
 
 
-def make_worker(settings: Settings, **overrides: Any) -> Worker:
+def make_worker(settings: Settings, **overrides: Any) -> ResilientWorker:
     quiet = settings.model_copy(update={"trainer_port": 0, "progress_interval_s": 0.2, **overrides})
-    return Worker(
+    return ResilientWorker(
         functions=[TRAINING_FUNCTION],
         redis_settings=redis_settings(quiet),
         queue_name=quiet.queue_name,
@@ -32,7 +30,7 @@ def make_worker(settings: Settings, **overrides: Any) -> Worker:
     )
 
 
-async def run_worker(worker: Worker) -> None:
+async def run_worker(worker: ResilientWorker) -> None:
     try:
         await worker.async_run()
     finally:
