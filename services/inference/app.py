@@ -11,7 +11,7 @@ from typing import Any
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 
-from services.inference.admission import InFlightLimit, KeyFirst
+from services.inference.admission import AdaptiveConcurrency, KeyFirst
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import KeyChecker
 from services.inference.metrics import InferenceMetrics
@@ -83,9 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-    # outermost first: request id and log, the in-flight ceiling, the key, then the body's size
+    # outermost first: request id and log, outages as 503, the adaptive ceiling, the key, the body's size
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(KeyFirst, paths=POST_PATHS)
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
+    app.add_middleware(AdaptiveConcurrency, maximum=settings.max_in_flight, routes=POST_PATHS)
     setup_common(app, _checks)
     return app

@@ -1,12 +1,13 @@
 """Prometheus metrics of the inference service: latency per route and model version, batch sizes and
-queue depth per model. Each app owns its registry, so several apps in one process do not clash."""
+queue depth per model, the admission ceiling and refusals per route. Each app owns its registry, so
+several apps in one process do not clash."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -33,6 +34,24 @@ class InferenceMetrics:
             "recforge_inference_queue_depth",
             "Items waiting for a model run.",
             ["model"],
+            registry=self.registry,
+        )
+        self.ceiling = Gauge(
+            "recforge_inference_admission_ceiling",
+            "Requests a route admits at once (the adaptive ceiling); more wait in line or answer 429.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.no_queue = Gauge(
+            "recforge_inference_admission_no_queue_seconds",
+            "The least latency a route answered with lately: its service time with no queue.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "recforge_inference_refused_total",
+            "Requests answered 429 before their body was read, by route.",
+            ["route"],
             registry=self.registry,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -82,13 +83,11 @@ async def test_work_beyond_the_delay_budget_is_refused() -> None:
     await batcher.close()
 
 
-async def test_requests_beyond_the_in_flight_limit_answer_429() -> None:
-    import httpx
+def _gated_app(gate: asyncio.Event) -> Any:
     from fastapi import FastAPI
 
-    from services.inference.admission import InFlightLimit
+    from services.inference.admission import AdaptiveConcurrency
 
-    gate = asyncio.Event()
     app = FastAPI()
 
     @app.post("/slow")
@@ -100,13 +99,40 @@ async def test_requests_beyond_the_in_flight_limit_answer_429() -> None:
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    app.add_middleware(InFlightLimit, limit=2)
+    app.add_middleware(AdaptiveConcurrency, maximum=2, minimum=2, initial=2)
+    return app
+
+
+async def test_requests_beyond_the_ceiling_wait_in_line_then_answer_429() -> None:
+    import httpx
+
+    gate = asyncio.Event()
+    app = _gated_app(gate)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         first = [asyncio.create_task(client.post("/slow")) for _ in range(2)]
         await asyncio.sleep(0.05)
-        refused = await client.post("/slow")
+        refused = await client.post("/slow")  # waited its patience in line, no slot came free
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert (await client.get("/healthz")).status_code == 200
-        gate.set()
-        assert [r.status_code for r in await asyncio.gather(*first)] == [200, 200]
+        waiting = asyncio.create_task(client.post("/slow"))
+        await asyncio.sleep(0)
+        gate.set()  # the two in flight end: the one in line gets a slot
+        assert [r.status_code for r in await asyncio.gather(*first, waiting)] == [200, 200, 200]
         assert (await client.post("/slow")).status_code == 200
+
+
+async def test_a_flood_is_refused_at_once_beyond_a_short_line() -> None:
+    import httpx
+
+    gate = asyncio.Event()
+    app = _gated_app(gate)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        flood = [asyncio.create_task(client.post("/slow")) for _ in range(100)]  # none answered yet
+        await asyncio.sleep(0.1)
+        done = [t for t in flood if t.done()]
+        # 2 in flight, the rest of a burst in line; past the burst, refused at once, a line of 2 kept
+        assert len(done) >= 100 - 2 - 32 - 2
+        assert {t.result().status_code for t in done} == {429}
+        gate.set()
+        answered = [r.status_code for r in await asyncio.gather(*flood)]
+        assert answered.count(200) >= 2 and set(answered) == {200, 429}

@@ -34,8 +34,13 @@ def _file(path: Path, data: bytes = b"x") -> Path:
 
 
 async def test_the_janitor_removes_only_what_no_row_names(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    session: AsyncSession,
+    tmp_path: Path,
 ) -> None:
+    # a data folder of its own: the session's holds what other tests trained, gone from the database
+    settings = settings.model_copy(update={"data_dir": tmp_path})
     owner = await create_user(session)
     project = await create_project(session, owner=owner)
     registered, busy_version = uuid.uuid4(), uuid.uuid4()
