@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import AppError, PayloadTooLarge, ServiceUnavailable
+from shared.errors import AppError, PayloadTooLarge, ServiceUnavailable, ValidationFailed
 
 log = logging.getLogger("recforge.http")
 
@@ -41,6 +43,19 @@ def install_error_handlers(app: FastAPI) -> None:
         body = {"error": "validation_error", "message": "The request is invalid", "detail": errors}
         return JSONResponse(jsonable_encoder(body), status_code=422)
 
+    import sqlalchemy.exc
+
+    @app.exception_handler(sqlalchemy.exc.DBAPIError)
+    async def _database_error(request: Request, exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
+        # text check_text cannot see (a form field of an upload) that PostgreSQL refused to store;
+        # the unit of work rolled back, so nothing of the request was kept
+        if not _unstorable_text(exc):
+            raise exc  # an outage (OutageGuard answers 503) or a fault of the code (500)
+        refused = _text_error(
+            ["request"], "a text in the request holds NUL or an unpaired surrogate; remove it"
+        )
+        return JSONResponse(refused.to_dict(), status_code=refused.status_code)
+
 
 async def send_error(send: Send, exc: AppError) -> None:
     """Answer with an AppError's status and body from ASGI middleware (before the app runs)."""
@@ -51,11 +66,91 @@ async def send_error(send: Send, exc: AppError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# JSON escapes of what no text may hold: NUL (PostgreSQL cannot store it) and UTF-16 surrogates (which
+# are no characters alone, and which neither UTF-8 nor the tokenizers can encode); a pair is checked
+# after decoding. An escaped backslash before one (``\\u0000``) is text, and is skipped by the walk.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BIG_EXPONENT = re.compile(rb"[eE]\+?[0-9]{3}")  # a number that may overflow to infinity when read
+
+
+def bad_text(value: str) -> str | None:
+    """Why ``value`` cannot be taken as text, or None."""
+    if "\x00" in value:
+        return "text may not contain NUL (\\u0000); remove it"
+    if _SURROGATE.search(value):
+        return "text may not contain an unpaired UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode"
+    return None
+
+
+def _find_bad_text(value: Any, loc: list[str | int]) -> tuple[list[str | int], str] | None:
+    if isinstance(value, str):
+        why = bad_text(value)
+        return (loc, why) if why else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc, "the number is too large for a JSON number (1.8e308 at most)"
+    items: Any = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, item in items:
+        if isinstance(key, str) and (why := bad_text(key)):
+            return [*loc, key], why
+        found = _find_bad_text(item, [*loc, key])
+        if found:
+            return found
+    return None
+
+
+def _text_error(loc: list[str | int], why: str) -> ValidationFailed:
+    return ValidationFailed(
+        "The request is invalid", detail=[{"loc": loc, "msg": why, "type": "text_invalid"}]
+    )
+
+
+def _unstorable_text(exc: BaseException) -> bool:
+    import asyncpg
+
+    unstorable = asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
+    return any(isinstance(cause, unstorable | UnicodeEncodeError) for cause in _chain(exc))
+
+
+class _NotJsonNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
+def check_text(scope: Scope, body: bytes) -> ValidationFailed | None:
+    """The 422 for a request whose path, query or JSON body holds what no service can take, naming
+    where: text with NUL or a lone surrogate, or NaN, Infinity and numbers beyond a double (which
+    Python's JSON reader takes, but JSON and PostgreSQL's jsonb do not); None for the rest. A body
+    costs a byte scan unless it holds such an escape, word or exponent, when it is decoded to find
+    the field."""
+    if "\x00" in scope.get("path", ""):
+        return _text_error(["path"], "text may not contain NUL (%00); remove it")
+    if b"%00" in scope.get("query_string", b""):
+        return _text_error(["query"], "text may not contain NUL (%00); remove it")
+    suspect = b"NaN" in body or b"Infinity" in body or _BIG_EXPONENT.search(body)
+    if not suspect and not _SUSPECT_ESCAPE.search(body):
+        return None
+    try:
+        decoded = json.loads(body, parse_constant=_refuse_constant)
+    except _NotJsonNumber as exc:
+        return _text_error(["body"], f"{exc} is not a JSON number; send a finite number or null")
+    except ValueError:
+        return None  # not JSON: the app says what is wrong with it
+    found = _find_bad_text(decoded, ["body"])
+    return _text_error(*found) if found else None
+
+
 class BodyLimit:
     """Refuses request bodies larger than ``limit`` bytes with 413 before the app sees any of them: at
     once when Content-Length says so, else as soon as the bytes received pass it. Bodies within the
-    limit are read here and handed to the app whole. ``exempt(scope)`` names routes that enforce a
-    limit of their own while they stream (dataset uploads)."""
+    limit are read here and handed to the app whole, once ``check_text`` found nothing in them no text
+    may hold (422). ``exempt(scope)`` names routes that enforce a limit of their own while they stream
+    (dataset uploads); their path and query are checked all the same."""
 
     def __init__(self, app: ASGIApp, limit: int, exempt: Callable[[Scope], bool] | None = None) -> None:
         self.app = app
@@ -69,7 +164,14 @@ class BodyLimit:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.exempt is not None and self.exempt(scope):
+            refused = check_text(scope, b"")
+            if refused is not None:
+                await send_error(send, refused)
+                return
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
@@ -91,7 +193,12 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        body = b"".join(chunks)
+        refused = check_text(scope, body)
+        if refused is not None:
+            await send_error(send, refused)
+            return
+        whole = {"type": "http.request", "body": body, "more_body": False}
         await self.app(scope, _replay([whole], receive), send)
 
 

@@ -161,6 +161,8 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+MAX_POSITION = 100_000
+MAX_PROPERTY_INT = 2**53  # integers JSON readers everywhere take exactly
 EventType = Literal["impression", "click", "cart", "purchase"]
 
 
@@ -171,8 +173,12 @@ class EventIn(BaseModel):
     product_id: str = Field(min_length=1, max_length=200)
     request_id: str | None = Field(None, max_length=64)
     user_id: str | None = Field(None, max_length=200)
-    position: int | None = Field(None, ge=0)
-    value: float | None = Field(None, description="An amount, e.g. a purchase's price.")
+    position: int | None = Field(
+        None, ge=0, le=MAX_POSITION, description="Where the product was shown (0: first)."
+    )
+    value: float | None = Field(
+        None, allow_inf_nan=False, ge=-1e15, le=1e15, description="An amount, e.g. a purchase's price."
+    )
     properties: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict,
         description=f"At most {PROPERTIES} of them; names of at most 64 characters, texts of at most "
@@ -191,6 +197,8 @@ class EventIn(BaseModel):
                 raise ValueError(f"property name {name[:20]!r}... is longer than 64 characters")
             if isinstance(item, str) and len(item) > PROPERTY_CHARS:
                 raise ValueError(f"property {name!r} is longer than {PROPERTY_CHARS} characters")
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_PROPERTY_INT:
+                raise ValueError(f"property {name!r} is larger than {MAX_PROPERTY_INT} in magnitude")
         return value
 
 

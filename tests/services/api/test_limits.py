@@ -53,3 +53,56 @@ async def test_crafted_cursors_answer_422(world: World) -> None:
             "owner" if "users" not in url else "admin", "GET", f"{url}?cursor={cursor(value)}"
         )
         assert response.status_code == 422, (url, value, response.text)
+
+
+async def test_text_that_cannot_be_stored_answers_422_naming_the_field(world: World) -> None:
+    for name, where in (
+        (r"a\u0000b", ["body", "name"]),  # NUL: PostgreSQL cannot store it
+        (r"a\ud800b", ["body", "name"]),  # a lone surrogate: no character at all
+        (r"\udc00", ["body", "name"]),
+    ):
+        body = '{"name": "' + name + '", "email": "someone@example.com"}'
+        response = await world.client.post(
+            "/api/v1/users",
+            content=body.encode(),
+            headers={**world.as_("admin"), "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == where
+    nested = '{"title": "t", "description": "ok", "labels": ["fine", "bad\\u0000"]}'
+    response = await world.client.post(
+        "/api/v1/projects/search-a/tasks",
+        content=nested.encode(),
+        headers={**world.as_("owner"), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", "labels"]
+    users = (await world.call("admin", "GET", "/api/v1/users")).json()["items"]
+    assert not any(u["email"] == "someone@example.com" for u in users)  # nothing was written
+
+
+async def test_paired_surrogates_and_escaped_backslashes_are_text(world: World) -> None:
+    for n, name in enumerate((r"smile \ud83d\ude00", r"a backslash then u0000: \\u0000")):
+        body = '{"name": "' + name + f'", "email": "text{n}@example.com"}}'
+        response = await world.client.post(
+            "/api/v1/users",
+            content=body.encode(),
+            headers={**world.as_("admin"), "Content-Type": "application/json"},
+        )
+        assert response.status_code == 201, response.text
+    names = {u["name"] for u in (await world.call("admin", "GET", "/api/v1/users")).json()["items"]}
+    assert {"smile \U0001f600", "a backslash then u0000: \\u0000"} <= names
+
+
+async def test_nul_in_a_query_or_a_form_field_answers_422(world: World) -> None:
+    response = await world.call("owner", "GET", "/api/v1/projects/search-a/tasks?status=open%00")
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query"]
+    response = await world.call(
+        "member",
+        "POST",
+        "/api/v1/projects/search-a/datasets",
+        files=[("file", ("catalog.csv", io.BytesIO(CATALOG_CSV.encode())))],
+        data={"kind": "catalog", "name": "cat\x00alog"},
+    )
+    assert response.status_code == 422, response.text
+    datasets = (await world.call("member", "GET", "/api/v1/projects/search-a/datasets")).json()["items"]
+    assert datasets == []

@@ -89,3 +89,30 @@ async def test_texts_and_lists_over_their_limits_answer_422_naming_the_field(
     assert answer.status_code == 422, answer.text
     locations = [item["loc"] for item in answer.json()["detail"]]
     assert any(loc[: len(field)] == field for loc in locations), locations
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/recommend", '{"project": "search-a", "query": "drill\\u0000"}', ["body", "query"]),
+        ("/v1/embeddings", '{"model": "search-a", "input": ["ok", "\\ud800"]}', ["body", "input", 1]),
+        ("/events", '{"project": "search-a", "events": [{"type": "click", "product_id": "p\\u0000"}]}',
+         ["body", "events", 0, "product_id"]),
+        ("/events", '{"project": "search-a", "events": [{"type": "click", "product_id": "p", "position": 2.5e11}]}',
+         ["body", "events", 0, "position"]),
+        ("/events", '{"project": "search-a", "events": [{"type": "cart", "product_id": "p", "value": NaN}]}',
+         ["body"]),
+        ("/events", '{"project": "search-a", "events": [{"type": "cart", "product_id": "p", "properties": {"n": 1e400}}]}',
+         ["body", "events", 0, "properties", "n"]),
+        ("/events", '{"project": "search-a", "events": [{"type": "cart", "product_id": "p", "properties": {"n": 99999999999999999999}}]}',
+         ["body", "events", 0, "properties"]),
+    ],
+)  # fmt: skip
+async def test_text_no_model_or_database_can_take_answers_422_naming_the_field(
+    world: World, inference_client: httpx.AsyncClient, path: str, body: str, field: list[Any]
+) -> None:
+    answer = await inference_client.post(
+        path, content=body.encode(), headers={**bearer(world.admin), "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == field
