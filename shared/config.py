@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=2.0, ge=0, le=100)
     max_queue: int = Field(default=512, ge=1)
     max_queue_delay_ms: float = Field(default=100.0, gt=0)
-    max_in_flight: int = Field(default=256, ge=1)  # inference requests per process; more answer 429
+    max_in_flight: int = Field(default=256, ge=1)  # the most a route's adaptive admission ceiling may reach
     ann_threshold: int = Field(default=20_000, ge=1)
     deployment_refresh_s: float = Field(default=30.0, gt=0)
     inference_threads: int | None = Field(default=None, ge=1, le=256)

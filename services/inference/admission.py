@@ -136,13 +136,14 @@ class LoopLag:
 
 class Flow:
     """How many requests of one route arrived (refused ones too) and how many were answered over the
-    last second or so, in buckets of ``BUCKET_S``. More arriving than are answered, beyond a burst,
-    is a flood: a queue that only grows. A closed loop of any size never floods, since each of its
-    clients sends its next request only when answered."""
+    last two seconds, in buckets of ``BUCKET_S``. More arriving than are answered, beyond a burst, is
+    a flood: a queue that only grows, however slowly (offered 4% over what the service answers, it
+    is seen within a second). A closed loop of clients never floods once it is running, since each
+    of them sends its next request only when answered; the burst allows for its clients connecting
+    at once."""
 
     BUCKET_S = 0.05
-    BUCKETS = 10  # half a second
-    RATIO = 1.1
+    BUCKETS = 40  # two seconds
     BURST = 16  # requests that may arrive at once without an answer (clients connecting together)
 
     def __init__(self) -> None:
@@ -166,7 +167,7 @@ class Flow:
 
     def flooded(self, now: float) -> bool:
         self._at(now)
-        return sum(self._arrived) > self.RATIO * sum(self._answered) + self.BURST
+        return sum(self._arrived) > sum(self._answered) + self.BURST
 
 
 class AdaptiveConcurrency:
@@ -175,7 +176,8 @@ class AdaptiveConcurrency:
     waits in line for a slot up to its patience: twenty no-queue service times, a quarter of a second
     to one second; clients that wait for their answers are not refused. While the route is flooded,
     it gets 429 with Retry-After at once, and nothing more is done for it, so the answered requests
-    keep the latency of the ceiling. A slot that comes free goes to the head of the line."""
+    keep the latency of the ceiling; the line is answered 429 as well when a flood shows. A slot
+    that comes free goes to the head of the line."""
 
     PATIENCE = 20  # no-queue service times
     FIRST_PATIENCE_S = 0.25  # before any latency was seen
@@ -202,7 +204,7 @@ class AdaptiveConcurrency:
         self.flows: dict[str, Flow] = {}
         self.in_flight: dict[str, int] = {}
         self.admitted: dict[str, int] = {}  # requests admitted so far, to tell who ran alone
-        self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self.waiting: dict[str, deque[asyncio.Future[bool]]] = {}
         self.lag = LoopLag()
 
     def _limit(self, path: str) -> GradientLimit:
@@ -231,28 +233,34 @@ class AdaptiveConcurrency:
             return True
         line = self.waiting[path]
         if flow.flooded(now):
-            return False  # a queue that only grows: no line, so the answered keep the ceiling's latency
+            # a queue that only grows: no line, so the answered keep the ceiling's latency; those that
+            # joined the line before the flood showed are answered 429 now rather than late
+            while line:
+                waiting = line.popleft()
+                if not waiting.done():
+                    waiting.set_result(False)
+            return False
         if len(line) >= self.maximum:
             return False
-        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         line.append(slot)
         try:
-            await asyncio.wait_for(asyncio.shield(slot), self._patience(limit))
+            # True: a request that ended handed its slot over (in_flight already counts it)
+            return await asyncio.wait_for(asyncio.shield(slot), self._patience(limit))
         except TimeoutError:
-            if not slot.done():
-                slot.cancel()
-                with contextlib.suppress(ValueError):
-                    line.remove(slot)
-                return False
-        return True  # the slot was handed over by a request that ended (in_flight already counts it)
+            if slot.done():  # handed over or shed at the last moment
+                return slot.result()
+            slot.cancel()
+            with contextlib.suppress(ValueError):
+                line.remove(slot)
+            return False
 
-    def _release(self, path: str, limit: GradientLimit, now: float) -> None:
-        self.flows[path].answer(now)
+    def _release(self, path: str, limit: GradientLimit) -> None:
         line = self.waiting[path]
         while line and self.in_flight[path] <= limit.ceiling:
             slot = line.popleft()
             if not slot.done():
-                slot.set_result(None)  # hand the slot over: in_flight stays as it is
+                slot.set_result(True)  # hand the slot over: in_flight stays as it is
                 return
         self.in_flight[path] -= 1
 
@@ -269,6 +277,7 @@ class AdaptiveConcurrency:
                 metrics.refused.labels(path).inc()
             await _refuse(send, path, self.in_flight[path])
             return
+        flow = self.flows[path]
         in_flight = self.in_flight[path]
         self.admitted[path] += 1
         admitted = self.admitted[path]
@@ -278,6 +287,9 @@ class AdaptiveConcurrency:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # answered: counted before the client can send its next request, so a closed loop of
+                # N clients never has more than N arrived and unanswered
+                flow.answer(time.perf_counter())
             await send(message)
 
         started = time.perf_counter()
@@ -285,8 +297,10 @@ class AdaptiveConcurrency:
             await self.app(scope, receive, sending)
         finally:
             now = time.perf_counter()
+            if status == 0:  # it raised before answering: an error answers it further out
+                flow.answer(now)
             alone = in_flight == 1 and self.in_flight[path] == 1 and self.admitted[path] == admitted
-            self._release(path, limit, now)
+            self._release(path, limit)
             if status == 200:  # errors answer at their own pace and say nothing of the service time
                 limit.sample(now - started + self.lag.lag_s, in_flight, now, alone=alone)
                 if metrics is not None:

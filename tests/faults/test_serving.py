@@ -109,6 +109,8 @@ def test_promotions_and_a_canary_under_load_fail_no_request(
     promoter.join()
 
     records = result["records"]
+    seen_by = {v: sum(1 for r in records if r[3] == v) for v in versions}
+    print(f"\nhot swap: {result['statuses']}, p99 {result.get('p99_ms')} ms, answers by version {seen_by}")
     assert len(records) >= 2000, result["statuses"]
     assert result["statuses"] == {"200": len(records)}, result["statuses"]
     seen = {version for _, _, _, version in records}

@@ -89,10 +89,11 @@ def test_a_closed_loop_never_floods_and_an_open_flood_does() -> None:
         closed.arrive(now)
         flood.answer(now)
         flood.arrive(now)
-        flood.arrive(now)  # twice as many arrive as are answered
+        if step % 25 == 0:
+            flood.arrive(now)  # 4% more arrive than are answered
     assert not closed.flooded(now)
     assert flood.flooded(now)
-    assert not flood.flooded(now + 1.0)  # it forgets within a second
+    assert not flood.flooded(now + 2.0)  # it forgets within two seconds
 
 
 def test_a_burst_alone_is_not_a_flood() -> None:
