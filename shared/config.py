@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Server-sent event streams (GET /training-jobs/{id}/events) open at once per API process; more
     # answer 429. Each holds a Redis subscription.
     max_event_streams: int = Field(default=64, ge=1, le=10_000)
+    # The compute budget of a project created without one: enough for a newcomer's first fine-tunes
+    # (a job reserves its compute_limit_hours, 1 by default), never more than an admin allows.
+    default_cpu_hours: float = Field(default=10.0, ge=0, le=1_000_000)
+    default_gpu_hours: float = Field(default=0.0, ge=0, le=1_000_000)
 
     # Trainer: a running job reports progress (and checks for cancellation) every progress_interval_s,
     # checkpoints every checkpoint_interval_s, and is presumed dead after job_heartbeat_timeout_s of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, demo, jobs, keys, stack
+from services.cli import data, demo, jobs, keys, projects, stack
 
 app = typer.Typer(
     name="recforge",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 stack.register(app)
 app.add_typer(keys.app, name="keys")
+app.add_typer(projects.app, name="projects")
 app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
 app.command()(demo.demo)

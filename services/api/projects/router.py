@@ -5,11 +5,12 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from services.api.context import CurrentPerson, ProjectDep
-from services.api.deps import SessionDep
+from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
 from services.api.pagination import CursorQuery, LimitQuery, Page
 from services.api.projects import service
 from services.api.projects.schemas import (
+    Budget,
     MemberAdd,
     MemberRead,
     MemberUpdate,
@@ -24,9 +25,14 @@ router = APIRouter(tags=["projects"])
 
 
 @router.post("/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectRead, responses=ERRORS)
-async def create_project(data: ProjectCreate, session: SessionDep, principal: CurrentPerson) -> ProjectRead:
-    """Propose a project. The caller becomes its owner (admins may name another owner)."""
-    return await service.create_project(session, principal, data)
+async def create_project(
+    data: ProjectCreate, session: SessionDep, principal: CurrentPerson, resources: ResourcesDep
+) -> ProjectRead:
+    """Propose a project. The caller becomes its owner (admins may name another owner). Without a
+    budget it gets the installation's default (RECFORGE_DEFAULT_CPU_HOURS, RECFORGE_DEFAULT_GPU_HOURS)."""
+    settings = resources.settings
+    defaults = Budget(cpu_hours=settings.default_cpu_hours, gpu_hours=settings.default_gpu_hours)
+    return await service.create_project(session, principal, data, defaults)
 
 
 @router.get("/projects", response_model=Page[ProjectRead], responses=ERRORS)

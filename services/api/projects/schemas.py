@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Literal, Self
 
@@ -11,6 +12,7 @@ from shared.models.enums import ProjectRole, ProjectStatus
 from shared.projects import as_id
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+SLUG_RULE = "lowercase letters, digits and dashes, 2-63 characters, not starting with a dash"
 
 
 class Goal(BaseModel):
@@ -24,6 +26,9 @@ class Goal(BaseModel):
 
 
 class Budget(BaseModel):
+    """Compute hours a project may use. On create, a field left out takes its default
+    (RECFORGE_DEFAULT_CPU_HOURS, RECFORGE_DEFAULT_GPU_HOURS); on update, it keeps its value."""
+
     model_config = ConfigDict(extra="forbid")
 
     cpu_hours: float = Field(default=0, ge=0, le=1_000_000)
@@ -40,7 +45,10 @@ class BudgetRead(Budget):
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    slug: str = Field(pattern=SLUG_PATTERN, description="Unique; lowercase letters, digits and dashes.")
+    slug: str = Field(
+        json_schema_extra={"pattern": SLUG_PATTERN},
+        description=f"Unique; {SLUG_RULE}.",
+    )
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=20_000)
     goal: Goal | None = None
@@ -48,12 +56,17 @@ class ProjectCreate(BaseModel):
     owner_id: uuid.UUID | None = Field(default=None, description="Admins only; default: the caller.")
     start_date: dt.date | None = None
     target_date: dt.date | None = None
-    budget: Budget = Field(default_factory=Budget)
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="Default: RECFORGE_DEFAULT_CPU_HOURS CPU-hours and RECFORGE_DEFAULT_GPU_HOURS GPU-hours.",
+    )
     max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
 
     @field_validator("slug")
     @classmethod
     def _not_an_id(cls, slug: str) -> str:
+        if not re.fullmatch(SLUG_PATTERN, slug):
+            raise ValueError(f"a slug is {SLUG_RULE} (e.g. shop-search); got {slug[:80]!r}")
         if as_id(slug) is not None:
             raise ValueError(
                 "a slug may not read as a UUID: project ids and slugs name projects in the same URLs"

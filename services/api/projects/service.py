@@ -19,6 +19,7 @@ from services.api.projects import repository
 from services.api.projects.permissions import Action
 from services.api.projects.schemas import (
     BestModel,
+    Budget,
     BudgetRead,
     Goal,
     MemberAdd,
@@ -54,6 +55,11 @@ PROJECT_TRANSITIONS: dict[ProjectStatus, frozenset[ProjectStatus]] = {
 
 class BudgetExceeded(Conflict):
     error = "budget_exceeded"
+
+
+def _given(budget: Budget, name: str, otherwise: float) -> float:
+    """A budget field the request gave, else ``otherwise``."""
+    return float(getattr(budget, name)) if name in budget.model_fields_set else otherwise
 
 
 def _goal(project: Project) -> Goal | None:
@@ -92,7 +98,9 @@ def to_read(project: Project, role: ProjectRole | str | None) -> ProjectRead:
     )
 
 
-async def create_project(session: AsyncSession, principal: Principal, data: ProjectCreate) -> ProjectRead:
+async def create_project(
+    session: AsyncSession, principal: Principal, data: ProjectCreate, defaults: Budget
+) -> ProjectRead:
     owner_id = principal.user_id
     if data.owner_id is not None and data.owner_id != principal.user_id:
         if not principal.is_admin:
@@ -115,8 +123,8 @@ async def create_project(session: AsyncSession, principal: Principal, data: Proj
         goal_value=data.goal.value if data.goal else None,
         start_date=data.start_date,
         target_date=data.target_date,
-        budget_cpu_hours=data.budget.cpu_hours,
-        budget_gpu_hours=data.budget.gpu_hours,
+        budget_cpu_hours=_given(data.budget, "cpu_hours", defaults.cpu_hours),
+        budget_gpu_hours=_given(data.budget, "gpu_hours", defaults.gpu_hours),
         max_concurrent_jobs=data.max_concurrent_jobs,
     )
     session.add(project)
@@ -201,8 +209,8 @@ async def update_project(session: AsyncSession, ctx: ProjectContext, data: Proje
         project.goal_operator = goal.operator if goal else ">="
         project.goal_value = goal.value if goal else None
     if data.budget is not None:
-        project.budget_cpu_hours = data.budget.cpu_hours
-        project.budget_gpu_hours = data.budget.gpu_hours
+        project.budget_cpu_hours = _given(data.budget, "cpu_hours", project.budget_cpu_hours)
+        project.budget_gpu_hours = _given(data.budget, "gpu_hours", project.budget_gpu_hours)
     await session.flush()
     await session.refresh(project)
     await audit_change(
@@ -403,16 +411,30 @@ async def progress(session: AsyncSession, ctx: ProjectContext, today: dt.date | 
 # -- budget ------------------------------------------------------------------------------------
 
 
-def ensure_budget(project: Project, *, cpu_hours: float = 0.0, gpu_hours: float = 0.0) -> None:
-    """Refuse work that would take the project over its compute budget."""
+def ensure_budget(project: Project, device: str, job_hours: float, held_hours: float) -> None:
+    """Refuse a job whose reservation (its compute_limit_hours) would take the project over its
+    compute budget, beside what the project's queued and running jobs hold; say how to go on."""
     budget = _budget(project)
-    for unit, needed, total, remaining in (
-        ("CPU", cpu_hours, budget.cpu_hours, budget.remaining_cpu_hours),
-        ("GPU", gpu_hours, budget.gpu_hours, budget.remaining_gpu_hours),
-    ):
-        if needed > remaining:
-            raise BudgetExceeded(
-                f"project {project.slug!r} has {remaining:.2f} of {total:.2f} {unit}-hours left; this job "
-                f"may need up to {needed:.2f}. Raise the budget or lower max_steps/epochs.",
-                detail={"resource": f"{unit.lower()}_hours", "needed": needed, "remaining": remaining},
-            )
+    gpu = device == "cuda"
+    unit, name = ("GPU", "gpu_hours") if gpu else ("CPU", "cpu_hours")
+    total, remaining = (
+        (budget.gpu_hours, budget.remaining_gpu_hours)
+        if gpu
+        else (budget.cpu_hours, budget.remaining_cpu_hours)
+    )
+    if job_hours + held_hours <= remaining:
+        return
+    held = f", {held_hours:.2f} of them held by its queued and running jobs" if held_hours else ""
+    flag = "--gpu-hours" if gpu else "--cpu-hours"
+    raise BudgetExceeded(
+        f"project {project.slug!r} has {remaining:.2f} of its {total:.2f} {unit}-hours left{held}, and "
+        f"this job reserves {job_hours:.2f} (its compute_limit_hours). Raise the budget with "
+        f"`recforge projects update {project.slug} {flag} N` (or PATCH /api/v1/projects/{project.slug} "
+        f'with {{"budget": {{"{name}": N}}}}), or submit the job with a smaller compute_limit_hours.',
+        detail={
+            "resource": name,
+            "compute_limit_hours": job_hours,
+            "held_by_other_jobs": held_hours,
+            "remaining": remaining,
+        },
+    )

@@ -8,7 +8,6 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func
@@ -150,13 +149,6 @@ def _same_request(job: TrainingJob, data: JobCreate, base_model: str | None) -> 
     )
 
 
-def _reserve(project: Any, data_hours: float, reserved: float, device: str) -> None:
-    if device == "cuda":
-        ensure_budget(project, gpu_hours=data_hours + reserved)
-    else:
-        ensure_budget(project, cpu_hours=data_hours + reserved)
-
-
 async def submit(
     session: AsyncSession,
     resources: ApiResources,
@@ -175,7 +167,7 @@ async def submit(
     await _validate(session, resources.settings, ctx, data)
     project = await projects_repository.lock_project(session, ctx.project.id)
     reserved = await repository.reserved_hours(session, project.id)
-    _reserve(project, data.compute_limit_hours, reserved, data.device)
+    ensure_budget(project, data.device, data.compute_limit_hours, reserved)
 
     job = TrainingJob(
         project_id=project.id,
@@ -282,7 +274,7 @@ async def retry(
         raise Conflict(f"only failed or cancelled jobs are retried; this one is {status.value}")
     project = await projects_repository.lock_project(session, ctx.project.id)
     reserved = await repository.reserved_hours(session, project.id)
-    _reserve(project, job.compute_limit_hours, reserved, job.device or "cpu")
+    ensure_budget(project, job.device or "cpu", job.compute_limit_hours, reserved)
     before = snapshot(job, AUDIT_FIELDS)
     job.status = JobStatus.queued.value
     job.retries += 1

@@ -6,6 +6,7 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.config import Settings
 from shared.models import AuditLog, ModelVersion, Project, ProjectMember, Task, TrainingJob
 from tests.support.world import World
 
@@ -224,13 +225,37 @@ async def test_budget_changes_are_owner_only_and_refuse_overspend(
     )
     assert updated.json()["budget"]["remaining_cpu_hours"] == 2
     project = (await session.execute(select(Project).where(Project.slug == "search-a"))).scalar_one()
-    ensure_budget(project, cpu_hours=1.5)
+    ensure_budget(project, "cpu", 1.5, 0.0)
     try:
-        ensure_budget(project, cpu_hours=2.5)
+        ensure_budget(project, "cpu", 1.5, 1.0)
     except BudgetExceeded as exc:
-        assert exc.status_code == 409 and "2.00 of 2.00 CPU-hours left" in exc.message
+        assert exc.status_code == 409 and "2.00 of its 2.00 CPU-hours left" in exc.message
     else:
         raise AssertionError("over-budget work was not refused")
+    refused = await world.call(
+        "member", "PATCH", "/api/v1/projects/search-a", json={"budget": {"cpu_hours": 100}}
+    )
+    assert refused.status_code == 403
+
+
+async def test_a_new_project_gets_the_default_budget_and_an_update_keeps_what_it_does_not_name(
+    world: World, settings: Settings
+) -> None:
+    created = await world.call("owner", "POST", "/api/v1/projects", json={"slug": "fresh", "name": "Fresh"})
+    assert created.status_code == 201, created.text
+    budget = created.json()["budget"]
+    assert (budget["cpu_hours"], budget["gpu_hours"]) == (
+        settings.default_cpu_hours,
+        settings.default_gpu_hours,
+    )
+    assert settings.default_cpu_hours == 10  # RECFORGE_DEFAULT_CPU_HOURS' default, as documented
+    gpu = await world.call(
+        "owner", "POST", "/api/v1/projects", json={"slug": "gpu", "name": "G", "budget": {"gpu_hours": 3}}
+    )
+    assert gpu.json()["budget"]["cpu_hours"] == settings.default_cpu_hours  # the field not given
+    assert gpu.json()["budget"]["gpu_hours"] == 3
+    raised = await world.call("owner", "PATCH", "/api/v1/projects/gpu", json={"budget": {"cpu_hours": 25}})
+    assert raised.json()["budget"]["cpu_hours"] == 25 and raised.json()["budget"]["gpu_hours"] == 3
 
 
 async def test_every_change_is_audited_with_its_actor(world: World, session: AsyncSession) -> None:

@@ -141,8 +141,15 @@ async def test_budget_is_reserved_and_enforced(
     world: World, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     version = await _dataset(world, relevance_csv(), "relevance")
+    await _budget(world, 0.5)
     refused = await world.call("member", "POST", f"{P}/training-jobs", json=_body(version))
     assert refused.status_code == 409 and refused.json()["error"] == "budget_exceeded"
+    assert refused.json()["message"] == (
+        "project 'search-a' has 0.50 of its 0.50 CPU-hours left, and this job reserves 1.00 (its "
+        "compute_limit_hours). Raise the budget with `recforge projects update search-a --cpu-hours N` "
+        '(or PATCH /api/v1/projects/search-a with {"budget": {"cpu_hours": N}}), or submit the job with a '
+        "smaller compute_limit_hours."
+    )
     await _budget(world, 1.5)
     first = await world.call(
         "member", "POST", f"{P}/training-jobs", json=_body(version, compute_limit_hours=1)
@@ -151,7 +158,11 @@ async def test_budget_is_reserved_and_enforced(
     second = await world.call(
         "member", "POST", f"{P}/training-jobs", json=_body(version, compute_limit_hours=1)
     )
-    assert second.status_code == 409 and "budget" in second.json()["message"]
+    assert second.status_code == 409
+    assert (
+        "1.50 of its 1.50 CPU-hours left, 1.00 of them held by its queued and running jobs"
+        in (second.json()["message"])
+    )
     small = await world.call(
         "member", "POST", f"{P}/training-jobs", json=_body(version, compute_limit_hours=0.5)
     )
