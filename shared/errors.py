@@ -32,11 +32,20 @@ class BadRequest(AppError):
     error = "bad_request"
 
 
+GET_A_KEY = "an admin makes one with `recforge keys create` or POST /api/v1/keys"
+NO_KEY = f"no API key: send the header `Authorization: Bearer <key>` ({GET_A_KEY})"
+UNKNOWN_KEY = (
+    f"this API key is not known: send `Authorization: Bearer <key>` with a key that exists ({GET_A_KEY})"
+)
+
+
 class Unauthorized(AppError):
+    """401. Without a message: the request carried no bearer key at all."""
+
     status_code = 401
     error = "unauthorized"
 
-    def __init__(self, message: str = "Missing or invalid API key", **kwargs: Any):
+    def __init__(self, message: str = NO_KEY, **kwargs: Any):
         kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
         super().__init__(message, **kwargs)
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import AppError, PayloadTooLarge, ServiceUnavailable, ValidationFailed
@@ -42,6 +43,22 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         body = {"error": "validation_error", "message": "The request is invalid", "detail": errors}
         return JSONResponse(jsonable_encoder(body), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # what the router itself answers (no such path, a method the path does not take), in the
+        # shape of every other error
+        if exc.status_code == 404:
+            error = "not_found"
+            message = f"no such path: {request.method} {request.url.path}; the paths are listed at /docs"
+        elif exc.status_code == 405:
+            error = "method_not_allowed"
+            allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed or 'none'}"
+        else:
+            error, message = f"http_{exc.status_code}", str(exc.detail)
+        body = {"error": error, "message": message}
+        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
 
     import sqlalchemy.exc
 

@@ -20,7 +20,7 @@ from services.api.deps import ApiResources, ResourcesDep, SessionDep
 from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action, allows
 from shared.db import unit_of_work
-from shared.errors import Forbidden, NotFound, Unauthorized
+from shared.errors import UNKNOWN_KEY, Forbidden, NotFound, Unauthorized
 from shared.models import Project
 from shared.models.enums import KeyRole, ProjectRole
 from shared.security import hash_api_key, key_refusal
@@ -97,7 +97,7 @@ async def authenticate(
     """The principal of a bearer key; 401 for an unknown, revoked or expired key or a deactivated user."""
     found = await keys_repository.get_key_by_hash(session, hash_api_key(key, secret))
     if found is None:
-        raise Unauthorized()
+        raise Unauthorized(UNKNOWN_KEY)
     api_key, user = found
     now = datetime.now(UTC)
     refusal = key_refusal(

@@ -16,7 +16,7 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.errors import Forbidden, Unauthorized
+from shared.errors import UNKNOWN_KEY, Forbidden, Unauthorized
 from shared.models import ApiKey, User
 from shared.models.enums import KeyRole
 from shared.security import hash_api_key, key_refusal
@@ -72,12 +72,12 @@ class KeyChecker:
             return known[1]
         missed = self._unknown.get(digest)
         if missed is not None and now - missed < KEY_CACHE_S:
-            raise Unauthorized()
+            raise Unauthorized(UNKNOWN_KEY)
         caller = await self._lookup(digest)
         if caller is None:
             self._known.pop(digest, None)
             _remember(self._unknown, digest, now, MISS_CACHE_SIZE)
-            raise Unauthorized()
+            raise Unauthorized(UNKNOWN_KEY)
         self._unknown.pop(digest, None)
         _remember(self._known, digest, (now, caller), KEY_CACHE_SIZE)
         return caller

@@ -61,7 +61,11 @@ async def test_errors_render_as_json(
     """The services' own errors and invalid requests answer {"error", "message", "detail"}."""
     unauthorized = await api_client.get("/api/v1/projects")
     assert unauthorized.status_code == 401
-    assert unauthorized.json() == {"error": "unauthorized", "message": "Missing or invalid API key"}
+    assert unauthorized.json() == {
+        "error": "unauthorized",
+        "message": "no API key: send the header `Authorization: Bearer <key>` (an admin makes one with "
+        "`recforge keys create` or POST /api/v1/keys)",
+    }
     assert unauthorized.headers["www-authenticate"] == "Bearer"
 
     invalid = await api_client.get("/api/v1/projects", params={"limit": 0}, headers=bearer(admin_key))
@@ -73,3 +77,33 @@ async def test_errors_render_as_json(
     refused = await inference_client.post("/recommend", json={"project": "p", "query": "drill"})
     assert refused.status_code == 401
     assert refused.json()["error"] == "unauthorized" and refused.json()["message"]
+
+
+async def test_a_key_that_is_not_known_says_how_to_get_one(
+    api_client: httpx.AsyncClient, inference_client: httpx.AsyncClient
+) -> None:
+    for client, path in ((api_client, "/api/v1/projects"), (inference_client, "/models")):
+        answer = await client.get(path, headers=bearer("rf_made-up"))
+        assert answer.status_code == 401
+        assert answer.json()["message"] == (
+            "this API key is not known: send `Authorization: Bearer <key>` with a key that exists "
+            "(an admin makes one with `recforge keys create` or POST /api/v1/keys)"
+        )
+
+
+async def test_unknown_paths_and_methods_answer_in_the_same_shape(
+    api_client: httpx.AsyncClient, inference_client: httpx.AsyncClient
+) -> None:
+    for client in (api_client, inference_client):
+        missing = await client.get("/api/v2/projects")
+        assert missing.status_code == 404
+        assert missing.json() == {
+            "error": "not_found",
+            "message": "no such path: GET /api/v2/projects; the paths are listed at /docs",
+        }
+        wrong = await client.delete("/healthz")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+        assert wrong.json() == {
+            "error": "method_not_allowed",
+            "message": "DELETE is not allowed on /healthz; allowed: GET",
+        }
