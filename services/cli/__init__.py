@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, demo, jobs, keys, projects, stack
+from services.cli import data, demo, jobs, keys, models, projects, stack
 
 app = typer.Typer(
     name="recforge",
@@ -18,6 +18,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(projects.app, name="projects")
 app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(models.app, name="models")
+app.add_typer(models.deployments_app, name="deployments")
 app.command()(demo.demo)
 
 

@@ -56,3 +56,26 @@ def response_error(response: httpx.Response) -> NoReturn:
                 loc = ".".join(str(p) for p in item.get("loc", []))
                 err_console.print(f"  {loc}: {item.get('msg')}")
     fail(f"HTTP {response.status_code}: {message or body}")
+
+
+def get_pages(client: httpx.Client, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every item of a paginated list (``items`` and ``next_cursor``), page after page."""
+    query: dict[str, Any] = {"limit": 200, **(params or {})}
+    items: list[dict[str, Any]] = []
+    while True:
+        response = client.get(path, params=query)
+        if response.status_code != 200:
+            response_error(response)
+        page = response.json()
+        items += page["items"]
+        if not page.get("next_cursor"):
+            return items
+        query["cursor"] = page["next_cursor"]
+
+
+def get_json(client: httpx.Client, path: str, params: dict[str, Any] | None = None) -> Any:
+    """The JSON of a GET that must answer 200 (else the API's error, and exit 1)."""
+    response = client.get(path, params=params)
+    if response.status_code != 200:
+        response_error(response)
+    return response.json()

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, response_error
+from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, get_pages, response_error
 from services.cli.console import console, err_console, fail, load_settings
 from shared.models.enums import JobType
 from shared.training import parse_assignment
@@ -76,7 +76,7 @@ def watch_job(client: Any, job_id: str, interval: float = 1.0) -> dict[str, Any]
             time.sleep(interval)
 
 
-def _metrics_table(metrics: dict[str, Any], baselines: dict[str, Any], name: str) -> Table:
+def metrics_table(metrics: dict[str, Any], baselines: dict[str, Any], name: str) -> Table:
     """One row per metric, one column per model: readable in a narrow terminal."""
     keys = [
         k for k, v in metrics.items() if isinstance(v, int | float) and k not in ("queries", "catalog_size")
@@ -94,7 +94,7 @@ def _print_result(job: dict[str, Any]) -> None:
         console.print(
             f"Model version {result['model_version_id']} on dataset version {result['dataset_version_id']}"
         )
-        console.print(_metrics_table(result["metrics"], result["baselines"], "model"))
+        console.print(metrics_table(result["metrics"], result["baselines"], "model"))
     elif job["job_type"] == "export":
         for name, entry in result.get("files", {}).items():
             console.print(f"{name:12} {entry['path']}  {entry['bytes']:,} bytes")
@@ -119,7 +119,7 @@ def _print_outcome(client: Any, job: dict[str, Any]) -> None:
             response_error(response)
         model = response.json()
         console.print(f"Model version {model['version']} ({model['task_type']}), id {model['id']}")
-        console.print(_metrics_table(model["metrics"], model["baselines"], "fine-tuned"))
+        console.print(metrics_table(model["metrics"], model["baselines"], "fine-tuned"))
 
 
 @app.command("submit")
@@ -181,6 +181,39 @@ def submit(
             console.print(job["id"])
             return
         _print_outcome(client, watch_job(client, job["id"]))
+
+
+@app.command("list")
+def list_(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
+    status: Annotated[
+        list[str] | None, typer.Option(help="Only jobs in this status (repeatable): queued, running, ...")
+    ] = None,
+    url: ApiUrl = None,
+    key: ApiKey = None,
+) -> None:
+    """The project's jobs, newest first, with full ids, progress and what they registered."""
+    settings = load_settings()
+    with api_client(settings, url, key) as client:
+        jobs = get_pages(client, f"/api/v1/projects/{project}/training-jobs", {"status": status or []})
+    if not jobs:
+        err_console.print("No jobs yet: queue one with `recforge jobs submit`.")
+        return
+    table = Table("id", "type", "status", "progress", "model versions", "queued")
+    table.columns[0].no_wrap = True  # ids are pasted into later commands whole
+    table.columns[4].no_wrap = True
+    for job in jobs:
+        p = job.get("progress") or {}
+        done = f"{p.get('step', 0)}/{p['total_steps']} steps" if p.get("total_steps") else p.get("phase", "-")
+        table.add_row(
+            job["id"],
+            job["job_type"],
+            job["status"],
+            done or "-",
+            "\n".join(job.get("model_version_ids") or []) or "-",
+            job["queued_at"][:19].replace("T", " "),
+        )
+    console.print(table)
 
 
 @app.command("watch")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, response_error
+from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, get_pages, response_error
 from services.cli.console import console, err_console, fail, load_settings
 from shared.models.enums import ProjectStatus
 
@@ -111,20 +111,9 @@ def list_(
 ) -> None:
     """The projects the key's user is a member of (admins: every project), with their full ids."""
     settings = load_settings()
-    projects: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 200}
-    if status is not None:
-        params["status"] = status.value
+    params = {"status": status.value} if status is not None else {}
     with api_client(settings, url, key) as client:
-        while True:
-            response = client.get("/api/v1/projects", params=params)
-            if response.status_code != 200:
-                response_error(response)
-            page = response.json()
-            projects += page["items"]
-            if not page.get("next_cursor"):
-                break
-            params["cursor"] = page["next_cursor"]
+        projects = get_pages(client, "/api/v1/projects", params)
     if not projects:
         err_console.print("No projects yet: create one with `recforge projects create SLUG`.")
         return

@@ -14,7 +14,9 @@ from tests.support.processes import cli_env, recforge
 COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["keys"],
             ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"],
             ["jobs"], ["jobs", "submit"], ["jobs", "watch"], ["jobs", "cancel"], ["projects"],
-            ["projects", "create"], ["projects", "list"], ["projects", "show"], ["projects", "update"]]  # fmt: skip
+            ["projects", "create"], ["projects", "list"], ["projects", "show"], ["projects", "update"],
+            ["jobs", "list"], ["models"], ["models", "list"], ["models", "show"], ["models", "promote"],
+            ["deployments"], ["deployments", "list"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "recforge")

@@ -29,7 +29,7 @@ from shared.jobs import redis_settings
 from shared.models import TrainingJob
 from shared.models.enums import JobStatus
 from tests.support.data import shop_data
-from tests.support.processes import CLI, cli_env, free_port
+from tests.support.processes import CLI, cli_env, free_port, recforge
 from tests.support.training import PROJECT as P
 from tests.support.training import make_worker, train, upload
 from tests.support.training import run_worker as _run_worker
@@ -631,6 +631,24 @@ async def test_cli_submits_a_job_and_follows_it(
     assert cli.returncode == 0, stderr.decode()
     assert f"Model version {model_id} on dataset version {version}" in stdout.decode()
     assert "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
+
+    # the rest of the version's life from the command line, ids whole wherever a later command needs one
+    jobs = recforge("jobs", "list", "-p", "search-a", env=env)
+    assert jobs.returncode == 0, jobs.stderr
+    job_ids = [j["id"] for j in (await world.call("member", "GET", f"{P}/training-jobs")).json()["items"]]
+    assert all(job_id in jobs.stdout for job_id in job_ids) and model_id in jobs.stdout
+    models = recforge("models", "list", "-p", "search-a", env=env)
+    assert models.returncode == 0 and model_id in models.stdout and "bi_encoder" in models.stdout
+    shown = recforge("models", "show", model_id, env=env)
+    assert shown.returncode == 0 and "this version" in shown.stdout and "bm25" in shown.stdout
+    nothing = recforge("deployments", "list", "-p", "search-a", env=env)
+    assert nothing.returncode == 0 and "Nothing deployed yet" in nothing.stderr
+    owner = cli_env(settings, RECFORGE_API_URL=api_server, RECFORGE_API_KEY=world.keys["owner"])
+    promoted = recforge("models", "promote", model_id, env=owner)
+    assert promoted.returncode == 0, promoted.stderr
+    assert f"Promoted {model_id} as the retriever (all traffic)" in promoted.stdout
+    deployed = recforge("deployments", "list", "-p", "search-a", env=env)
+    assert deployed.returncode == 0 and model_id in deployed.stdout and "retriever" in deployed.stdout
 
 
 class _StopAt(JobControl):
