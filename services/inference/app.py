@@ -15,6 +15,7 @@ from services.inference.admission import AdaptiveConcurrency, KeyFirst
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import KeyChecker
 from services.inference.metrics import InferenceMetrics
+from services.inference.openai_shape import OpenAIErrors
 from services.inference.registry import ModelRegistry
 from services.inference.router import POST_PATHS, router
 from shared.config import Settings, get_settings
@@ -83,9 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-    # outermost first: request id and log, outages as 503, the adaptive ceiling, the key, the body's size
+    # outermost first: /v1 errors in OpenAI's shape, request id and log, outages as 503, the adaptive
+    # ceiling, the key, the body's size
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(KeyFirst, paths=POST_PATHS)
     app.add_middleware(AdaptiveConcurrency, maximum=settings.max_in_flight, routes=POST_PATHS)
     setup_common(app, _checks)
+    app.add_middleware(OpenAIErrors)
     return app
