@@ -220,13 +220,14 @@ def list_(
     url: ApiUrl = None,
     key: ApiKey = None,
 ) -> None:
-    """The project's datasets and their newest versions."""
+    """The project's datasets and the full id of each one's newest version."""
     settings = load_settings()
     with api_client(settings, url, key) as client:
         response = client.get(f"/api/v1/projects/{project}/datasets", params={"limit": 200})
     if response.status_code != 200:
         response_error(response)
-    table = Table("name", "kind", "versions", "latest", "rows", "dataset id")
+    table = Table("name", "kind", "versions", "latest", "rows", "latest version id")
+    table.columns[5].no_wrap = True  # what `recforge jobs submit --dataset-version` takes, whole
     for item in response.json()["items"]:
         latest = item.get("latest_version") or {}
         table.add_row(
@@ -235,7 +236,7 @@ def list_(
             str(item["version_count"]),
             str(latest.get("version", "-")),
             f"{latest.get('row_count', 0):,}",
-            item["id"],
+            latest.get("id", "-"),
         )
     console.print(table)
 

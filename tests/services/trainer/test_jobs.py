@@ -633,6 +633,8 @@ async def test_cli_submits_a_job_and_follows_it(
     assert "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
 
     # the rest of the version's life from the command line, ids whole wherever a later command needs one
+    datasets = recforge("data", "list", "-p", "search-a", env=env)
+    assert datasets.returncode == 0 and version in datasets.stdout, datasets.stdout
     jobs = recforge("jobs", "list", "-p", "search-a", env=env)
     assert jobs.returncode == 0, jobs.stderr
     job_ids = [j["id"] for j in (await world.call("member", "GET", f"{P}/training-jobs")).json()["items"]]
