@@ -4,6 +4,7 @@ Shared by the API (which validates a submission) and the trainer (which runs it)
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Sequence
@@ -80,6 +81,22 @@ class Hyperparameters(BaseModel):
     """Fine-tuning settings. Unknown names are refused, so a typo never trains with a default."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, given: Any) -> Any:
+        if isinstance(given, dict):
+            unknown = sorted(str(name) for name in given if name not in cls.model_fields)
+            if unknown:
+                known = ", ".join(sorted(cls.model_fields))
+                hints = {u: difflib.get_close_matches(u, list(cls.model_fields), n=1) for u in unknown}
+                near = "; ".join(f"{u!r}: did you mean {m[0]!r}?" for u, m in hints.items() if m)
+                raise ValueError(
+                    f"unknown hyperparameter {', '.join(map(repr, unknown))}"
+                    + (f" ({near})" if near else "")
+                    + f"; the names are: {known}"
+                )
+        return given
 
     epochs: int = Field(1, ge=1, le=100, description="Passes over the training split.")
     max_steps: int | None = Field(

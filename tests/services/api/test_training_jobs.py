@@ -126,6 +126,20 @@ async def test_invalid_submissions_write_nothing(
     assert await _queue_scores(settings) == {}
 
 
+async def test_an_unknown_hyperparameter_names_the_valid_ones(world: World) -> None:
+    version = await _ready(world)
+    body = _body(version, hyperparameters={"max_step": 5})
+    response = await world.call("member", "POST", f"{P}/training-jobs", json=body)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "hyperparameters"]
+    assert error["msg"] == (
+        "Value error, unknown hyperparameter 'max_step' ('max_step': did you mean 'max_steps'?); the names "
+        "are: batch_size, early_stopping_patience, epochs, eval_every_steps, hard_negatives, learning_rate, "
+        "max_length, max_steps, popularity_correction, seed, warmup_ratio"
+    )
+
+
 async def test_evaluation_steps_without_early_stopping_are_refused(world: World, settings: Settings) -> None:
     """eval_every_steps only paces early stopping: alone it would change nothing, so it is refused."""
     version = await _ready(world)
