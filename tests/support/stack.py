@@ -25,10 +25,11 @@ from services.cli import embedded
 from tests.support.processes import CLI, free_port, stack_env
 from tests.support.world import bearer
 
-# Quick clocks so faults are noticed within seconds: a silent worker is presumed dead after 6 s, a job
-# the queue lost is enqueued again after 3 s, deployments are re-read every 2 s.
+# Quick clocks so faults are noticed within seconds: a silent worker is presumed dead after 10 s (a
+# busy two-core machine can stall a live one for several), a job the queue lost is enqueued again
+# after 3 s, deployments are re-read every 2 s.
 FAST = {
-    "RECFORGE_JOB_HEARTBEAT_TIMEOUT_S": "6",
+    "RECFORGE_JOB_HEARTBEAT_TIMEOUT_S": "10",
     "RECFORGE_PROGRESS_INTERVAL_S": "0.5",
     "RECFORGE_CHECKPOINT_INTERVAL_S": "1",
     "RECFORGE_LOST_JOB_AFTER_S": "3",
