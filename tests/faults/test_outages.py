@@ -27,13 +27,7 @@ def dataset(stack: Stack) -> str:
 
 
 def _fine_tune(stack: Stack, tiny: Path, dataset: str, steps: int) -> dict[str, Any]:
-    return stack.submit(
-        PROJECT,
-        job_type="bi_encoder",
-        dataset_version_id=dataset,
-        base_model=str(tiny),
-        hyperparameters={"epochs": 100, "max_steps": steps, "batch_size": 16, "max_length": 32},
-    )
+    return stack.fine_tune(PROJECT, tiny, dataset, steps)
 
 
 def _trained(stack: Stack, tiny: Path, dataset: str) -> str:

@@ -69,19 +69,7 @@ def _graphs(version: dict[str, Any]) -> set[str]:
 
 
 def _fine_tune(stack: Stack, tiny: Path, dataset: str, steps: int) -> dict[str, Any]:
-    return stack.submit(
-        PROJECT,
-        job_type="bi_encoder",
-        dataset_version_id=dataset,
-        base_model=str(tiny),
-        hyperparameters={
-            "epochs": 100,
-            "max_steps": steps,
-            "batch_size": 16,
-            "max_length": 32,
-            "hard_negatives": 0,
-        },
-    )
+    return stack.fine_tune(PROJECT, tiny, dataset, steps, hard_negatives=0)
 
 
 def test_a_fine_tune_killed_after_a_checkpoint_resumes_and_registers_one_version(

@@ -134,6 +134,19 @@ class Stack:
     def submit(self, project: str, **body: Any) -> dict[str, Any]:
         return dict(self.api("POST", f"/projects/{project}/training-jobs", expect=202, json=body).json())
 
+    def fine_tune(
+        self, project: str, base_model: Path, dataset: str, steps: int, **hyperparameters: Any
+    ) -> dict[str, Any]:
+        """A bi-encoder fine-tune of exactly ``steps`` small steps (epochs repeat as needed)."""
+        return self.submit(
+            project,
+            job_type="bi_encoder",
+            dataset_version_id=dataset,
+            base_model=str(base_model),
+            hyperparameters={"epochs": 100, "max_steps": steps, "batch_size": 16, "max_length": 32}
+            | hyperparameters,
+        )
+
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self.api("GET", f"/training-jobs/{job_id}", expect=200).json())
 
