@@ -6,18 +6,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install demo up down status migrate test test-fast lint check-structure format compose-config clean
+.PHONY: help install constraints demo up down status migrate test test-fast lint check-structure format compose-config clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv and install RecForge with every extra
+install: $(STAMP)  ## Create .venv and install RecForge with every extra, at the versions of constraints.txt
+
+constraints: install  ## Write the installed versions to constraints.txt (after a dependency change passes the tests)
+	@{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 demo: install  ## Start the stack (embedded Postgres + Redis unless configured), walk a project from data to /recommend, leave it running
 	@$(BIN)/recforge status >/dev/null 2>&1 || $(BIN)/recforge up --detach

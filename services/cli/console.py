@@ -10,8 +10,10 @@ from rich.console import Console
 from shared.config import Settings, get_settings
 from shared.errors import AppError
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: lines are never broken at the terminal's (or, into a file, rich's default 80-column) width,
+# so the commands, URLs and keys printed for copying paste whole; tables still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -133,6 +133,8 @@ def print_import(result: dict[str, Any]) -> None:
 def _print_errors(body: dict[str, Any]) -> None:
     detail = body.get("detail") or {}
     errors = detail.get("errors", []) if isinstance(detail, dict) else []
+    # a whole-file problem is its own message, which the caller prints: only row errors go in the table
+    errors = [e for e in errors if not (e.get("row") is None and e.get("reason") == body.get("message"))]
     if not errors:
         return
     table = Table(title=f"first {min(len(errors), 30)} of {detail.get('error_count', len(errors))} errors")

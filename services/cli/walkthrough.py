@@ -381,7 +381,7 @@ class Walkthrough:
         # a shopper clicks two of the first answers; /events stores it, /recommend reads it back
         clicked = [item["product_id"] for item in answers[queries[0]][:2]]
         user = f"demo-user-{uuid.uuid4().hex[:6]}"
-        events = [{"type": "click", "user_id": user, "product_id": p} for p in clicked]
+        events = [{"event": "click", "user_id": user, "product_id": p} for p in clicked]
         response = self.inference.post(
             "/events", json={"project": slug, "events": events}, headers=_bearer(key)
         )

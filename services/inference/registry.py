@@ -181,7 +181,10 @@ class ModelRegistry:
 
     @staticmethod
     def unknown(ref: str) -> NotFound:
-        return NotFound(f"project {ref!r} has no deployed model versions")
+        return NotFound(
+            f"project {ref!r} has no deployed model versions: promote one "
+            "(recforge models list, then recforge models promote VERSION_ID)"
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         """What this replica serves, per project and role: the loaded versions and the failed ones."""

@@ -57,13 +57,22 @@ async def _caller(
 CallerDep = Annotated[Caller, Depends(_caller)]
 
 
-def _serving(
+async def _serving(
     resources: InferenceResources, caller: Caller, project: str, scope: str = "inference"
 ) -> ProjectServing:
+    """The project's deployments. A project that is not served here is looked up: unknown, it is
+    named so; the caller's own, it is said to have nothing deployed. Another project's key gets the
+    unknown-project answer either way, so no key learns which projects exist."""
     caller.require_service_or_admin()
-    serving = resources.registry.project(project)
+    try:
+        serving = resources.registry.project(project)
+    except NotFound:
+        project_id = await service.find_project(resources.sessionmaker, project)
+        if not caller.sees(project_id):
+            raise service.unknown_project(project) from None
+        raise
     if not caller.sees(serving.project_id):
-        raise resources.registry.unknown(project)
+        raise service.unknown_project(project)
     caller.require(serving.project_id, scope)
     return serving
 
@@ -99,7 +108,7 @@ async def recommend(
     """Products for a query (hybrid: the deployed bi-encoder and BM25, fused by reciprocal rank, with
     an optional cross-encoder rerank) or for a user (their history as one vector; seen items excluded)."""
     started = time.perf_counter()
-    serving = _serving(resources, caller, data.project)
+    serving = await _serving(resources, caller, data.project)
     answer = await service.recommend(
         resources.registry, resources.sessionmaker, serving, data, _request_id(request)
     )
@@ -115,7 +124,7 @@ async def score(
     """Relevance of products (ids or texts) to a query: the cross-encoder's logit when a reranker is
     deployed, else the cosine of the retriever's embeddings."""
     started = time.perf_counter()
-    answer = await service.score(_serving(resources, caller, data.project), data, _request_id(request))
+    answer = await service.score(await _serving(resources, caller, data.project), data, _request_id(request))
     resources.metrics.took("/score", answer.model_version, started)
     return answer
 
@@ -126,7 +135,7 @@ async def rerank(
 ) -> RerankResponse:
     """Documents ordered by relevance to the query, best first (as the Cohere and TEI rerank APIs)."""
     started = time.perf_counter()
-    answer = await service.rerank(_serving(resources, caller, data.project), data, _request_id(request))
+    answer = await service.rerank(await _serving(resources, caller, data.project), data, _request_id(request))
     resources.metrics.took("/rerank", answer.model_version, started)
     return answer
 
@@ -137,7 +146,9 @@ async def classify(
 ) -> ClassifyResponse:
     """Each text's label and the probability of every label, from the deployed classifier."""
     started = time.perf_counter()
-    answer = await service.classify(_serving(resources, caller, data.project), data, _request_id(request))
+    answer = await service.classify(
+        await _serving(resources, caller, data.project), data, _request_id(request)
+    )
     resources.metrics.took("/classify", answer.model_version, started)
     return answer
 
@@ -150,7 +161,7 @@ async def embeddings(
     or slug. The `openai` client works against it (base_url `http://host:8001/v1`)."""
     started = time.perf_counter()
     answer, version = await service.embeddings(
-        _serving(resources, caller, data.model), data, _request_id(request)
+        await _serving(resources, caller, data.model), data, _request_id(request)
     )
     response.headers["X-Model-Version"] = version
     resources.metrics.took("/v1/embeddings", version, started)
@@ -173,7 +184,7 @@ async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -
     except NotFound:  # nothing deployed here (yet): events are still the project's
         project_id = await service.find_project(resources.sessionmaker, data.project)
     if not caller.sees(project_id):
-        raise NotFound(f"project {data.project!r} not found")
+        raise service.unknown_project(data.project)
     caller.require(project_id, "events")
     request_ids = sorted({e.request_id for e in data.events if e.request_id})
     versions: dict[str, str] = {}

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 ProjectRef = Field(min_length=1, max_length=200, description="The project's id or slug.")
 
@@ -169,7 +177,11 @@ EventType = Literal["impression", "click", "cart", "purchase"]
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: EventType
+    event: EventType = Field(
+        validation_alias=AliasChoices("event", "type"),
+        description="What the shopper did (also accepted as `type`); the interactions dataset's column "
+        "has the same name.",
+    )
     product_id: str = Field(min_length=1, max_length=200)
     request_id: str | None = Field(None, max_length=64)
     user_id: str | None = Field(None, max_length=200)

@@ -254,7 +254,7 @@ async def store_events(
             "project_id": project_id,
             "model_version_id": uuid.UUID(versions[e.request_id]) if e.request_id in versions else None,
             "request_id": e.request_id,
-            "event_type": e.type,
+            "event_type": e.event,
             "user_id": e.user_id,
             "product_id": e.product_id,
             "position": e.position,
@@ -274,5 +274,9 @@ async def find_project(sessionmaker: async_sessionmaker[AsyncSession], ref: str)
     async with sessionmaker() as session:
         found = await project_by_ref(session, ref)
     if found is None:
-        raise NotFound(f"project {ref!r} not found")
+        raise unknown_project(ref)
     return found.id
+
+
+def unknown_project(ref: str) -> NotFound:
+    return NotFound(f"project {ref!r} not found: no project has that slug or id")

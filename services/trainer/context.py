@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.trainer.control import JobControl
-from services.trainer.store import JobStore
+from services.trainer.store import JobStore, LiveRuns
 from shared.config import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ class WorkerContext:
     running: dict[uuid.UUID, JobControl] = field(default_factory=dict)
     background: list[asyncio.Task[None]] = field(default_factory=list)  # reaper, cancel listener
     health_server: BackgroundHealthServer | None = None
+
+    def live_runs(self) -> LiveRuns:
+        return LiveRuns(self.worker_id, frozenset(self.running))
 
 
 def worker_context(ctx: dict[str, Any]) -> WorkerContext:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from services.trainer.store import JobStore
+from services.trainer.store import JobStore, LiveRuns
 from shared.config import Settings
 from shared.jobs import arq_job_id, enqueue_training_job
 
@@ -19,7 +20,9 @@ log = logging.getLogger("recforge.trainer")
 REAP_EVERY_S = 10.0
 
 
-async def reap_stale_jobs(settings: Settings, store: JobStore, redis: ArqRedis) -> dict[str, int]:
+async def reap_stale_jobs(
+    settings: Settings, store: JobStore, redis: ArqRedis, live: LiveRuns | None = None
+) -> dict[str, int]:
     """Requeue running jobs whose worker stopped sending heartbeats, so another worker resumes them
     from their checkpoint (a job that has used all its runs fails instead); enqueue queued jobs
     the queue lost (a Redis failure right after the API committed them)."""
@@ -27,6 +30,7 @@ async def reap_stale_jobs(settings: Settings, store: JobStore, redis: ArqRedis) 
         timedelta(seconds=settings.job_heartbeat_timeout_s),
         settings.max_job_attempts,
         timedelta(seconds=settings.lost_job_after_s),
+        live=live,
     )
     missing = [
         job
@@ -59,10 +63,13 @@ async def reap_stale_jobs(settings: Settings, store: JobStore, redis: ArqRedis) 
     return {"requeued": len(reaped.requeued), "failed": len(reaped.failed), "re_enqueued": len(missing)}
 
 
-async def reaper_loop(settings: Settings, store: JobStore, redis: ArqRedis) -> None:
+async def reaper_loop(
+    settings: Settings, store: JobStore, redis: ArqRedis, live: Callable[[], LiveRuns] | None = None
+) -> None:
+    """Reap every REAP_EVERY_S; ``live`` says which runs are this worker's own (never reaped here)."""
     while True:
         try:
-            await reap_stale_jobs(settings, store, redis)
+            await reap_stale_jobs(settings, store, redis, live() if live else None)
         except asyncio.CancelledError:
             raise
         except Exception:

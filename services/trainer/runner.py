@@ -67,8 +67,16 @@ async def _heartbeat(wc: WorkerContext, claimed: Claimed, control: JobControl, g
     give_up_after = settings.job_heartbeat_timeout_s / 2
     limit_s = job.compute_limit_hours * 3600
     while True:
+        asleep = time.monotonic()
         await asyncio.sleep(settings.progress_interval_s)
         now = time.monotonic()
+        late = now - asleep - settings.progress_interval_s
+        if late > give_up_after / 2:  # another worker's reaper would soon take this silence for death
+            log.warning(
+                "heartbeat %.1f s late: this worker's event loop was blocked",
+                late,
+                extra={"job_id": str(job.id)},
+            )
         progress = control.progress
         used = claimed.compute_before + (now - control.started)
         try:

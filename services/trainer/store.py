@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, type_coerce, update
+from sqlalchemy import and_, func, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -117,6 +117,14 @@ class VersionResult:
     rebuild: dict[str, Any] | None = None  # an export's report, kept in the version's compute
     staged: tuple[Path, ...] = ()  # files written for `artifacts`: removed if the result is not recorded
     obsolete: tuple[Path, ...] = ()  # files `artifacts` replaces: removed once it is recorded
+
+
+@dataclass(frozen=True)
+class LiveRuns:
+    """The jobs one worker is running now: never reaped by that worker."""
+
+    worker_id: str
+    job_ids: frozenset[uuid.UUID]
 
 
 @dataclass(frozen=True)
@@ -471,24 +479,32 @@ class JobStore:
             return [JobRef.of(job) for job in rows.scalars()]
 
     async def reap(
-        self, stale_after: timedelta, max_attempts: int, lost_after: timedelta = timedelta(minutes=1)
+        self,
+        stale_after: timedelta,
+        max_attempts: int,
+        lost_after: timedelta = timedelta(minutes=1),
+        *,
+        live: LiveRuns | None = None,
     ) -> Reaped:
         """Queue again the running jobs whose worker stopped sending heartbeats (fail those on their last
-        allowed run), and list the jobs queued for over ``lost_after``, which the queue may have lost."""
+        allowed run), and list the jobs queued for over ``lost_after``, which the queue may have lost.
+
+        ``live``: the runs of the reaping worker itself. They are alive, however late their last
+        heartbeat: a stalled event loop is late with its beats and with this reaper alike, and taking a
+        job from a run that is still going would only start it a third time."""
         requeued: list[JobRef] = []
         failed: list[uuid.UUID] = []
         silent = int(stale_after.total_seconds())
         async with unit_of_work(self.sessionmaker) as session:
-            stale = (
-                await session.execute(
-                    select(TrainingJob)
-                    .where(
-                        TrainingJob.status == JobStatus.running.value,
-                        TrainingJob.heartbeat_at < func.now() - stale_after,
-                    )
-                    .with_for_update(skip_locked=True)
+            query = select(TrainingJob).where(
+                TrainingJob.status == JobStatus.running.value,
+                TrainingJob.heartbeat_at < func.now() - stale_after,
+            )
+            if live is not None and live.job_ids:
+                query = query.where(
+                    ~and_(TrainingJob.worker_id == live.worker_id, TrainingJob.id.in_(live.job_ids))
                 )
-            ).scalars()
+            stale = (await session.execute(query.with_for_update(skip_locked=True))).scalars()
             for job in stale:
                 if job.attempts >= max_attempts:
                     job.status = JobStatus.failed.value

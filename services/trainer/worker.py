@@ -56,7 +56,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         await server.start()
         wc.health_server = server
     await sweep_disk(wc)  # what runs killed before this worker started left behind
-    wc.background.append(asyncio.create_task(reaper_loop(settings, wc.store, wc.redis)))
+    wc.background.append(asyncio.create_task(reaper_loop(settings, wc.store, wc.redis, wc.live_runs)))
     wc.background.append(await start_listening(wc))
     log.info("trainer worker started", extra={"worker_id": wc.worker_id})
 

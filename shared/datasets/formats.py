@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shared.datasets.readers import read_delimited, read_jsonl, read_parquet
+from shared.datasets.readers import read_delimited, read_jsonl, read_parquet, sniff_delimiter
 from shared.datasets.report import ImportProblem
 from shared.datasets.validate import SourceTable
 from shared.models.enums import DatasetKind
@@ -84,7 +84,10 @@ def resolve_kind(options: ImportOptions) -> DatasetKind:
         return implied
     if options.kind is None:
         kinds = ", ".join(k.value for k in DatasetKind)
-        raise ImportProblem(f"say which kind of data a {options.format.value} file holds (kind: {kinds})")
+        raise ImportProblem(
+            f"say which kind of data the {options.format.value} file holds with --kind (the form's kind "
+            f"field): {kinds}"
+        )
     return options.kind
 
 
@@ -136,8 +139,11 @@ def _generic(files: list[Path], options: ImportOptions, kind: DatasetKind) -> Pa
     elif options.format == DataFormat.jsonl:
         table, encoding = read_jsonl(path), "utf-8"
     else:
-        delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+        default = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+        delimiter, note = sniff_delimiter(path, options.encoding, default)
         table, encoding = read_delimited(path, encoding=options.encoding, delimiter=delimiter)
+        if note:
+            return Parsed(kind, [SourceTable(kind, table, path.name)], encoding, [note])
     return Parsed(kind, [SourceTable(kind, table, path.name)], encoding)
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -93,10 +94,64 @@ def read_delimited(
             ),
         )
     except pa.ArrowInvalid as exc:
+        row = _unclosed_quote(path, encoding, delimiter)
+        if row is not None:
+            raise _unclosed(path, row) from exc
         raise ImportProblem(
             f"{path.name}: not a valid {_describe(delimiter)} file ({_told(exc, path)})"
         ) from exc
+    # pyarrow takes a quote left open at the end of the file as a value running to the end: only a
+    # value with a line break in it can be one, so only then is the file read again to find it
+    if any(pc.any(pc.match_substring(table[name], "\n")).as_py() for name in names):
+        row = _unclosed_quote(path, encoding, delimiter)
+        if row is not None:
+            raise _unclosed(path, row)
     return table, encoding
+
+
+def _unclosed(path: Path, row: int) -> ImportProblem:
+    reason = (
+        'a quoted value starts in this row and its closing quote (") is never found; close it, '
+        'or write a quote inside a value as two ("")'
+    )
+    return ImportProblem(
+        f"{path.name}: row {row} opens a quote that is never closed",
+        errors=[RowError(path.name, row, None, reason)],
+    )
+
+
+def _unclosed_quote(path: Path, encoding: str, delimiter: str) -> int | None:
+    """The data row (1: the one after the header) where a quoted value that never ends begins."""
+    with path.open("r", encoding=encoding, errors="replace", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)
+        records = 0
+        try:
+            for _ in reader:
+                records += 1
+        except csv.Error as exc:
+            return records if "end of data" in str(exc) and records else None
+    return None
+
+
+# The delimiters a file may use besides its extension's own, tried when its header reads as one column.
+_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def sniff_delimiter(path: Path, encoding: str | None, default: str) -> tuple[str, str | None]:
+    """(the delimiter to read with, a note when it is not ``default``). A header that is one column
+    with ``default`` but several with a semicolon, a tab or a pipe is read with that one."""
+    encoding = normalize_encoding(encoding) if encoding else detect_encoding(path)
+    names = _header(path, encoding, default)
+    if len(names) != 1:
+        return default, None
+    for delimiter, name in _OTHER_DELIMITERS.items():
+        if delimiter != default and len(_header(path, encoding, delimiter)) > 1:
+            return delimiter, f"{path.name} was read as {name}-separated: its header has no {_name(default)}"
+    return default, None
+
+
+def _name(delimiter: str) -> str:
+    return {",": "commas", "\t": "tabs"}.get(delimiter, repr(delimiter))
 
 
 def _describe(delimiter: str) -> str:

@@ -9,6 +9,10 @@ import pyarrow as pa
 from shared.models.enums import DatasetKind
 
 EVENTS = ("view", "click", "cart", "purchase")
+# How a boolean column may be written (case and surrounding spaces are ignored).
+TRUE_WORDS = ("true", "t", "yes", "y", "1", "in stock", "in_stock")
+FALSE_WORDS = ("false", "f", "no", "n", "0", "out of stock", "out_of_stock")
+BOOLEAN_DOC = f"{'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}, any case"
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class Column:
     type: pa.DataType
     required: bool
     doc: str
+    aliases: tuple[str, ...] = ()  # other names a file may give the column (renamed on import)
 
 
 _STR = pa.string()
@@ -29,7 +34,7 @@ COLUMNS: dict[DatasetKind, tuple[Column, ...]] = {
         Column("category", _STR, False, "category path, e.g. 'Tools > Saws'"),
         Column("brand", _STR, False, "brand name"),
         Column("price", pa.float64(), False, "non-negative number"),
-        Column("in_stock", pa.bool_(), False, "true/false, yes/no, 1/0"),
+        Column("in_stock", pa.bool_(), False, BOOLEAN_DOC),
         Column("attributes", _STR, False, "a JSON object of extra attributes"),
     ),
     DatasetKind.relevance: (
@@ -40,7 +45,7 @@ COLUMNS: dict[DatasetKind, tuple[Column, ...]] = {
     DatasetKind.interactions: (
         Column("user_id", _STR, True, "user id"),
         Column("product_id", _STR, True, "a product of the catalog"),
-        Column("event", _STR, True, "one of " + ", ".join(EVENTS)),
+        Column("event", _STR, True, "one of " + ", ".join(EVENTS), aliases=("type", "event_type")),
         Column("timestamp", pa.timestamp("us", tz="UTC"), True, "ISO 8601 or Unix seconds"),
     ),
     DatasetKind.sequences: (

@@ -6,7 +6,7 @@ under a second; only JSON attributes and malformed timestamps fall back to per-v
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -14,14 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.datasets.report import ErrorCollector, ImportProblem, RowError
-from shared.datasets.schema import COLUMNS, EVENTS, Column
+from shared.datasets.schema import BOOLEAN_DOC, COLUMNS, EVENTS, FALSE_WORDS, TRUE_WORDS, Column
 from shared.models.enums import DatasetKind
 
 _NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 _ISO = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 _ZONE = r"(Z|[+-]\d{2}:?\d{2})$"
-_TRUE = ["true", "t", "yes", "y", "1", "in stock", "in_stock"]
-_FALSE = ["false", "f", "no", "n", "0", "out of stock", "out_of_stock"]
 _REFERENCES = {
     DatasetKind.relevance: ("product_id",),
     DatasetKind.interactions: ("product_id",),
@@ -121,12 +119,12 @@ def _number(check: _Checker, col: Column, raw: pa.ChunkedArray, minimum: float |
 def _boolean(check: _Checker, col: Column, raw: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_boolean(raw.type):
         return raw
-    text = pc.utf8_lower(_as_text(raw))
+    text = pc.utf8_trim_whitespace(pc.utf8_lower(_as_text(raw)))
     missing = _missing(text)
-    is_true = pc.is_in(text, value_set=pa.array(_TRUE))
-    is_false = pc.is_in(text, value_set=pa.array(_FALSE))
+    is_true = pc.is_in(text, value_set=pa.array(TRUE_WORDS))
+    is_false = pc.is_in(text, value_set=pa.array(FALSE_WORDS))
     bad = pc.and_kleene(pc.invert(missing), pc.invert(pc.or_(is_true, is_false)))
-    check.report(bad, col.name, f"{col.name} must be true or false", text)
+    check.report(bad, col.name, f"{col.name} must be {BOOLEAN_DOC}", text)
     return pc.if_else(is_true, True, pc.if_else(is_false, False, pa.scalar(None, pa.bool_())))
 
 
@@ -248,10 +246,25 @@ def _duplicates(check: _Checker, table: pa.Table, keys: list[str], what: str) ->
     check.errors.extend(kept, joined.num_rows)
 
 
+def _renamed(src: SourceTable, columns: tuple[Column, ...]) -> SourceTable:
+    """The table with each column that goes by one of its aliases renamed to its canonical name."""
+    names = list(src.table.column_names)
+    for col in columns:
+        if col.name in names:
+            continue
+        alias = next((a for a in col.aliases if a in names), None)
+        if alias is not None:
+            names[names.index(alias)] = col.name
+    if names == src.table.column_names:
+        return src
+    return replace(src, table=src.table.rename_columns(names))
+
+
 def normalize(src: SourceTable, errors: ErrorCollector, product_ids: pa.Array | None = None) -> pa.Table:
     """The canonical table of ``src.kind``. Errors go to ``errors``; missing columns raise at once."""
     kind = src.kind
     columns = COLUMNS[kind]
+    src = _renamed(src, columns)
     present = set(src.table.column_names)
     missing = [c.name for c in columns if c.required and c.name not in present]
     if missing:

@@ -48,7 +48,10 @@ async def test_service_key_without_project_is_refused_and_nothing_is_written(
 ) -> None:
     result = recforge("keys", "create", "--role", "service", env=cli_env(settings))
     assert result.returncode == 1
-    assert "must be scoped to a project" in result.stderr
+    assert (
+        "a service key belongs to one project: name it (project_id in the API, --project in recforge keys create)"
+        in result.stderr
+    )
     assert (await session.execute(select(ApiKey))).first() is None
 
 

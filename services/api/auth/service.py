@@ -47,7 +47,11 @@ async def issue_key(
     actor_key_id: uuid.UUID | None = None,
 ) -> IssuedKey:
     if role == KeyRole.service and project_id is None:
-        raise ValidationFailed("a service key must be scoped to a project", detail=[{"loc": ["project_id"]}])
+        raise ValidationFailed(
+            "a service key belongs to one project: name it (project_id in the API, --project in "
+            "recforge keys create)",
+            detail=[{"loc": ["project_id"]}],
+        )
     if role == KeyRole.admin and project_id is not None:
         raise ValidationFailed("an admin key is global: omit the project", detail=[{"loc": ["project_id"]}])
     new = generate_api_key(secret)

@@ -52,6 +52,13 @@ log = logging.getLogger("recforge.datasets")
 _NEEDS_CATALOG = {DatasetKind.relevance, DatasetKind.interactions, DatasetKind.sequences}
 
 
+def _other_kind(name: str, holds: str, kind: DatasetKind) -> str:
+    return (
+        f"dataset {name!r} holds {holds} data; to import {kind.value} data use --kind {kind.value} with "
+        "a new --name (the form's kind and name fields)"
+    )
+
+
 def _options(form: ImportForm, upload: Upload) -> tuple[ImportOptions, DatasetKind, SplitSpec]:
     try:
         fmt = form.format or guess_format([f.name for f in upload.files])
@@ -154,9 +161,7 @@ async def import_dataset(
     async with unit_of_work(resources.sessionmaker) as session:
         existing = await repository.find_dataset(session, project_id, name)
         if existing is not None and existing.kind != kind.value:
-            raise Conflict(
-                f"dataset {name!r} holds {existing.kind} data, not {kind.value}; import under another name"
-            )
+            raise Conflict(_other_kind(name, existing.kind, kind))
         if existing is not None:
             duplicate = await repository.version_by_hash(session, existing.id, digest)
             if duplicate is not None:
@@ -221,7 +226,7 @@ async def _create_version(
     }
     dataset, _ = await repository.ensure_dataset(session, values)
     if dataset.kind != kind.value:  # created concurrently with another kind
-        raise Conflict(f"dataset {name!r} holds {dataset.kind} data, not {kind.value}")
+        raise Conflict(_other_kind(name, dataset.kind, kind))
     duplicate = await repository.version_by_hash(session, dataset.id, digest)  # a concurrent twin
     if duplicate is not None:
         return await _record_duplicate(session, ctx, dataset, duplicate, upload, options, started)

@@ -241,7 +241,11 @@ async def test_jsonl_and_parquet(world: World) -> None:
 
 async def test_bad_requests(world: World) -> None:
     no_kind = await upload(world, [("data.csv", CATALOG_CSV)])
-    assert no_kind.status_code == 422 and "kind" in no_kind.json()["message"]
+    assert no_kind.status_code == 422
+    assert no_kind.json()["message"] == (
+        "say which kind of data the csv file holds with --kind (the form's kind field): "
+        "catalog, relevance, interactions, sequences, labeled_text"
+    )
     wrong_type = await upload(world, [("data.xlsx", b"PK")], kind="catalog")
     assert wrong_type.status_code == 422
     bad_field = await upload(
@@ -258,6 +262,10 @@ async def test_bad_requests(world: World) -> None:
     assert other_kind.status_code == 201
     clash = await upload(world, [("products.csv", relevance_csv())], kind="relevance")
     assert clash.status_code == 409
+    assert clash.json()["message"] == (
+        "dataset 'products' holds catalog data; to import relevance data use --kind relevance with a "
+        "new --name (the form's kind and name fields)"
+    )
 
 
 async def test_upload_limit_answers_413(

@@ -23,8 +23,9 @@ async def test_a_bad_model_name_reaches_the_openai_client_as_its_message(
         await _client(world, inference_client).embeddings.create(model="no-such-shop", input=["drill"])
     error = raised.value
     assert error.code == "model_not_found" and error.type == "invalid_request_error"
-    assert error.body["message"] == "project 'no-such-shop' has no deployed model versions"  # type: ignore[index]
-    assert "project 'no-such-shop' has no deployed model versions" in str(error)
+    message = "project 'no-such-shop' not found: no project has that slug or id"
+    assert error.body["message"] == message  # type: ignore[index]
+    assert message in str(error)
 
 
 async def test_every_error_of_v1_has_openais_shape(world: World, inference_client: httpx.AsyncClient) -> None:

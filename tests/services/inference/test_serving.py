@@ -207,9 +207,9 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     stored = await client.post(
         "/events",
         json={"project": "search-a", "events": [
-            {"type": "impression", "request_id": body["request_id"], "product_id": body["items"][0]["product_id"],
+            {"event": "impression", "request_id": body["request_id"], "product_id": body["items"][0]["product_id"],
              "user_id": "u1", "position": 0},
-            {"type": "purchase", "product_id": "p7", "user_id": "u1", "value": 19.9},
+            {"event": "purchase", "product_id": "p7", "user_id": "u1", "value": 19.9},
         ]},
         headers=key,
     )  # fmt: skip
@@ -432,6 +432,25 @@ async def test_events_need_no_deployment(
     async with sessionmaker() as session:
         rows = (await session.execute(select(Event))).scalars().all()
     assert [(r.event_type, r.product_id, r.user_id) for r in rows] == [("click", "p1", "u9")]
+
+
+async def test_an_events_type_is_named_event_as_in_the_interactions_dataset_and_type_is_taken_too(
+    world: World, inference_client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    events = [{"event": "cart", "product_id": "p1"}, {"type": "purchase", "product_id": "p2"}]
+    stored = await inference_client.post(
+        "/events", json={"project": "search-a", "events": events}, headers=bearer(world.keys["service"])
+    )
+    assert stored.status_code == 202, stored.text
+    both = await inference_client.post(
+        "/events",
+        json={"project": "search-a", "events": [{"event": "cart", "type": "click", "product_id": "p1"}]},
+        headers=bearer(world.keys["service"]),
+    )
+    assert both.status_code == 422  # one of the two names, never both
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Event).order_by(Event.product_id))).scalars().all()
+    assert [(r.event_type, r.product_id) for r in rows] == [("cart", "p1"), ("purchase", "p2")]
 
 
 class _ThreadRecordingTokenizer:

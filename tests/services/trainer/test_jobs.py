@@ -23,7 +23,7 @@ from services.trainer.finetune.checkpoint import checkpoint_model
 from services.trainer.jobs import export as export_job
 from services.trainer.jobs.base import JobRun
 from services.trainer.reaper import reap_stale_jobs
-from services.trainer.store import Claimed, JobStore
+from services.trainer.store import Claimed, JobStore, LiveRuns
 from shared.config import Settings
 from shared.jobs import redis_settings
 from shared.models import TrainingJob
@@ -557,6 +557,39 @@ async def test_a_waiting_job_is_woken_with_its_priority_when_a_slot_frees(
         await redis.aclose()
     assert (await _job(world, busy_id))["status"] == "cancelled"
     assert (await _job(world, waiting_id))["status"] == "succeeded"
+
+
+async def test_a_worker_never_reaps_the_runs_it_has_going_itself(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A worker whose event loop stalled sees its own run's heartbeat as old as any other's; the run is
+    alive, so that worker leaves it, while a worker that is not running it takes the silence for death."""
+    version = await _project_with_data(world)
+    body = {"job_type": "bi_encoder", "dataset_version_id": version}
+    job_id = uuid.UUID((await world.call("member", "POST", f"{P}/training-jobs", json=body)).json()["id"])
+    async with sessionmaker() as session:
+        await session.execute(
+            text(
+                "UPDATE training_jobs SET status = 'running', attempts = 1, worker_id = 'here:1', "
+                "heartbeat_at = now() - interval '10 minutes' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+        await session.commit()
+    from arq.connections import create_pool
+
+    store = JobStore(sessionmaker)
+    redis = await create_pool(redis_settings(settings))
+    try:
+        mine = LiveRuns("here:1", frozenset({job_id}))
+        assert (await reap_stale_jobs(settings, store, redis, mine))["requeued"] == 0
+        # the same job id running in another worker does not make this row that worker's
+        theirs = LiveRuns("there:2", frozenset({job_id}))
+        assert (await reap_stale_jobs(settings, store, redis, theirs))["requeued"] == 1
+    finally:
+        await redis.aclose()
+    job = (await world.call("member", "GET", f"/api/v1/training-jobs/{job_id}")).json()
+    assert job["status"] == "queued" and "resuming" in job["error"]
 
 
 async def test_reaper_enqueues_a_queued_job_the_queue_lost(
