@@ -98,13 +98,16 @@ class Hyperparameters(BaseModel):
                 )
         return given
 
-    epochs: int = Field(1, ge=1, le=100, description="Passes over the training split.")
+    epochs: int = Field(
+        1, ge=1, le=100, description="Passes over the training split (when max_steps is not set)."
+    )
     max_steps: int | None = Field(
         None,
         ge=0,
         le=10_000_000,
-        description="Stop after this many optimiser steps (a cap for quick runs). 0 trains nothing: the base "
-        "model is evaluated, exported and registered as it is, a servable zero-shot baseline.",
+        description="Train exactly this many optimiser steps, passing over the training split as many times "
+        "as that takes (epochs is then not used). 0 trains nothing: the base model is evaluated, exported "
+        "and registered as it is, a servable zero-shot baseline.",
     )
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(5e-5, gt=0, le=1)

@@ -187,6 +187,14 @@ def import_(
     test_fraction: Annotated[float, typer.Option(help="Share of groups in the test split.")] = 0.1,
     locale: Annotated[str, typer.Option(help="ESCI only: the product locale to import.")] = "us",
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON answer.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only the new version's id, for $(...) in scripts (warnings go to stderr).",
+        ),
+    ] = False,
     url: ApiUrl = None,
     key: ApiKey = None,
 ) -> None:
@@ -207,6 +215,10 @@ def import_(
         result = response.json()
         if as_json:
             console.print_json(json.dumps(result))
+        elif quiet:
+            for warning in result.get("warnings", []):
+                err_console.print(f"[yellow]warning:[/] {warning}")
+            console.print(result["version_id"], highlight=False)
         else:
             print_import(result)
         return

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, get_pages, response_error
+from services.cli.client import API_KEY_HELP, API_URL_HELP, api_client, get_json, get_pages, response_error
 from services.cli.console import console, err_console, fail, load_settings
 from shared.models.enums import JobType
 from shared.training import parse_assignment
@@ -120,6 +120,8 @@ def _print_outcome(client: Any, job: dict[str, Any]) -> None:
         model = response.json()
         console.print(f"Model version {model['version']} ({model['task_type']}), id {model['id']}")
         console.print(metrics_table(model["metrics"], model["baselines"], "fine-tuned"))
+    for warning in (job.get("result") or {}).get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {warning}")
 
 
 @app.command("submit")
@@ -153,6 +155,15 @@ def submit(
     compute_limit_hours: Annotated[float, typer.Option(help="The most compute the job may use.")] = 1.0,
     idempotency_key: Annotated[str | None, typer.Option(help="Repeat-safe submission key.")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow the job until it ends.")] = True,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only the id of what the job made, for $(...) in scripts: a fine-tune's model "
+            "version, else the job (the progress bar still shows on stderr).",
+        ),
+    ] = False,
     url: ApiUrl = None,
     key: ApiKey = None,
 ) -> None:
@@ -180,7 +191,15 @@ def submit(
         if not watch:
             console.print(job["id"])
             return
-        _print_outcome(client, watch_job(client, job["id"]))
+        done = watch_job(client, job["id"])
+        if not quiet:
+            _print_outcome(client, done)
+            return
+    if done["status"] != "succeeded":
+        fail(f"job {done['id']} {done['status']}: {done.get('error') or ''}".strip())
+    for warning in (done.get("result") or {}).get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    console.print((done.get("model_version_ids") or [done["id"]])[0], highlight=False)
 
 
 @app.command("list")
@@ -231,13 +250,26 @@ def watch(
 @app.command("cancel")
 def cancel(
     job_id: Annotated[str, typer.Argument(help="A training job id.")],
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the job to stop (0: do not wait).")
+    ] = 60.0,
     url: ApiUrl = None,
     key: ApiKey = None,
 ) -> None:
-    """Cancel a queued or running job."""
+    """Cancel a queued or running job and wait until it has stopped (a running job stops at its next
+    checkpoint of work, within seconds)."""
     settings = load_settings()
     with api_client(settings, url, key) as client:
         response = client.post(f"/api/v1/training-jobs/{job_id}/cancel")
-    if response.status_code != 202:
-        response_error(response)
-    console.print(f"job {job_id}: {response.json()['status']}")
+        if response.status_code != 202:
+            response_error(response)
+        job = response.json()
+        deadline = time.monotonic() + timeout
+        with err_console.status(f"waiting for job {job_id} to stop"):
+            while job["status"] not in TERMINAL and time.monotonic() < deadline:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                job = get_json(client, f"/api/v1/training-jobs/{job_id}")
+    if job["status"] in TERMINAL:
+        console.print(f"job {job_id}: {job['status']}")
+    else:
+        console.print(f"job {job_id}: cancel requested; the job stops at its next checkpoint")

@@ -3,8 +3,10 @@ the columns that filters and merchandising read."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ Mask = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True)
 class Filters:
-    category: str | None = None  # a category or a prefix of its path ("Tools" matches "Tools > Saws")
+    # a category or a level above it ("Tools" matches "Tools > Saws"); levels split at " > " or "/"
+    category: str | None = None
     price_min: float | None = None
     price_max: float | None = None
     in_stock: bool | None = None
@@ -34,9 +37,28 @@ class Filters:
         return self == Filters()
 
 
+_SEPARATORS = re.compile(r"\s*(?:>|/)\s*")
+
+
+def category_path(category: str) -> str:
+    """A category as filters compare it: lowercased, its levels split at ``>`` or ``/`` and joined by
+    " > " ("Tools/Power Tools", "tools > power tools" and "Tools>Power Tools" are one path)."""
+    return " > ".join(level for level in _SEPARATORS.split(category.strip().lower()) if level)
+
+
 def in_category(category: str, wanted: str) -> bool:
-    """Whether a lowercased category path is `wanted` or lies under it ("tools" holds "tools > saws")."""
-    return category == wanted or category.startswith(wanted + " >")
+    """Whether a category path is `wanted` or lies under it ("tools" holds "tools > saws"); both as
+    category_path gives them."""
+    return category == wanted or category.startswith(wanted + " > ")
+
+
+def _with_ancestors(paths: set[str]) -> frozenset[str]:
+    """Every category path and each level above it: what a filter may name."""
+    found: set[str] = set()
+    for path in paths:
+        levels = path.split(" > ") if path else []
+        found.update(" > ".join(levels[:depth]) for depth in range(1, len(levels) + 1))
+    return frozenset(found)
 
 
 def _column(table: pa.Table, name: str) -> list[Any] | None:
@@ -80,10 +102,11 @@ class CatalogIndex:
         self.vectors = np.ascontiguousarray(embedded, dtype=np.float32)
         categories = _column(table, "category")
         self.categories = (
-            np.asarray([(c or "").lower() for c in categories], dtype=object)
+            np.asarray([category_path(c or "") for c in categories], dtype=object)
             if categories is not None
             else None
         )
+        self.category_paths = _with_ancestors(set(self.categories) if self.categories is not None else set())
         prices = _column(table, "price")
         self.prices = (
             np.asarray([math.nan if p is None else float(p) for p in prices], dtype=np.float64)
@@ -120,7 +143,7 @@ class CatalogIndex:
         if filters.category is not None:
             if self.categories is None:
                 return np.zeros(len(self.ids), dtype=bool)
-            wanted = filters.category.lower()
+            wanted = category_path(filters.category)
             allowed &= np.fromiter(
                 (in_category(c, wanted) for c in self.categories),
                 dtype=bool,
@@ -135,6 +158,19 @@ class CatalogIndex:
         if filters.in_stock is not None and self.in_stock is not None:
             allowed &= self.in_stock == filters.in_stock
         return allowed
+
+    def filter_warnings(self, filters: Filters) -> list[str]:
+        """What a request's filters name that the catalog does not have (the answer is then empty)."""
+        if filters.category is None:
+            return []
+        wanted = category_path(filters.category)
+        if self.categories is None:
+            return [f"no product has a category: the filter category {filters.category!r} matches none"]
+        if wanted in self.category_paths:
+            return []
+        near = difflib.get_close_matches(wanted, sorted(self.category_paths), n=3, cutoff=0.85)
+        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        return [f"no product is in category {filters.category!r}{hint}"]
 
     def dense(
         self, vector: FloatArray, n: int, allowed: Mask | None, exclude: set[int] | None = None

@@ -15,7 +15,7 @@ class Rule:
     action: RuleAction
     query: str | None = None  # lowercased; None: every request
     product_id: str | None = None
-    category: str | None = None
+    category: str | None = None  # as catalog.category_path gives it
     position: int | None = None
     weight: float | None = None
 
@@ -26,7 +26,7 @@ class Rule:
         if self.product_id is not None:
             return catalog.ids[position] == self.product_id
         if self.category is not None and catalog.categories is not None:
-            return in_category(str(catalog.categories[position]), self.category.lower())
+            return in_category(str(catalog.categories[position]), self.category)
         return False
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference.batching import MicroBatcher
-from services.inference.catalog import CatalogIndex, load_vectors
+from services.inference.catalog import CatalogIndex, category_path, load_vectors
 from services.inference.merchandising import Rule
 from shared.artifacts import unrooted, version_folder
 from shared.config import Settings
@@ -353,7 +353,7 @@ class ModelRegistry:
                             RuleAction(rule.action),
                             rule.query,
                             rule.product_id,
-                            rule.category,
+                            category_path(rule.category) if rule.category is not None else None,
                             rule.position,
                             rule.weight,
                         )

@@ -27,7 +27,12 @@ PROPERTY_CHARS = 1000
 class FilterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    category: str | None = Field(None, max_length=500, description="A category or a prefix of its path.")
+    category: str | None = Field(
+        None,
+        max_length=500,
+        description="A category or a level above it: 'Tools' matches 'Tools > Saws'. Levels are split at "
+        "'>' or '/', case is ignored; a category no product is in answers no items and a warning.",
+    )
     price_min: float | None = Field(None, ge=0)
     price_max: float | None = Field(None, ge=0)
     in_stock: bool | None = None
@@ -73,6 +78,11 @@ class RecommendResponse(BaseModel):
     reranker_version: str | None = None
     items: list[Item]
     took_ms: float
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the request asked for that the catalog lacks, e.g. a filter category no product "
+        "is in (which leaves the items empty).",
+    )
 
 
 class ScoreRequest(BaseModel):

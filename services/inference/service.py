@@ -131,6 +131,7 @@ async def recommend(
         reranker_version=str(reranker.id) if reranker else None,
         items=items,
         took_ms=_ms(started),
+        warnings=catalog.filter_warnings(filters),
     )
 
 

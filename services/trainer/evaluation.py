@@ -258,6 +258,26 @@ def classifier_suite(examples: Examples, scorer: Scorer, control: JobControl, la
     return classification_metrics([gold for _, gold in valid], predicted)
 
 
+# Below this many validation queries (users, texts) a metric is mostly noise: the job's result says so.
+MIN_VALIDATION = 20
+
+
+def validation_warnings(job_type: JobType, kind: DatasetKind | None, metrics: dict[str, Any]) -> list[str]:
+    """What the job's result warns about its metrics: a validation split too small to trust."""
+    if job_type == JobType.classifier:
+        count = sum(int(c.get("support", 0)) for c in (metrics.get("per_class") or {}).values())
+        noun = "texts"
+    else:
+        count = int(metrics.get("queries", MIN_VALIDATION))
+        noun = "queries" if kind in (None, DatasetKind.relevance) else "users"
+    if count >= MIN_VALIDATION:
+        return []
+    return [
+        f"the metrics come from {count} validation {noun}, fewer than {MIN_VALIDATION}: they are mostly "
+        "noise; import more data, or a larger valid_fraction, before comparing versions on them"
+    ]
+
+
 def model_metrics(
     job_type: JobType,
     examples: Examples,

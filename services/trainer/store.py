@@ -105,6 +105,7 @@ class NewVersion:
     git_commit: str | None
     duration_s: float
     steps: int
+    warnings: tuple[str, ...] = ()  # what the job's result warns about (a validation split too small)
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,8 @@ class JobStore:
         async with unit_of_work(self.sessionmaker) as session:
             await session.execute(select(Project.id).where(Project.id == job.project_id).with_for_update())
             progress = {"phase": "done", "step": new.steps, "total_steps": new.steps}
-            if not await self._succeed(session, claimed, progress):
+            result = {"warnings": list(new.warnings)} if new.warnings else None
+            if not await self._succeed(session, claimed, progress, result=result):
                 return False
             number = (
                 await session.execute(

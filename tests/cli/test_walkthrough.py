@@ -6,6 +6,7 @@ runs in about a minute; every request goes over HTTP to real processes."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -77,8 +78,44 @@ def test_demo_walks_a_project_from_data_to_recommend(tmp_path: Path) -> None:
         )
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert "demo-shop-2" in again.stdout
+
+        # `recforge demo > out.txt` in a narrow terminal (COLUMNS=40): the curl and export lines it printed
+        # are whole, and run as they are when pasted
+        printed = tmp_path / "out.txt"
+        with printed.open("w") as out_txt:
+            narrow = subprocess.run(
+                [*cli, "demo", *args], env={**env, "COLUMNS": "40"}, stdout=out_txt, stderr=subprocess.PIPE,
+                text=True, timeout=600,
+            )  # fmt: skip
+        assert narrow.returncode == 0, narrow.stderr[-3000:]
+        pasted = _copyable(printed.read_text())
+        assert pasted.count("\n") >= 2, pasted
+        ran = subprocess.run(["bash", "-euc", pasted + "\necho $RECFORGE_API_KEY"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert ran.returncode == 0, pasted + ran.stderr
+        answer, _, exported = ran.stdout.rpartition("}")
+        assert json.loads(answer + "}")["items"], ran.stdout
+        assert exported.strip() == key_printed(printed.read_text())
     finally:
         subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def key_printed(out: str) -> str:
+    key = re.search(r"export RECFORGE_API_KEY=(\S+)", out)
+    assert key, out[-2000:]
+    return key.group(1)
+
+
+def _copyable(printed: str) -> str:
+    """The export line and the curl command (with its continuation lines) the demo printed, as a shell
+    script, exactly as a reader would paste them."""
+    lines = printed.splitlines()
+    script = [line.split("#")[0].strip() for line in lines if line.strip().startswith("export ")]
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("curl "))
+    end = start
+    while lines[end].rstrip().endswith("\\"):
+        end += 1
+    return "\n".join([*script, *(line.strip() for line in lines[start : end + 1])])
 
 
 def test_demo_data_is_recognised_or_refused_with_a_reason(tmp_path: Path) -> None:

@@ -132,9 +132,8 @@ def fit(
     task.model.to(device)
     lengths = task.lengths()
     steps_per_epoch = math.ceil(len(task.examples) / hp.batch_size)
-    total = steps_per_epoch * hp.epochs
-    if hp.max_steps is not None:
-        total = min(total, hp.max_steps)
+    # max_steps is the number of steps, the epochs repeating as needed; without it, epochs says how many
+    total = hp.max_steps if hp.max_steps is not None else steps_per_epoch * hp.epochs
     stopping = None
     if hp.early_stopping_patience is not None and evaluate is not None:
         stopping = _EarlyStopping(

@@ -39,4 +39,7 @@ async def run(job: JobRun) -> VersionResult:
     )
     found = await in_thread(job.control, evaluate, spec, job.control)
     found.update(model_version_id=str(version.id), dataset_version_id=str(row.dataset_version_id))
+    warnings = evaluation.validation_warnings(spec.job_type, job.claimed.kind, found["metrics"])
+    if warnings:
+        found["warnings"] = warnings
     return VersionResult(result=found, progress=job.control.progress)

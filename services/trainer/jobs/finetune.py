@@ -216,4 +216,5 @@ async def run(job: JobRun) -> NewVersion:
         git_commit=git_commit(),
         duration_s=duration_s,
         steps=train.steps,
+        warnings=tuple(evaluation.validation_warnings(job_type, job.claimed.kind, outcome.metrics)),
     )

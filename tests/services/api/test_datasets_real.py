@@ -88,6 +88,14 @@ async def test_cli_imports_and_reports_errors(
 
     again = _data_import(settings, api_server, key, str(good), "-p", "search-a", "--kind", "catalog")
     assert again.returncode == 0 and "Already imported" in again.stdout
+    quiet = _data_import(
+        settings, api_server, key, str(good), "-p", "search-a", "--kind", "catalog", "--quiet"
+    )
+    assert quiet.returncode == 0
+    listed_versions = (await world.call("member", "GET", "/api/v1/projects/search-a/datasets")).json()[
+        "items"
+    ]
+    assert quiet.stdout == listed_versions[0]["latest_version"]["id"] + "\n"  # the id alone, for $(...)
 
     bad = tmp_path / "judgments.csv"
     bad.write_text("query,product_id,grade\ndrill,p1,3\nsaw,p2,x\n,p1,1\n")
@@ -95,6 +103,17 @@ async def test_cli_imports_and_reports_errors(
     assert failed.returncode == 1
     assert "grade is not a number" in failed.stderr and "query is missing" in failed.stderr
     assert "HTTP 422" in failed.stderr
+
+    # a whole-file problem is one line, printed once, naming what to do
+    for args, message in (
+        ([str(good), "-p", "search-a"], "say which kind of data the csv file holds with --kind"),
+        ([str(good), "-p", "search-a", "--kind", "relevance", "--name", "products"],
+         "dataset 'products' holds catalog data; to import relevance data use --kind relevance with a new --name"),
+    ):  # fmt: skip
+        refused = _data_import(settings, api_server, key, *args)
+        assert refused.returncode == 1
+        assert refused.stderr.count(message) == 1, refused.stderr
+        assert "first 1 of" not in refused.stderr  # no table repeating the message
 
     nokey = recforge(
         "data", "import", str(good), "-p", "search-a", env=cli_env(settings, RECFORGE_API_URL=api_server)

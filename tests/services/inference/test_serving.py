@@ -124,6 +124,25 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     items = filtered.json()["items"]
     assert items and all(it["title"].startswith("Drill") for it in items)
     assert {it["product_id"] for it in items} == {"p0", "p20", "p40"}  # p10, p30 are out of stock
+    assert filtered.json()["warnings"] == []
+    # a level is split at " > " or "/", whatever the case and spaces; a category no product is in says so
+    for spelled in ("Tools/Drill", "TOOLS>drill", " tools /  drill "):
+        same = await client.post(
+            "/recommend",
+            json={"project": "search-a", "query": "drill", "k": 50,
+                  "filters": {"category": spelled, "price_max": 60, "in_stock": True}},
+            headers=key,
+        )  # fmt: skip
+        assert same.json()["items"] == items, spelled
+    unknown = await client.post(
+        "/recommend",
+        json={"project": "search-a", "query": "drill", "filters": {"category": "Tools > Drills"}},
+        headers=key,
+    )
+    assert unknown.status_code == 200 and unknown.json()["items"] == []
+    assert unknown.json()["warnings"] == [
+        "no product is in category 'Tools > Drills'; did you mean 'tools > drill'?"
+    ]
     # one retriever alone: BM25 ranks by its own scores, dense by cosine; lexical needs a query
     alone = {}
     for mode in ("lexical", "dense"):

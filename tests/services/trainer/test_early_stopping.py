@@ -131,3 +131,18 @@ def test_a_resumed_run_keeps_the_evaluations_and_best_weights_of_the_checkpoint(
     assert result.early_stopping["best_step"] == 4 and result.early_stopping["stopped_early"] is True
     kept = _weights(second)
     assert all(torch.equal(kept[k], best[k]) for k in kept)
+
+
+def test_max_steps_is_the_number_of_steps_whatever_epochs_says(model_dir: str, tmp_path: Path) -> None:
+    """40 examples in batches of 16 are 3 steps an epoch: 7 steps pass over the data 2⅓ times, although
+    epochs says 1; without max_steps, epochs counts the passes."""
+    hp = Hyperparameters.model_validate({**_hp().model_dump(), "epochs": 1, "batch_size": 16, "max_steps": 7})
+    result = fit(
+        _task(model_dir), hp, torch.device("cpu"), JobControl(), tmp_path / "a", checkpoint_interval_s=1e9
+    )
+    assert (result.steps, result.epochs_run) == (7, 2.333)
+    hp = Hyperparameters.model_validate({**hp.model_dump(), "epochs": 2, "max_steps": None})
+    result = fit(
+        _task(model_dir), hp, torch.device("cpu"), JobControl(), tmp_path / "b", checkpoint_interval_s=1e9
+    )
+    assert (result.steps, result.epochs_run) == (6, 2.0)

@@ -648,6 +648,10 @@ async def test_cli_submits_a_job_and_follows_it(
     assert cli.returncode == 0, stderr.decode()
     assert "Model version 1 (bi_encoder)" in stdout.decode()
     assert "fine-tuned" in stdout.decode() and "bm25" in stdout.decode() and "zero_shot" in stdout.decode()
+    job = (await world.call("member", "GET", f"{P}/training-jobs")).json()["items"][0]
+    [warning] = job["result"]["warnings"]  # 120 queries, about a tenth of them to validate on
+    assert warning.startswith("the metrics come from 10 validation queries, fewer than 20: they are mostly")
+    assert f"warning: {warning}" in " ".join(stderr.decode().split())
 
     model_id = (await world.call("member", "GET", f"{P}/model-versions")).json()["items"][0]["id"]
     args = [*CLI, "jobs", "submit", "-p", "search-a", "--type", "evaluate",
