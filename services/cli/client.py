@@ -52,7 +52,8 @@ def response_error(response: httpx.Response) -> NoReturn:
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list):
         for item in detail[:20]:
-            if isinstance(item, dict):
+            # an item that only repeats the message (a whole-request problem) is not printed again
+            if isinstance(item, dict) and item.get("msg") != message:
                 loc = ".".join(str(p) for p in item.get("loc", []))
                 err_console.print(f"  {loc}: {item.get('msg')}")
     fail(f"HTTP {response.status_code}: {message or body}")
