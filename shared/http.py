@@ -243,7 +243,9 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
         request_id = incoming or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        # a copy: a server may hand every request the same lifespan state dict, which must not carry
+        # one request's id into another's
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         started = time.perf_counter()
         status = 500
 
