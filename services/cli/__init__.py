@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, demo, jobs, keys, models, projects, stack
+from services.cli import data, demo, jobs, keys, models, projects, simulator, stack
 
 app = typer.Typer(
     name="recforge",
@@ -21,6 +21,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(models.app, name="models")
 app.add_typer(models.deployments_app, name="deployments")
 app.command()(demo.demo)
+app.command("simulate")(simulator.simulate_command)
 
 
 def main() -> None:
