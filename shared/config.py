@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # onnxruntime's idle threads spin for new work: quicker for one model alone, slower when several
     # models (retriever, reranker, other projects) share the cores, as they do in inference.
     ort_spinning: bool = False
+    # What inference served (impressions): buffered in memory and written in batches off the hot path;
+    # a full buffer drops new impressions (counted in /metrics) rather than slow a request.
+    impression_logging: bool = True
+    impression_buffer: int = Field(default=10_000, ge=1, le=1_000_000)
+    impression_batch: int = Field(default=500, ge=1, le=10_000)
+    impression_flush_s: float = Field(default=0.5, gt=0, le=60)
 
     @field_validator("log_level")
     @classmethod

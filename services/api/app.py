@@ -18,6 +18,7 @@ from services.api.datasets.cleanup import sweep_imports
 from services.api.datasets.router import router as datasets_router
 from services.api.deployments.router import router as deployments_router
 from services.api.deps import ApiResources, get_resources
+from services.api.feedback.router import router as feedback_router
 from services.api.milestones.router import router as milestones_router
 from services.api.projects.router import router as projects_router
 from services.api.tasks.router import router as tasks_router
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets_router,
         training_router,
         deployments_router,
+        feedback_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

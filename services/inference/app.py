@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from services.inference.admission import AdaptiveConcurrency, KeyFirst
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import KeyChecker
+from services.inference.impressions import ImpressionLog
 from services.inference.metrics import InferenceMetrics
 from services.inference.openai_shape import OpenAIErrors
 from services.inference.registry import ModelRegistry
@@ -65,12 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=registry,
             keys=KeyChecker(sessionmaker, settings.secret_key.get_secret_value()),
             metrics=metrics,
+            impressions=ImpressionLog(settings, sessionmaker, redis, metrics),
         )
         log.info("onnxruntime providers", extra={"available": ort.get_available_providers()})
         await registry.start()
+        await resources.impressions.start()
         try:
             yield {"resources": resources}
         finally:
+            await resources.impressions.close()
             await registry.close()
             if resources.background:
                 await asyncio.gather(*resources.background, return_exceptions=True)

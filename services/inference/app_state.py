@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.inference.auth import KeyChecker
+from services.inference.impressions import ImpressionLog
 from services.inference.metrics import InferenceMetrics
 from services.inference.registry import ModelRegistry
 from shared.config import Settings
@@ -24,6 +25,7 @@ class InferenceResources:
     registry: ModelRegistry
     keys: KeyChecker
     metrics: InferenceMetrics
+    impressions: ImpressionLog
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
 

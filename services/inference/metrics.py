@@ -55,6 +55,24 @@ class InferenceMetrics:
             registry=self.registry,
         )
 
+        self.impressions_written = Counter(
+            "recforge_inference_impressions_written_total",
+            "Impressions (what a request was served) written to Postgres.",
+            registry=self.registry,
+        )
+        self.impressions_dropped = Counter(
+            "recforge_inference_impressions_dropped_total",
+            "Impressions not written: the buffer was full, the database refused them, or the service "
+            "stopped first.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.impressions_buffered = Gauge(
+            "recforge_inference_impressions_buffered",
+            "Impressions waiting in memory to be written.",
+            registry=self.registry,
+        )
+
         self._routes: dict[str, set[str]] = {}  # model version -> the routes it answered
 
     def took(self, route: str, model_version: str, started: float) -> None:

@@ -14,7 +14,8 @@ from services.inference import service
 from services.inference.admission import CALLER
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import Caller
-from services.inference.registry import ProjectServing
+from services.inference.impressions import Served
+from services.inference.registry import ProjectServing, ServedVersion
 from services.inference.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -30,7 +31,7 @@ from services.inference.schemas import (
     ScoreResponse,
 )
 from shared.errors import Forbidden, NotFound
-from shared.models.enums import KeyRole
+from shared.models.enums import DeploymentRole, KeyRole
 
 log = logging.getLogger("recforge.inference")
 router = APIRouter()
@@ -113,6 +114,20 @@ async def recommend(
         resources.registry, resources.sessionmaker, serving, data, _request_id(request)
     )
     _remember(resources, serving.project_id, answer.request_id, answer.model_version)
+    resources.impressions.record(
+        Served(
+            project_id=serving.project_id,
+            request_id=answer.request_id,
+            endpoint="recommend",
+            model_version_id=answer.model_version,
+            reranker_version_id=answer.reranker_version,
+            arm=_arm(serving.role(DeploymentRole.retriever).canary, answer.model_version),
+            query=data.query,
+            user_id=data.user_id,
+            product_ids=[item.product_id for item in answer.items],
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+    )
     resources.metrics.took("/recommend", answer.model_version, started)
     return answer
 
@@ -135,9 +150,31 @@ async def rerank(
 ) -> RerankResponse:
     """Documents ordered by relevance to the query, best first (as the Cohere and TEI rerank APIs)."""
     started = time.perf_counter()
-    answer = await service.rerank(await _serving(resources, caller, data.project), data, _request_id(request))
+    serving = await _serving(resources, caller, data.project)
+    answer = await service.rerank(serving, data, _request_id(request))
+    if data.product_ids is not None:
+        _remember(resources, serving.project_id, _request_id(request), answer.model_version)
+        role = serving.roles.get(DeploymentRole.reranker) or serving.role(DeploymentRole.retriever)
+        resources.impressions.record(
+            Served(
+                project_id=serving.project_id,
+                request_id=_request_id(request),
+                endpoint="rerank",
+                model_version_id=answer.model_version,
+                reranker_version_id=None,
+                arm=_arm(role.canary, answer.model_version),
+                query=data.query,
+                user_id=None,
+                product_ids=[data.product_ids[result.index] for result in answer.results],
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        )
     resources.metrics.took("/rerank", answer.model_version, started)
     return answer
+
+
+def _arm(canary: ServedVersion | None, answered: str) -> str:
+    return "canary" if canary is not None and str(canary.id) == answered else "primary"
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["inference"])
@@ -199,8 +236,8 @@ async def events(data: EventsRequest, resources: Resources, caller: CallerDep) -
             for r, v in zip(request_ids, found, strict=True)
             if v
         }
-    accepted = await service.store_events(resources.sessionmaker, project_id, data, versions)
-    return EventsResponse(accepted=accepted)
+    accepted, duplicates = await service.store_events(resources.sessionmaker, project_id, data, versions)
+    return EventsResponse(accepted=accepted, duplicates=duplicates)
 
 
 @router.get("/models", responses=ERRORS, tags=["ops"])

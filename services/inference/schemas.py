@@ -4,6 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -135,6 +136,22 @@ class RerankRequest(BaseModel):
     documents: list[Text] = Field(min_length=1, max_length=1000)
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
+    product_ids: list[ProductId] | None = Field(
+        None,
+        max_length=1000,
+        description="The product each document describes, in the same order. Given, the ranking is logged "
+        "as an impression under the request's id (X-Request-ID), so the clicks, carts and purchases sent to "
+        "/events with that id count for the version that reranked.",
+    )
+
+    @model_validator(mode="after")
+    def _one_id_per_document(self) -> RerankRequest:
+        if self.product_ids is not None and len(self.product_ids) != len(self.documents):
+            raise ValueError(
+                f"product_ids has {len(self.product_ids)} ids for {len(self.documents)} documents: "
+                "give one for each document"
+            )
+        return self
 
 
 class RerankResult(BaseModel):
@@ -193,7 +210,20 @@ class EventIn(BaseModel):
         "has the same name.",
     )
     product_id: str = Field(min_length=1, max_length=200)
-    request_id: str | None = Field(None, max_length=64)
+    request_id: str | None = Field(
+        None, max_length=64, description="The id of the request that served the product (its X-Request-ID)."
+    )
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Your id for the event: an event sent again under the same id (a retry) is stored once.",
+    )
+    occurred_at: AwareDatetime | None = Field(
+        None,
+        description="When the shopper acted, by your clock (default: when RecForge received it). Events "
+        "count for the request they name whatever the time says, so a skewed clock moves no metric.",
+    )
     user_id: str | None = Field(None, max_length=200)
     position: int | None = Field(
         None, ge=0, le=MAX_POSITION, description="Where the product was shown (0: first)."
@@ -232,4 +262,5 @@ class EventsRequest(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    accepted: int
+    accepted: int = Field(description="Events stored now.")
+    duplicates: int = Field(0, description="Events whose event_id was stored before: not stored again.")

@@ -10,7 +10,8 @@ import uuid
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference.catalog import Filters
@@ -248,13 +249,16 @@ async def store_events(
     project_id: uuid.UUID,
     data: EventsRequest,
     versions: dict[str, str],
-) -> int:
-    """Insert the events in one statement; each names the model version that served its request."""
+) -> tuple[int, int]:
+    """Insert the events in one statement; each names the model version that served its request. An
+    event whose event_id the project already has is skipped. Returns (stored, skipped)."""
     rows: list[dict[str, Any]] = [
         {
             "project_id": project_id,
             "model_version_id": uuid.UUID(versions[e.request_id]) if e.request_id in versions else None,
             "request_id": e.request_id,
+            "event_id": e.event_id,
+            "occurred_at": e.occurred_at if e.occurred_at is not None else func.now(),
             "event_type": e.event,
             "user_id": e.user_id,
             "product_id": e.product_id,
@@ -264,10 +268,18 @@ async def store_events(
         }
         for e in data.events
     ]
+    statement = (
+        pg_insert(Event)
+        .values(rows)
+        .on_conflict_do_nothing(
+            index_elements=[Event.project_id, Event.event_id], index_where=Event.event_id.is_not(None)
+        )
+        .returning(Event.id)
+    )
     async with sessionmaker() as session:
-        await session.execute(insert(Event), rows)
+        stored = len((await session.execute(statement)).all())
         await session.commit()
-    return len(rows)
+    return stored, len(rows) - stored
 
 
 async def find_project(sessionmaker: async_sessionmaker[AsyncSession], ref: str) -> uuid.UUID:

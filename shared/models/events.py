@@ -4,8 +4,20 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Identity, Index, Integer, String, func
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.models.base import Base, enum_check
@@ -19,6 +31,14 @@ class Event(Base):
     __table_args__ = (
         enum_check("event_type", EventType),
         Index("ix_events_project_id_occurred_at", "project_id", "occurred_at"),
+        # an event sent again under its id is stored once
+        Index(
+            "uq_events_project_id_event_id",
+            "project_id",
+            "event_id",
+            unique=True,
+            postgresql_where=text("event_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -27,6 +47,7 @@ class Event(Base):
         ForeignKey("model_versions.id", ondelete="SET NULL"), index=True
     )
     request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    event_id: Mapped[str | None] = mapped_column(String(64))  # the caller's, for retries
     event_type: Mapped[str] = mapped_column(String(16))
     # The shopper's id in the caller's system, not a RecForge user.
     user_id: Mapped[str | None] = mapped_column(String(200))
@@ -36,3 +57,34 @@ class Event(Base):
     properties: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Impression(Base):
+    """What the inference service served for one request: the products in the order shown (position =
+    index in ``product_ids``), and who answered. Clicks, carts and purchases sent later with the same
+    request id are judged against it (online metrics, feedback datasets)."""
+
+    __tablename__ = "impressions"
+    __table_args__ = (
+        CheckConstraint("arm IN ('primary', 'canary')", name="arm_valid"),
+        CheckConstraint("endpoint IN ('recommend', 'rerank')", name="endpoint_valid"),
+        Index("ix_impressions_project_id_served_at", "project_id", "served_at"),
+        Index("ix_impressions_project_id_request_id", "project_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    request_id: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(16))
+    model_version_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), index=True
+    )
+    reranker_version_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    arm: Mapped[str] = mapped_column(String(8), server_default="primary")
+    query: Mapped[str | None] = mapped_column(String(1000))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    product_ids: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

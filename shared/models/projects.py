@@ -35,6 +35,9 @@ class Project(UUIDPk, Timestamps, Base):
         CheckConstraint("budget_cpu_hours >= 0 AND budget_gpu_hours >= 0", name="budget_non_negative"),
         CheckConstraint("used_cpu_hours >= 0 AND used_gpu_hours >= 0", name="usage_non_negative"),
         CheckConstraint("max_concurrent_jobs >= 1", name="max_concurrent_jobs_positive"),
+        CheckConstraint(
+            "impression_retention_days BETWEEN 1 AND 3650", name="impression_retention_days_valid"
+        ),
     )
 
     slug: Mapped[str] = mapped_column(String(63), unique=True)
@@ -52,6 +55,8 @@ class Project(UUIDPk, Timestamps, Base):
     used_cpu_hours: Mapped[float] = mapped_column(Float, server_default=text("0"))
     used_gpu_hours: Mapped[float] = mapped_column(Float, server_default=text("0"))
     max_concurrent_jobs: Mapped[int] = mapped_column(Integer, server_default=text("2"))
+    # how long what inference served is kept (impressions); older rows are deleted in bounded batches
+    impression_retention_days: Mapped[int] = mapped_column(Integer, server_default=text("90"))
 
 
 class ProjectMember(Base):

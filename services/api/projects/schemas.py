@@ -61,6 +61,9 @@ class ProjectCreate(BaseModel):
         description="Default: RECFORGE_DEFAULT_CPU_HOURS CPU-hours and RECFORGE_DEFAULT_GPU_HOURS GPU-hours.",
     )
     max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
+    impression_retention_days: int = Field(
+        default=90, ge=1, le=3650, description="Days what inference served (impressions) is kept."
+    )
 
     @field_validator("slug")
     @classmethod
@@ -91,10 +94,16 @@ class ProjectUpdate(BaseModel):
     target_date: dt.date | None = None
     budget: Budget | None = None
     max_concurrent_jobs: int | None = Field(default=None, ge=1, le=64)
+    impression_retention_days: int | None = Field(
+        default=None, ge=1, le=3650, description="Days what inference served (impressions) is kept."
+    )
 
     @model_validator(mode="after")
     def _no_nulls_for_required(self) -> Self:
-        reject_nulls(self, ("name", "description", "status", "budget", "max_concurrent_jobs"))
+        reject_nulls(
+            self,
+            ("name", "description", "status", "budget", "max_concurrent_jobs", "impression_retention_days"),
+        )
         return self
 
 
@@ -110,6 +119,7 @@ class ProjectRead(BaseModel):
     target_date: dt.date | None
     budget: BudgetRead
     max_concurrent_jobs: int
+    impression_retention_days: int
     my_role: ProjectRole | None = Field(description="The caller's role; null for admins who are not members.")
     created_at: dt.datetime
     updated_at: dt.datetime

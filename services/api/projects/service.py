@@ -41,6 +41,7 @@ from shared.models.enums import ProjectRole, ProjectStatus, TaskStatus
 PROJECT_FIELDS = (
     "slug", "name", "description", "status", "owner_id", "goal_metric", "goal_operator", "goal_value",
     "start_date", "target_date", "budget_cpu_hours", "budget_gpu_hours", "max_concurrent_jobs",
+    "impression_retention_days",
 )  # fmt: skip
 
 # proposed -> active -> paused <-> active -> done; archived is the end (done may reopen).
@@ -92,6 +93,7 @@ def to_read(project: Project, role: ProjectRole | str | None) -> ProjectRead:
         target_date=project.target_date,
         budget=_budget(project),
         max_concurrent_jobs=project.max_concurrent_jobs,
+        impression_retention_days=project.impression_retention_days,
         my_role=ProjectRole(role) if role else None,
         created_at=project.created_at,
         updated_at=project.updated_at,
@@ -126,6 +128,7 @@ async def create_project(
         budget_cpu_hours=_given(data.budget, "cpu_hours", defaults.cpu_hours),
         budget_gpu_hours=_given(data.budget, "gpu_hours", defaults.gpu_hours),
         max_concurrent_jobs=data.max_concurrent_jobs,
+        impression_retention_days=data.impression_retention_days,
     )
     session.add(project)
     try:
@@ -200,7 +203,9 @@ async def update_project(session: AsyncSession, ctx: ProjectContext, data: Proje
             "target_date must not be before start_date",
             detail=[{"loc": ["body", "target_date"], "msg": "before start_date"}],
         )
-    for name in ("name", "description", "start_date", "target_date", "max_concurrent_jobs"):
+    for name in (
+        "name", "description", "start_date", "target_date", "max_concurrent_jobs", "impression_retention_days"
+    ):  # fmt: skip
         if name in changes:
             setattr(project, name, changes[name])
     if "goal" in changes:

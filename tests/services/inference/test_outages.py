@@ -45,7 +45,7 @@ async def test_events_are_stored_while_redis_is_down(
                     headers=bearer(world.keys["service"]),
                 )
                 assert sent.status_code == 202, sent.text
-                assert sent.json() == {"accepted": 2}
+                assert sent.json() == {"accepted": 2, "duplicates": 0}
     async with sessionmaker() as session:
         stored = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
     assert [(e.event_type, e.request_id, e.model_version_id) for e in stored] == [

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.config import Settings
-from shared.models import Event
+from shared.models import Event, Impression
 from shared.onnxmodel import OnnxTextModel
 from tests.support.training import PROJECT as P
 from tests.support.training import train as _train
@@ -203,6 +203,22 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     cross_file = "model_int8" if cross["artifacts"]["model_int8"]["servable"] else "model"
     logits = _model(settings, cross, cross_file).score_pairs([("drill", d) for d in documents])
     assert [r["index"] for r in results] == list(np.argsort(-logits, kind="stable")[:2])
+    # given the product each document is, the ranking is logged as an impression under the request id
+    logged = await client.post(
+        "/rerank",
+        json={"project": "search-a", "query": "drill", "documents": documents, "top_n": 2,
+              "product_ids": ["p0", "p2", "p3"]},
+        headers={**key, "X-Request-ID": "rerank-7"},
+    )  # fmt: skip
+    assert logged.status_code == 200, logged.text
+    rerank_order = [["p0", "p2", "p3"][r["index"]] for r in logged.json()["results"]]
+    mismatched = await client.post(
+        "/rerank",
+        json={"project": "search-a", "query": "drill", "documents": documents, "product_ids": ["p0"]},
+        headers=key,
+    )
+    assert mismatched.status_code == 422
+    assert "product_ids has 1 ids for 3 documents" in mismatched.text
 
     # /classify
     labels = await client.post(
@@ -232,7 +248,7 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
         ]},
         headers=key,
     )  # fmt: skip
-    assert stored.status_code == 202 and stored.json() == {"accepted": 2}
+    assert stored.status_code == 202 and stored.json() == {"accepted": 2, "duplicates": 0}
     async with sessionmaker() as session:
         rows = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
     assert [str(r.model_version_id) if r.model_version_id else None for r in rows] == [deployed["bi"], None]
@@ -242,9 +258,44 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     )
     assert "p7" not in [it["product_id"] for it in stored_user.json()["items"]]
 
+    # every /recommend left an impression: what was served, in order, by which versions, for whom
+    answered = stored_user.json()
+    for _ in range(100):  # written in batches, off the request's path
+        async with sessionmaker() as session:
+            found = (
+                await session.execute(
+                    select(Impression).where(Impression.request_id == answered["request_id"])
+                )
+            ).scalar_one_or_none()
+        if found is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert found is not None
+    assert found.product_ids == [it["product_id"] for it in answered["items"]]
+    assert (str(found.model_version_id), found.reranker_version_id, found.arm) == (
+        deployed["bi"],
+        None,
+        "primary",
+    )
+    assert (found.endpoint, found.query, found.user_id) == ("recommend", None, "u1") and found.latency_ms > 0
+    async with sessionmaker() as session:
+        reranked = (
+            (await session.execute(select(Impression).where(Impression.reranker_version_id.is_not(None))))
+            .scalars()
+            .all()
+        )
+    assert [(str(r.reranker_version_id), r.query) for r in reranked] == [(deployed["cross"], "drill")]
+    async with sessionmaker() as session:
+        by_rerank = (
+            await session.execute(select(Impression).where(Impression.endpoint == "rerank"))
+        ).scalar_one()
+    assert (by_rerank.request_id, by_rerank.product_ids) == ("rerank-7", rerank_order)
+    assert str(by_rerank.model_version_id) == deployed["cross"]
+
     metrics = await client.get("/metrics", headers=bearer(world.admin))
     assert 'recforge_inference_request_seconds_count{model_version="' in metrics.text
     assert "recforge_inference_batch_size_bucket" in metrics.text
+    assert "recforge_inference_impressions_written_total" in metrics.text
 
 
 async def test_callers_need_a_service_key_of_the_project(
@@ -470,6 +521,35 @@ async def test_an_events_type_is_named_event_as_in_the_interactions_dataset_and_
     async with sessionmaker() as session:
         rows = (await session.execute(select(Event).order_by(Event.product_id))).scalars().all()
     assert [(r.event_type, r.product_id) for r in rows] == [("cart", "p1"), ("purchase", "p2")]
+
+
+async def test_an_event_sent_again_under_its_id_is_stored_once_and_its_own_time_is_kept(
+    world: World, inference_client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    skewed = "2026-11-02T09:00:00+05:00"  # a caller's clock hours off: stored as sent, moves no metric
+    events = [
+        {"event": "click", "product_id": "p1", "request_id": "r1", "event_id": "e-1", "occurred_at": skewed},
+        {"event": "click", "product_id": "p1", "request_id": "r1", "event_id": "e-1"},  # a retry in the batch
+        {"event": "cart", "product_id": "p1", "request_id": "r1"},
+    ]
+    key = bearer(world.keys["service"])
+    first = await inference_client.post(
+        "/events", json={"project": "search-a", "events": events}, headers=key
+    )
+    assert first.status_code == 202 and first.json() == {"accepted": 2, "duplicates": 1}
+    again = await inference_client.post(
+        "/events", json={"project": "search-a", "events": events[:1]}, headers=key
+    )
+    assert again.json() == {"accepted": 0, "duplicates": 1}
+    naive = {**events[0], "event_id": "e-2", "occurred_at": "2026-11-02T09:00:00"}
+    refused = await inference_client.post(
+        "/events", json={"project": "search-a", "events": [naive]}, headers=key
+    )
+    assert refused.status_code == 422  # a time without its zone could be any time
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
+    assert [(r.event_type, r.event_id) for r in rows] == [("click", "e-1"), ("cart", None)]
+    assert rows[0].occurred_at.isoformat() == "2026-11-02T04:00:00+00:00"
 
 
 class _ThreadRecordingTokenizer:

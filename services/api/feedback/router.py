@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from services.api.context import ProjectDep
+from services.api.deps import SessionDep
+from services.api.errors import ERRORS
+from services.api.feedback import service
+from services.api.feedback.schemas import Bucket, OnlineMetrics, OnlineRole
+
+router = APIRouter(tags=["feedback"])
+
+
+@router.get("/projects/{project_id}/online-metrics", response_model=OnlineMetrics, responses=ERRORS)
+async def online_metrics(
+    ctx: ProjectDep,
+    session: SessionDep,
+    start: Annotated[
+        dt.datetime | None, Query(alias="from", description="Inclusive; default: 7 days before `to`.")
+    ] = None,
+    end: Annotated[dt.datetime | None, Query(alias="to", description="Exclusive; default: now.")] = None,
+    version: Annotated[uuid.UUID | None, Query(description="Only this model version.")] = None,
+    role: Annotated[
+        OnlineRole,
+        Query(description="retriever: /recommend answers; reranker: the answers a cross-encoder reordered."),
+    ] = OnlineRole.retriever,
+    bucket: Bucket = Bucket.day,
+    k: Annotated[int, Query(ge=1, le=100, description="The cut-off of CTR@k.")] = 10,
+) -> OnlineMetrics:
+    """How each model version does with shoppers, per hour or day, from what inference served
+    (impressions) and the clicks, carts and purchases sent to /events with the same request id:
+    requests, products shown, CTR@k, cart and purchase rates per request, the mean reciprocal rank of
+    the best-placed click, the zero-click rate and the service's latency (p50, p99)."""
+    return await service.online_metrics(
+        session, ctx, role=role, start=start, end=end, bucket=bucket, k=k, version=version
+    )
