@@ -100,7 +100,8 @@ async def run(args: argparse.Namespace) -> None:
     await connection.execute(f'CREATE DATABASE "{name}"')
     await connection.close()
     try:
-        upgrade(to_async_url(scratch.render_as_string(hide_password=False)))
+        # alembic runs its own event loop: in a thread, beside this one
+        await asyncio.to_thread(upgrade, to_async_url(scratch.render_as_string(hide_password=False)))
         start = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
         began = time.perf_counter()
         project_id, _ = await fill(scratch.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -128,9 +129,12 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             await engine.dispose()
     finally:
-        connection = await asyncpg.connect(admin)
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.close()
+        if args.keep:
+            print(f"kept the database {name}")
+        else:
+            connection = await asyncpg.connect(admin)
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await connection.close()
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
 
 
@@ -141,6 +145,7 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch database (to explain queries).")
     asyncio.run(run(parser.parse_args()))
 
 
