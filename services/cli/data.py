@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -268,3 +269,95 @@ def stats(
     if response.status_code != 200:
         response_error(response)
     console.print_json(json.dumps(response.json()))
+
+
+@app.command("feedback")
+def feedback(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
+    since: Annotated[
+        str | None,
+        typer.Option("--from", help="The window's start, ISO 8601 (default: --days before --to)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="The window's end, ISO 8601 (default: now).")
+    ] = None,
+    days: Annotated[float, typer.Option(min=0.001, max=366, help="The window's length without --from.")] = 7,
+    name: Annotated[
+        str, typer.Option(help="The relevance dataset the rows become a version of.")
+    ] = "feedback",
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base", help="A relevance dataset version of people's judgments to merge in (they win)."
+        ),
+    ] = None,
+    min_impressions: Annotated[
+        int, typer.Option(min=1, help="Pairs shown fewer times than this are left out.")
+    ] = 10,
+    cart_weight: Annotated[
+        float, typer.Option(min=0, help="How much more a cart counts than a click.")
+    ] = 2.0,
+    purchase_weight: Annotated[
+        float, typer.Option(min=0, help="How much more a purchase counts than a click.")
+    ] = 4.0,
+    sequences: Annotated[
+        bool, typer.Option("--sequences/--no-sequences", help="Also write NAME-sequences.")
+    ] = True,
+    idempotency_key: Annotated[str | None, typer.Option(help="Repeat-safe submission key.")] = None,
+    watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow the job until it ends.")] = True,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Print only the relevance dataset version's id (for scripts)."),
+    ] = False,
+    url: ApiUrl = None,
+    key: ApiKey = None,
+) -> None:
+    """Turn what shoppers did with served results into training data: a feedback job grades each
+    (query, product) pair shown in the window with a position-based click model (carts and purchases
+    weigh more) and writes a new version of the relevance dataset NAME, and of NAME-sequences from each
+    shopper's carts and purchases."""
+    from services.cli.jobs import print_feedback, watch_job
+
+    window: dict[str, str] = {}
+    for option, value, field in (("--from", since, "from"), ("--to", until, "to")):
+        if value is None:
+            continue
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            fail(f"{option} {value!r} is not an ISO 8601 time, e.g. 2026-12-01 or 2026-12-01T08:00:00+00:00")
+        window[field] = (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).isoformat()
+    if "from" not in window:
+        end = dt.datetime.fromisoformat(window["to"]) if "to" in window else dt.datetime.now(dt.UTC)
+        window["from"] = (end - dt.timedelta(days=days)).isoformat()
+        window.setdefault("to", end.isoformat())
+    body: dict[str, Any] = {
+        **window,
+        "name": name,
+        "min_impressions": min_impressions,
+        "cart_weight": cart_weight,
+        "purchase_weight": purchase_weight,
+        "sequences": sequences,
+    }
+    if base:
+        body["base_dataset_version_id"] = base
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    settings = load_settings()
+    with api_client(settings, url, key) as client:
+        response = client.post(f"/api/v1/projects/{project}/feedback-jobs", json=body, headers=headers)
+        if response.status_code != 202:
+            response_error(response)
+        job = response.json()
+        err_console.print(f"Queued feedback job {job['id']} over {window['from']} .. {window['to']}")
+        if not watch:
+            console.print(job["id"])
+            return
+        done = watch_job(client, job["id"])
+    if done["status"] != "succeeded":
+        fail(f"feedback job {done['id']} {done['status']}: {done.get('error') or ''}".strip())
+    result = done.get("result") or {}
+    if quiet:
+        relevance = [d for d in result.get("dataset_versions", []) if d["kind"] == "relevance"]
+        console.print(relevance[0]["dataset_version_id"] if relevance else done["id"], highlight=False)
+        return
+    print_feedback(result)

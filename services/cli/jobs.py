@@ -102,10 +102,28 @@ def _print_result(job: dict[str, Any]) -> None:
             f"int8 ({result['int8_preset']}): metric drop {result['int8_metric_drop']:.4f}, "
             f"servable {result['int8_servable']}; fp16 max abs diff {result['fp16_max_abs_diff']}"
         )
+    elif job["job_type"] == "feedback":
+        print_feedback(result)
     elif job["job_type"] == "index":
         console.print(
             f"Embedded {result['count']:,} products ({result['dim']} dimensions, {result['model_file']}) "
             f"into {result['files']['embeddings']['path']}"
+        )
+
+
+def print_feedback(result: dict[str, Any]) -> None:
+    graded = result.get("relevance", {})
+    console.print(
+        f"{result.get('impressions', 0):,} impressions and {result.get('events', 0):,} events read: "
+        f"{graded.get('searches', 0):,} searches, {graded.get('pairs_kept', 0):,} of "
+        f"{graded.get('pairs_seen', 0):,} (query, product) pairs shown often enough to grade"
+    )
+    for written in result.get("dataset_versions", []):
+        made = "new version" if written["created"] else "the same rows as version"
+        console.print(
+            f"{written['kind']:10} {written['name']} {made} {written['version']}: {written['rows']:,} rows, "
+            f"id {written['dataset_version_id']}",
+            highlight=False,
         )
 
 

@@ -38,7 +38,7 @@ RETENTION_LOCK = "recforge:impressions:retention"
 CLOSE_WITHIN_S = 10.0
 COLUMNS = [
     "project_id", "request_id", "endpoint", "model_version_id", "reranker_version_id", "arm", "query",
-    "user_id", "product_ids", "latency_ms", "served_at",
+    "user_id", "product_ids", "latency_ms", "explored", "served_at",
 ]  # fmt: skip
 
 
@@ -56,6 +56,7 @@ class Served:
     user_id: str | None
     product_ids: list[str]
     latency_ms: float
+    explored: bool = False
     served_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def record(self) -> tuple[Any, ...]:
@@ -75,6 +76,7 @@ class Served:
             "user_id": self.user_id,
             "product_ids": self.product_ids,
             "latency_ms": round(self.latency_ms, 3),
+            "explored": self.explored,
             "served_at": self.served_at,
         }
 

@@ -114,6 +114,7 @@ class ProjectServing:
     rules: tuple[Rule, ...] = ()  # merchandising, in creation order
     # deployments this replica could not load; a role among them serves the version it had, if any
     failed: dict[DeploymentRole, LoadFailure] = field(default_factory=dict)
+    exploration_percent: float = 0.0  # searches whose top k is shown in a random order
 
     def role(self, role: DeploymentRole) -> RoleServing:
         found = self.roles.get(role)
@@ -328,13 +329,13 @@ class ModelRegistry:
             async with self._sessionmaker() as session:
                 rows = (
                     await session.execute(
-                        select(Deployment, Project.slug)
+                        select(Deployment, Project.slug, Project.exploration_percent)
                         .join(Project, Project.id == Deployment.project_id)
                         .where(Deployment.is_active)
                     )
                 ).all()
-                version_ids = {d.model_version_id for d, _ in rows} | {
-                    d.canary_model_version_id for d, _ in rows if d.canary_model_version_id
+                version_ids = {d.model_version_id for d, _, _ in rows} | {
+                    d.canary_model_version_id for d, _, _ in rows if d.canary_model_version_id
                 }
                 versions = {
                     v.id: v
@@ -359,7 +360,7 @@ class ModelRegistry:
                         )
                     )
                 catalogs: dict[uuid.UUID, tuple[str, dict[str, Any]] | None] = {}
-                for deployment, _ in rows:
+                for deployment, _, _ in rows:
                     if deployment.project_id not in catalogs:
                         found = await latest_catalog_version(session, deployment.project_id)
                         catalogs[deployment.project_id] = (str(found.id), found.tables) if found else None
@@ -367,8 +368,10 @@ class ModelRegistry:
             slugs: dict[str, uuid.UUID] = {}
             failed: dict[uuid.UUID, dict[DeploymentRole, LoadFailure]] = {}
             keep: set[tuple[uuid.UUID, str | None]] = set()
-            for deployment, slug in rows:
+            exploration: dict[uuid.UUID, float] = {}
+            for deployment, slug, explore in rows:
                 slugs[slug] = deployment.project_id
+                exploration[deployment.project_id] = float(explore)
                 catalog = catalogs.get(deployment.project_id)
                 role = DeploymentRole(deployment.role)
                 try:
@@ -412,6 +415,7 @@ class ModelRegistry:
                         for role, f in failed.get(project_id, {}).items()
                         if role not in projects.get(project_id, {})
                     },
+                    exploration.get(project_id, 0.0),
                 )
                 for project_id in {*projects, *failed}
             }

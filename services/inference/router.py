@@ -126,6 +126,7 @@ async def recommend(
             user_id=data.user_id,
             product_ids=[item.product_id for item in answer.items],
             latency_ms=(time.perf_counter() - started) * 1000,
+            explored=answer.explored,
         )
     )
     resources.metrics.took("/recommend", answer.model_version, started)

@@ -79,6 +79,11 @@ class RecommendResponse(BaseModel):
     reranker_version: str | None = None
     items: list[Item]
     took_ms: float
+    explored: bool = Field(
+        False,
+        description="The items are the top k in a random order: the project explores (its "
+        "exploration_percent), so that feedback can tell a position's pull from a product's.",
+    )
     warnings: list[str] = Field(
         default_factory=list,
         description="What the request asked for that the catalog lacks, e.g. a filter category no product "

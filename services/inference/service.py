@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import random
 import time
 import uuid
 from typing import Any
@@ -75,6 +76,16 @@ async def _stored_history(
         return [pid for (pid,) in rows][::-1]
 
 
+def explores(serving: ProjectServing, request_id: str) -> bool:
+    """Whether this search is one of the project's exploration share (decided by the request id, so a
+    retried request is answered alike). Its top k are then shown in a random order (the RandTop-k
+    intervention of Wang et al., *Learning to Rank with Selection Bias in Personal Search*, 2016):
+    every product turns up at every rank now and then, which is what lets a click model separate the
+    pull of a position from the pull of a product."""
+    share = serving.exploration_percent / 100
+    return share > 0 and random.Random(f"explore:{request_id}").random() < share
+
+
 async def recommend(
     registry: ModelRegistry,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -126,12 +137,16 @@ async def recommend(
         Item(product_id=catalog.ids[p], title=catalog.titles[p], score=round(float(score), 6))
         for p, score in ranked[: data.k]
     ]
+    explored = data.query is not None and len(items) > 1 and explores(serving, request_id)
+    if explored:
+        random.Random(f"order:{request_id}").shuffle(items)
     return RecommendResponse(
         request_id=request_id,
         model_version=str(version.id),
         reranker_version=str(reranker.id) if reranker else None,
         items=items,
         took_ms=_ms(started),
+        explored=explored,
         warnings=catalog.filter_warnings(filters),
     )
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from services.trainer import janitor
 from services.trainer.context import WorkerContext, worker_context
 from services.trainer.control import JobCancelled, JobControl, StopReason
-from services.trainer.store import Claimed, NewVersion, NotClaimed
+from services.trainer.store import Claimed, DatasetClash, NewDatasets, NewVersion, NotClaimed
+from shared.datasets import storage
 from shared.jobs import enqueue_training_job, progress_channel
 from shared.models.enums import JobStatus, JobType
 
@@ -33,7 +34,7 @@ log = logging.getLogger("recforge.trainer")
 def handler(job_type: JobType) -> Handler:
     """The handler of a job type. torch and transformers load with the first job, not when the worker
     starts, so a worker is ready (and answers /readyz) in moments."""
-    from services.trainer.jobs import evaluate, export, finetune, index
+    from services.trainer.jobs import evaluate, export, feedback, finetune, index
 
     handlers: dict[JobType, Handler] = {
         JobType.bi_encoder: finetune.run,
@@ -42,6 +43,7 @@ def handler(job_type: JobType) -> Handler:
         JobType.evaluate: evaluate.run,
         JobType.export: export.run,
         JobType.index_catalog: index.run,
+        JobType.feedback: feedback.run,
     }
     return handlers[job_type]
 
@@ -214,6 +216,7 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
             device=device,
             started=started,
             note_output=lambda version_id: wc.store.note_output(claimed, version_id),
+            store=wc.store,
         )
         outcome = await handler(claimed.job_type)(job_run)
     except asyncio.CancelledError:
@@ -252,6 +255,8 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+    if isinstance(outcome, NewDatasets):
+        return await _record_datasets(wc, claimed, outcome)
     if isinstance(outcome, NewVersion):
         owned = await wc.store.register(claimed, outcome)
     else:
@@ -269,4 +274,31 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         log.info("job succeeded", extra={"job_id": job_id, "model_version_id": str(outcome.id)})
         return f"succeeded: model version {outcome.id}"
     log.info("job succeeded", extra={"job_id": job_id})
+    return "succeeded"
+
+
+async def _record_datasets(wc: WorkerContext, claimed: Claimed, outcome: NewDatasets) -> str:
+    """Register a feedback job's dataset versions; the files of any not registered go."""
+    job_id = str(claimed.job.id)
+
+    def drop(keep: dict[uuid.UUID, bool]) -> None:
+        for new in outcome.datasets:
+            if not keep.get(new.version_id):
+                storage.remove_version(wc.settings.data_dir, new.storage_path)
+
+    try:
+        stored = await wc.store.record_datasets(claimed, outcome)
+    except DatasetClash as exc:
+        drop({})
+        await _end(wc, claimed, JobStatus.failed, error=str(exc))
+        return "failed"
+    except BaseException:
+        drop({})
+        raise
+    drop(stored or {})
+    if stored is None:
+        log.warning("job taken over by another run: its result is dropped", extra={"job_id": job_id})
+        return "superseded: the job is no longer this run's"
+    await publish(wc, claimed.job.id, {"id": job_id, "status": JobStatus.succeeded.value})
+    log.info("job succeeded", extra={"job_id": job_id, "dataset_versions": len(outcome.datasets)})
     return "succeeded"

@@ -16,12 +16,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select, type_coerce, update
+from sqlalchemy import and_, func, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.datasets.catalog import latest_catalog_version
 from shared.db import unit_of_work
+from shared.feedback import Action, Served
 from shared.models import Dataset, DatasetVersion, ModelVersion, Project, TrainingJob
 from shared.models.enums import DatasetKind, JobStatus, JobType, ModelStatus
 from shared.training import NEEDS_MODEL, TASK_OF
@@ -121,6 +122,36 @@ class VersionResult:
 
 
 @dataclass(frozen=True)
+class NewDataset:
+    """One dataset version a feedback job wrote (its files are in place; its row is not yet)."""
+
+    name: str
+    kind: DatasetKind
+    version_id: uuid.UUID
+    storage_path: str  # relative to DATA_DIR
+    tables: dict[str, Any]  # the manifest
+    row_count: int
+    content_hash: str
+    stats: dict[str, Any]
+    splits: dict[str, Any]
+    split_seed: int
+    lineage: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewDatasets:
+    """What a feedback job made: dataset versions, and a result for the job's row."""
+
+    datasets: tuple[NewDataset, ...]
+    result: dict[str, Any]
+    progress: dict[str, Any]
+
+
+class DatasetClash(Exception):
+    """A dataset of the name exists with another kind."""
+
+
+@dataclass(frozen=True)
 class LiveRuns:
     """The jobs one worker is running now: never reaped by that worker."""
 
@@ -217,7 +248,7 @@ class JobStore:
             version = await session.get(ModelVersion, job.input_model_version_id)
             if version is None or "model" not in (version.artifacts or {}):
                 raise _CannotRun("its model version is gone or has no ONNX graph")
-        elif job_type not in TASK_OF:
+        elif job_type not in TASK_OF and job_type != JobType.feedback:
             raise _CannotRun(f"{job.job_type} jobs are not run by this trainer version")
 
         def claimed(
@@ -247,6 +278,15 @@ class JobStore:
             if found is None or "catalog" not in found[0].tables:
                 raise _CannotRun("its dataset version is gone or holds no catalog")
             return claimed(None, found[0].tables, catalog_version_id=found[0].id)
+        if job_type == JobType.feedback:  # reads the logs; a base version is merged in
+            catalog = await latest_catalog_version(session, job.project_id)
+            base: dict[str, Any] = {}
+            if job.dataset_version_id is not None:
+                found = await self._dataset_version(session, job.dataset_version_id)
+                if found is None:
+                    raise _CannotRun("its base dataset version is gone")
+                base = found[0].tables
+            return claimed(DatasetKind.relevance, base, catalog.tables if catalog else None)
         # an export checks its version on the version's own training data
         source = (
             version.dataset_version_id if job_type == JobType.export and version else job.dataset_version_id
@@ -428,6 +468,128 @@ class JobStore:
                     export = {**row.compute.get("export", {}), "rebuild": outcome.rebuild}
                     row.compute = {**row.compute, "export": export}
         return True
+
+    async def feedback_window(
+        self, project_id: uuid.UUID, start: Any, end: Any
+    ) -> tuple[list[Served], list[Action]]:
+        """What the project served in [start, end), and the clicks, carts and purchases that came of it
+        (by request id, whenever they arrived) or happened in the window (for shoppers' sequences)."""
+        window = {"project_id": project_id, "start": start, "end": end}
+        async with self.sessionmaker() as session:
+            served = [
+                Served(*row)
+                for row in await session.execute(
+                    text(
+                        "SELECT request_id, query, user_id, product_ids FROM impressions"
+                        " WHERE project_id = :project_id AND served_at >= :start AND served_at < :end"
+                        " ORDER BY served_at, id"
+                    ),
+                    window,
+                )
+            ]
+            actions = [
+                Action(*row)
+                for row in await session.execute(
+                    text(
+                        "SELECT e.request_id, e.product_id, e.event_type, e.user_id, e.occurred_at"
+                        " FROM events e WHERE e.project_id = :project_id"
+                        " AND e.event_type IN ('click', 'cart', 'purchase')"
+                        " AND ((e.occurred_at >= :start AND e.occurred_at < :end) OR e.request_id IN ("
+                        "   SELECT i.request_id FROM impressions i WHERE i.project_id = :project_id"
+                        "   AND i.served_at >= :start AND i.served_at < :end))"
+                        " ORDER BY e.occurred_at, e.id"
+                    ),
+                    window,
+                )
+            ]
+        return served, actions
+
+    async def record_datasets(self, claimed: Claimed, outcome: NewDatasets) -> dict[uuid.UUID, bool] | None:
+        """Store a feedback job's dataset versions and end the job succeeded, all or nothing. A version
+        whose content a version of its dataset already holds is not stored twice: that one is named in
+        the result instead. Returns, per version written, whether it was stored (False: a twin was
+        found, its files are not needed); None (and nothing written) when the job is no longer this
+        run's. Raises DatasetClash when a dataset of the name holds another kind of data."""
+        job = claimed.job
+        stored: dict[uuid.UUID, bool] = {}
+        outputs: list[dict[str, Any]] = []
+        async with unit_of_work(self.sessionmaker) as session:
+            await session.execute(select(Project.id).where(Project.id == job.project_id).with_for_update())
+            for new in outcome.datasets:
+                dataset = (
+                    await session.execute(
+                        select(Dataset).where(Dataset.project_id == job.project_id, Dataset.name == new.name)
+                    )
+                ).scalar_one_or_none()
+                if dataset is None:
+                    dataset = Dataset(
+                        project_id=job.project_id,
+                        name=new.name,
+                        kind=new.kind.value,
+                        format="parquet",
+                        description="Made from shoppers' feedback by feedback jobs.",
+                        created_by=job.created_by,
+                    )
+                    session.add(dataset)
+                    await session.flush()
+                elif dataset.kind != new.kind.value:
+                    raise DatasetClash(
+                        f"dataset {new.name!r} holds {dataset.kind} data, not {new.kind.value}: "
+                        "give the feedback job another name"
+                    )
+                twin = (
+                    await session.execute(
+                        select(DatasetVersion).where(
+                            DatasetVersion.dataset_id == dataset.id,
+                            DatasetVersion.content_hash == new.content_hash,
+                        )
+                    )
+                ).scalar_one_or_none()
+                if twin is None:
+                    number = (
+                        await session.execute(
+                            select(func.coalesce(func.max(DatasetVersion.version), 0)).where(
+                                DatasetVersion.dataset_id == dataset.id
+                            )
+                        )
+                    ).scalar_one() + 1
+                    twin = DatasetVersion(
+                        id=new.version_id,
+                        dataset_id=dataset.id,
+                        version=number,
+                        content_hash=new.content_hash,
+                        format="parquet",
+                        source_filename=f"feedback job {job.id}",
+                        storage_path=new.storage_path,
+                        tables=new.tables,
+                        row_count=new.row_count,
+                        stats=new.stats,
+                        splits=new.splits,
+                        split_seed=new.split_seed,
+                        lineage=new.lineage,
+                        created_by=job.created_by,
+                    )
+                    session.add(twin)
+                    await session.flush()
+                stored[new.version_id] = twin.id == new.version_id
+                outputs.append(
+                    {
+                        "kind": new.kind.value,
+                        "dataset_id": str(dataset.id),
+                        "name": new.name,
+                        "dataset_version_id": str(twin.id),
+                        "version": twin.version,
+                        "rows": twin.row_count,
+                        "created": stored[new.version_id],
+                    }
+                )
+            result = {**outcome.result, "dataset_versions": outputs}
+            if not await self._succeed(
+                session, claimed, {**outcome.progress, "phase": "done"}, result=result
+            ):
+                await session.rollback()
+                return None
+        return stored
 
     async def note_output(self, claimed: Claimed, version_id: uuid.UUID) -> bool:
         """Record, before its files are written, the version folder this run's fine-tune fills, so the

@@ -47,6 +47,8 @@ class DatasetVersion(UUIDPk, CreatedAt, Base):
     stats: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     splits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     split_seed: Mapped[int | None] = mapped_column(Integer)
+    # where the rows came from when not from an upload: a feedback job's window and base version
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
 

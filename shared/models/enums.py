@@ -67,6 +67,7 @@ class JobType(StrEnum):
     evaluate = "evaluate"
     export = "export"
     index_catalog = "index"  # "index" would shadow str.index
+    feedback = "feedback"  # impressions and events -> a dataset version
 
 
 class JobStatus(StrEnum):

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -87,4 +88,6 @@ class Impression(Base):
     user_id: Mapped[str | None] = mapped_column(String(200))
     product_ids: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
     latency_ms: Mapped[float] = mapped_column(Float)
+    # the top k was shown in a random order (the project's exploration share)
+    explored: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -38,6 +38,7 @@ class Project(UUIDPk, Timestamps, Base):
         CheckConstraint(
             "impression_retention_days BETWEEN 1 AND 3650", name="impression_retention_days_valid"
         ),
+        CheckConstraint("exploration_percent BETWEEN 0 AND 50", name="exploration_percent_valid"),
     )
 
     slug: Mapped[str] = mapped_column(String(63), unique=True)
@@ -57,6 +58,9 @@ class Project(UUIDPk, Timestamps, Base):
     max_concurrent_jobs: Mapped[int] = mapped_column(Integer, server_default=text("2"))
     # how long what inference served is kept (impressions); older rows are deleted in bounded batches
     impression_retention_days: Mapped[int] = mapped_column(Integer, server_default=text("90"))
+    # the share of /recommend answers (percent) whose top k is shown in a random order, so that feedback
+    # can tell a product's appeal from the appeal of its position
+    exploration_percent: Mapped[float] = mapped_column(Float, server_default=text("0"))
 
 
 class ProjectMember(Base):

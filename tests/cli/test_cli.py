@@ -12,7 +12,7 @@ from shared.security import hash_api_key
 from tests.support.processes import cli_env, recforge
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["keys"],
-            ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"],
+            ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"], ["data", "feedback"], ["simulate"],
             ["jobs"], ["jobs", "submit"], ["jobs", "watch"], ["jobs", "cancel"], ["projects"],
             ["projects", "create"], ["projects", "list"], ["projects", "show"], ["projects", "update"],
             ["jobs", "list"], ["models"], ["models", "list"], ["models", "show"], ["models", "promote"],

@@ -108,6 +108,10 @@ class DatasetVersionRead(BaseModel):
     row_count: int
     splits: dict[str, Any]
     split_seed: int | None
+    lineage: dict[str, Any] = Field(
+        description="Where the rows came from when not from an upload: a feedback job's id, window "
+        "(from, to), base version and the impressions and events it read. Empty for imports."
+    )
     created_by: uuid.UUID | None
     created_at: dt.datetime
 

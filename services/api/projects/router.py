@@ -53,9 +53,12 @@ async def get_project(ctx: ProjectDep) -> ProjectRead:
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectRead, responses=ERRORS)
-async def update_project(ctx: ProjectDep, data: ProjectUpdate, session: SessionDep) -> ProjectRead:
-    """Change details, goal, dates or status (owner, maintainer); budget and job limit (owner)."""
-    return await service.update_project(session, ctx, data)
+async def update_project(
+    ctx: ProjectDep, data: ProjectUpdate, session: SessionDep, resources: ResourcesDep
+) -> ProjectRead:
+    """Change details, goal, dates, status, impression retention or exploration (owner, maintainer);
+    budget and job limit (owner)."""
+    return await service.update_project(session, ctx, data, resources.redis)
 
 
 @router.get("/projects/{project_id}/members", response_model=list[MemberRead], responses=ERRORS)

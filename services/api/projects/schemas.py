@@ -15,6 +15,13 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 SLUG_RULE = "lowercase letters, digits and dashes, 2-63 characters, not starting with a dash"
 
 
+EXPLORATION = (
+    "The share (percent) of searches whose top results inference shows in a random order. It costs those "
+    "searches some relevance and lets feedback jobs tell how much shoppers favour a position from how "
+    "much they favour a product; with 0 the click model cannot separate the two."
+)
+
+
 class Goal(BaseModel):
     """The business goal, e.g. NDCG@10 >= 0.90."""
 
@@ -64,6 +71,7 @@ class ProjectCreate(BaseModel):
     impression_retention_days: int = Field(
         default=90, ge=1, le=3650, description="Days what inference served (impressions) is kept."
     )
+    exploration_percent: float = Field(default=0.0, ge=0, le=50, description=EXPLORATION)
 
     @field_validator("slug")
     @classmethod
@@ -97,12 +105,21 @@ class ProjectUpdate(BaseModel):
     impression_retention_days: int | None = Field(
         default=None, ge=1, le=3650, description="Days what inference served (impressions) is kept."
     )
+    exploration_percent: float | None = Field(default=None, ge=0, le=50, description=EXPLORATION)
 
     @model_validator(mode="after")
     def _no_nulls_for_required(self) -> Self:
         reject_nulls(
             self,
-            ("name", "description", "status", "budget", "max_concurrent_jobs", "impression_retention_days"),
+            (
+                "name",
+                "description",
+                "status",
+                "budget",
+                "max_concurrent_jobs",
+                "impression_retention_days",
+                "exploration_percent",
+            ),
         )
         return self
 
@@ -120,6 +137,7 @@ class ProjectRead(BaseModel):
     budget: BudgetRead
     max_concurrent_jobs: int
     impression_retention_days: int
+    exploration_percent: float
     my_role: ProjectRole | None = Field(description="The caller's role; null for admins who are not members.")
     created_at: dt.datetime
     updated_at: dt.datetime

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,14 +36,16 @@ from services.api.projects.schemas import (
     WorkProgress,
 )
 from services.api.schemas import snapshot
+from shared.db import after_commit
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from shared.jobs import DEPLOYMENTS_CHANNEL
 from shared.models import Project, ProjectMember, Task, User
 from shared.models.enums import ProjectRole, ProjectStatus, TaskStatus
 
 PROJECT_FIELDS = (
     "slug", "name", "description", "status", "owner_id", "goal_metric", "goal_operator", "goal_value",
     "start_date", "target_date", "budget_cpu_hours", "budget_gpu_hours", "max_concurrent_jobs",
-    "impression_retention_days",
+    "impression_retention_days", "exploration_percent",
 )  # fmt: skip
 
 # proposed -> active -> paused <-> active -> done; archived is the end (done may reopen).
@@ -94,6 +98,7 @@ def to_read(project: Project, role: ProjectRole | str | None) -> ProjectRead:
         budget=_budget(project),
         max_concurrent_jobs=project.max_concurrent_jobs,
         impression_retention_days=project.impression_retention_days,
+        exploration_percent=project.exploration_percent,
         my_role=ProjectRole(role) if role else None,
         created_at=project.created_at,
         updated_at=project.updated_at,
@@ -129,6 +134,7 @@ async def create_project(
         budget_gpu_hours=_given(data.budget, "gpu_hours", defaults.gpu_hours),
         max_concurrent_jobs=data.max_concurrent_jobs,
         impression_retention_days=data.impression_retention_days,
+        exploration_percent=data.exploration_percent,
     )
     session.add(project)
     try:
@@ -178,7 +184,9 @@ async def list_projects(
     return Page(items=items, next_cursor=next_cursor)
 
 
-async def update_project(session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate) -> ProjectRead:
+async def update_project(
+    session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate, redis: Redis | None = None
+) -> ProjectRead:
     changes = data.model_dump(exclude_unset=True)
     if not changes:
         return to_read(ctx.project, ctx.role)
@@ -204,10 +212,20 @@ async def update_project(session: AsyncSession, ctx: ProjectContext, data: Proje
             detail=[{"loc": ["body", "target_date"], "msg": "before start_date"}],
         )
     for name in (
-        "name", "description", "start_date", "target_date", "max_concurrent_jobs", "impression_retention_days"
+        "name", "description", "start_date", "target_date", "max_concurrent_jobs",
+        "impression_retention_days", "exploration_percent",
     ):  # fmt: skip
         if name in changes:
             setattr(project, name, changes[name])
+    if redis is not None and changes.get("exploration_percent", project.exploration_percent) != before.get(
+        "exploration_percent"
+    ):
+        message = json.dumps({"project_id": str(project.id), "exploration": True})
+
+        async def notify() -> None:  # inference re-reads what it serves the project with
+            await redis.publish(DEPLOYMENTS_CHANNEL, message)
+
+        after_commit(session, notify)
     if "goal" in changes:
         goal = data.goal
         project.goal_metric = goal.metric.lower() if goal else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -73,6 +74,8 @@ def to_read(job: TrainingJob, outputs: list[uuid.UUID] | None = None) -> JobRead
 async def _validate(session: AsyncSession, settings: Settings, ctx: ProjectContext, data: JobCreate) -> None:
     project_id = ctx.project.id
     job_type = data.job_type
+    if job_type == JobType.feedback:
+        raise _invalid("job_type", f"feedback jobs are submitted to /projects/{project_id}/feedback-jobs")
     needs_data = job_type in FINE_TUNES or job_type == JobType.evaluate
     if needs_data and data.dataset_version_id is None:
         raise _invalid("dataset_version_id", f"a {job_type.value} job needs a dataset version")
@@ -162,15 +165,10 @@ async def submit(
         first = await repository.by_idempotency_key(session, ctx.project.id, idempotency_key)
         if first is not None:
             return _replay(first, data, base_model)
-    if ctx.project.status not in (ProjectStatus.proposed.value, ProjectStatus.active.value):
-        raise Conflict(f"the project is {ctx.project.status}: it runs no new jobs")
+    ensure_running(ctx)
     await _validate(session, resources.settings, ctx, data)
-    project = await projects_repository.lock_project(session, ctx.project.id)
-    reserved = await repository.reserved_hours(session, project.id)
-    ensure_budget(project, data.device, data.compute_limit_hours, reserved)
-
     job = TrainingJob(
-        project_id=project.id,
+        project_id=ctx.project.id,
         job_type=data.job_type.value,
         dataset_version_id=data.dataset_version_id,
         input_model_version_id=data.input_model_version_id,
@@ -183,15 +181,38 @@ async def submit(
         compute_limit_hours=data.compute_limit_hours,
         created_by=ctx.principal.user_id,
     )
+    return await insert_job(
+        session, resources, ctx, job, data.device, lambda first: _replay(first, data, base_model)
+    )
+
+
+def ensure_running(ctx: ProjectContext) -> None:
+    if ctx.project.status not in (ProjectStatus.proposed.value, ProjectStatus.active.value):
+        raise Conflict(f"the project is {ctx.project.status}: it runs no new jobs")
+
+
+async def insert_job(
+    session: AsyncSession,
+    resources: ApiResources,
+    ctx: ProjectContext,
+    job: TrainingJob,
+    device: str,
+    replay: Callable[[TrainingJob], Submitted],
+) -> Submitted:
+    """Reserve the job's compute against the budget, write its row (once per Idempotency-Key: a
+    concurrent twin is answered by ``replay``) and enqueue it after the commit."""
+    project = await projects_repository.lock_project(session, ctx.project.id)
+    reserved = await repository.reserved_hours(session, project.id)
+    ensure_budget(project, device, job.compute_limit_hours, reserved)
     try:
         async with session.begin_nested():
             session.add(job)
     except IntegrityError:  # the same key, submitted concurrently
-        if idempotency_key is None:
+        if job.idempotency_key is None:
             raise
-        first = await repository.by_idempotency_key(session, ctx.project.id, idempotency_key)
+        first = await repository.by_idempotency_key(session, ctx.project.id, job.idempotency_key)
         assert first is not None
-        return _replay(first, data, base_model)
+        return replay(first)
     await session.refresh(job)
     await audit_change(session, ctx, "job.submit", "training_job", job.id, None, snapshot(job, AUDIT_FIELDS))
     _enqueue_after_commit(session, resources, job)

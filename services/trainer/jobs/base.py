@@ -11,7 +11,7 @@ import anyio
 import torch
 
 from services.trainer.control import JobControl
-from services.trainer.store import Claimed, NewVersion, VersionResult
+from services.trainer.store import Claimed, JobStore, NewDatasets, NewVersion, VersionResult
 from shared.config import Settings
 from shared.datasets.examples import Examples, load
 
@@ -30,6 +30,7 @@ class JobRun:
     # when the job succeeds.
     work_dir: Path | None = None
     out_dir: Path | None = None
+    store: JobStore | None = None  # what a feedback job reads the logs through
 
     async def examples(self) -> Examples:
         """The job's data as training and validation examples (parsed in a thread)."""
@@ -40,4 +41,4 @@ class JobRun:
         )
 
 
-Handler = Callable[[JobRun], Awaitable[NewVersion | VersionResult]]
+Handler = Callable[[JobRun], Awaitable[NewVersion | VersionResult | NewDatasets]]
