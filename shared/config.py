@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     impression_buffer: int = Field(default=10_000, ge=1, le=1_000_000)
     impression_batch: int = Field(default=500, ge=1, le=10_000)
     impression_flush_s: float = Field(default=0.5, gt=0, le=60)
+    # Online metrics: hours that ended more than online_rollup_delay_s ago are answered from hourly
+    # rollups; the api rewrites the rollups of the last online_rollup_settle_s every
+    # online_rollup_every_s, so events that arrive late (up to the settle time) still count.
+    online_rollup_delay_s: float = Field(default=3600, ge=0, le=7 * 86400)
+    online_rollup_settle_s: float = Field(default=2 * 86400, ge=0, le=90 * 86400)
+    online_rollup_every_s: float = Field(default=600, gt=0, le=86400)
 
     @field_validator("log_level")
     @classmethod

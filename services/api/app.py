@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +20,7 @@ from services.api.datasets.cleanup import sweep_imports
 from services.api.datasets.router import router as datasets_router
 from services.api.deployments.router import router as deployments_router
 from services.api.deps import ApiResources, get_resources
+from services.api.feedback.rollups import rollup_loop
 from services.api.feedback.router import router as feedback_router
 from services.api.milestones.router import router as milestones_router
 from services.api.projects.router import router as projects_router
@@ -66,9 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sweep_imports(settings, resources.sessionmaker)
         except Exception:  # a sweep is housekeeping: the api serves without it
             log.warning("could not sweep abandoned import files", exc_info=True)
+        rollups = asyncio.create_task(rollup_loop(resources))
         try:
             yield {"resources": resources}
         finally:
+            rollups.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rollups
             await redis.aclose()
             await engine.dispose()
 

@@ -4,7 +4,7 @@ from shared.models.audit import AuditLog
 from shared.models.base import Base
 from shared.models.datasets import Dataset, DatasetImport, DatasetVersion
 from shared.models.deployments import Deployment, MerchandisingRule
-from shared.models.events import Event, Impression
+from shared.models.events import Event, Impression, OnlineRollup, OnlineRollupHour
 from shared.models.model_versions import ModelVersion
 from shared.models.projects import Milestone, Project, ProjectMember
 from shared.models.tasks import Task, TaskComment
@@ -24,6 +24,8 @@ __all__ = [
     "MerchandisingRule",
     "Milestone",
     "ModelVersion",
+    "OnlineRollup",
+    "OnlineRollupHour",
     "Project",
     "ProjectMember",
     "Task",

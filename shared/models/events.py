@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    UniqueConstraint,
     func,
     text,
 )
@@ -91,3 +92,46 @@ class Impression(Base):
     # the top k was shown in a random order (the project's exploration share)
     explored: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class OnlineRollup(Base):
+    """One hour of one model version's online metrics in one role, summed so that any window of hours
+    or days adds up from these rows: counts, clicks per rank (CTR@k for any k) and a latency histogram
+    (percentiles). Rows are rewritten while late events may still arrive (services.api.feedback)."""
+
+    __tablename__ = "online_rollups"
+    __table_args__ = (
+        CheckConstraint("role IN ('retriever', 'reranker')", name="role_valid"),
+        UniqueConstraint(
+            "project_id", "role", "hour", "model_version_id", postgresql_nulls_not_distinct=True
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    model_version_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), index=True
+    )
+    requests: Mapped[int] = mapped_column(BigInteger)
+    impressions: Mapped[int] = mapped_column(BigInteger)
+    clicks: Mapped[int] = mapped_column(BigInteger)
+    carts: Mapped[int] = mapped_column(BigInteger)
+    purchases: Mapped[int] = mapped_column(BigInteger)
+    zero_click: Mapped[int] = mapped_column(BigInteger)  # requests without a click
+    reciprocal_rank: Mapped[float] = mapped_column(Float)  # sum over requests of 1 / best click's rank
+    clicks_by_rank: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))  # [0]: clicks at rank 1
+    latency_histogram: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))  # shared.metrics buckets
+
+
+class OnlineRollupHour(Base):
+    """An hour of a project whose rollups are written (also when it served nothing), and when."""
+
+    __tablename__ = "online_rollup_hours"
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

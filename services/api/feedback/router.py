@@ -21,6 +21,7 @@ router = APIRouter(tags=["feedback"])
 async def online_metrics(
     ctx: ProjectDep,
     session: SessionDep,
+    resources: ResourcesDep,
     start: Annotated[
         dt.datetime | None, Query(alias="from", description="Inclusive; default: 7 days before `to`.")
     ] = None,
@@ -38,7 +39,7 @@ async def online_metrics(
     requests, products shown, CTR@k, cart and purchase rates per request, the mean reciprocal rank of
     the best-placed click, the zero-click rate and the service's latency (p50, p99)."""
     return await service.online_metrics(
-        session, ctx, role=role, start=start, end=end, bucket=bucket, k=k, version=version
+        session, ctx, resources.settings, role=role, start=start, end=end, bucket=bucket, k=k, version=version
     )
 
 

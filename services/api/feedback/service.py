@@ -21,6 +21,7 @@ from services.api.feedback.schemas import (
 from services.api.projects.permissions import Action
 from services.api.training import repository as training_repository
 from services.api.training import service as training
+from shared.config import Settings
 from shared.errors import Conflict, ValidationFailed
 from shared.feedback import FeedbackOptions
 from shared.models import TrainingJob
@@ -48,9 +49,19 @@ def _window(
     return start, end
 
 
+def _hour(moment: dt.datetime) -> dt.datetime:
+    moment = moment.astimezone(dt.UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _bucket(hour: dt.datetime, bucket: Bucket) -> dt.datetime:
+    return hour.replace(hour=0) if bucket == Bucket.day else hour
+
+
 async def online_metrics(
     session: AsyncSession,
     ctx: ProjectContext,
+    settings: Settings,
     *,
     role: OnlineRole,
     start: dt.datetime | None,
@@ -59,26 +70,64 @@ async def online_metrics(
     k: int,
     version: uuid.UUID | None,
 ) -> OnlineMetrics:
+    """Whole hours that ended more than ``online_rollup_delay_s`` ago come from the rollups (hours not
+    rolled up yet are rolled up now, and kept); the rest of the window, and partial hours at its edges,
+    from the raw tables. Both give the same sums, so a bucket may mix them."""
     start, end = _window(start, end, bucket)
-    rows = await repository.online_metrics(
-        session,
-        ctx.project.id,
-        role=role.value,
-        start=start,
-        end=end,
-        bucket=bucket.value,
-        k=k,
-        version=version,
-    )
-    return OnlineMetrics(
-        project_id=ctx.project.id,
-        role=role,
-        bucket=bucket,
-        k=k,
-        from_=start,
-        to=end,
-        rows=[VersionMetrics(model_version_id=row.pop("version_id"), **row) for row in rows],
-    )
+    project_id = ctx.project.id
+    closed_until = _hour(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.online_rollup_delay_s))
+    first = _hour(start) + (dt.timedelta(hours=1) if _hour(start) < start else dt.timedelta(0))
+    last = min(_hour(end), closed_until)
+    parts: list[repository.Hourly] = []
+    if first < last:
+        await _fill(session, project_id, first, last)
+        parts += await repository.rolled_up(session, project_id, role.value, first, last)
+        live = [(start, first), (last, end)]
+    else:
+        live = [(start, end)]
+    for since, until in live:
+        if since < until:
+            parts += await repository.hourly(session, project_id, role.value, since, until)
+    sums: dict[tuple[dt.datetime, uuid.UUID | None], repository.Hourly] = {}
+    for part in parts:
+        if version is not None and part.version_id != version:
+            continue
+        key = (_bucket(part.hour, bucket), part.version_id)
+        sums.setdefault(key, repository.Hourly(hour=key[0], version_id=key[1])).add(part)
+    rows = [
+        VersionMetrics(
+            bucket=when,
+            model_version_id=version_id,
+            requests=total.requests,
+            impressions=total.impressions,
+            clicks=total.clicks,
+            ctr_at_k=int(total.clicks_by_rank[:k].sum()) / total.requests,
+            cart_rate=total.carts / total.requests,
+            purchase_rate=total.purchases / total.requests,
+            mrr=total.reciprocal_rank / total.requests,
+            zero_click_rate=total.zero_click / total.requests,
+            latency_p50_ms=round(total.latency_percentile(0.5), 3),
+            latency_p99_ms=round(total.latency_percentile(0.99), 3),
+        )
+        for (when, version_id), total in sorted(sums.items(), key=lambda item: (item[0][0], str(item[0][1])))
+        if total.requests
+    ]
+    return OnlineMetrics(project_id=project_id, role=role, bucket=bucket, k=k, from_=start, to=end, rows=rows)
+
+
+async def _fill(session: AsyncSession, project_id: uuid.UUID, first: dt.datetime, last: dt.datetime) -> None:
+    """Roll up the hours in [first, last) that have no rollups yet, in runs of consecutive hours."""
+    done = await repository.hours_done(session, project_id, first, last)
+    run_start: dt.datetime | None = None
+    hour = first
+    while hour <= last:
+        missing = hour < last and hour not in done
+        if missing and run_start is None:
+            run_start = hour
+        elif not missing and run_start is not None:
+            await repository.roll_up(session, project_id, run_start, hour)
+            run_start = None
+        hour += dt.timedelta(hours=1)
 
 
 async def submit_feedback_job(
