@@ -5,8 +5,9 @@
 Makes a scratch database next to the one named (dropped at the end), migrates it, and fills it in SQL:
 one project, two retriever versions (a 10% canary), ``--impressions`` impressions of 10 products spread
 over seven days, and clicks, carts and purchases on about 6% of the products shown, tied to their
-requests. Then runs the endpoint's query (services.api.feedback.repository) for the week, by day and by
-hour, ``--runs`` times each, and prints the median and the slowest time of each."""
+requests. Then rolls the week up into hourly rows (what the api's queries and its periodic pass do once
+per closed hour) and times it, and times the endpoint's answer (services.api.feedback.service) for the
+week, by day and by hour, ``--runs`` times each: the median and the slowest."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ import platform
 import statistics
 import time
 import uuid
+from types import SimpleNamespace
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from services.api.feedback import repository
+from services.api.feedback import repository, service
+from services.api.feedback.schemas import Bucket, OnlineRole
 from shared.config import Settings, to_async_url
 from shared.db import create_engine, create_sessionmaker
 from shared.migrate import upgrade
@@ -110,20 +113,28 @@ async def run(args: argparse.Namespace) -> None:
         settings = Settings(database_url=scratch.render_as_string(hide_password=False))
         engine = create_engine(settings, pool_size=1)
         sessionmaker = create_sessionmaker(engine)
+        ctx = SimpleNamespace(project=SimpleNamespace(id=project_id))
+        end = start + dt.timedelta(days=7)
         try:
-            for bucket in ("day", "hour"):
+            async with sessionmaker() as session:
+                began = time.perf_counter()
+                written = await repository.roll_up(session, project_id, start, end)
+                await session.commit()
+                print(f"rolled up 168 hours into {written:,} rows in {time.perf_counter() - began:.1f} s")
+            for bucket in (Bucket.day, Bucket.hour):
                 times = []
                 for _ in range(args.runs):
                     async with sessionmaker() as session:
                         began = time.perf_counter()
-                        rows = await repository.online_metrics(
-                            session, project_id, role="retriever", start=start,
-                            end=start + dt.timedelta(days=7), bucket=bucket, k=10, version=None,
+                        answer = await service.online_metrics(
+                            session, ctx, settings, role=OnlineRole.retriever, start=start, end=end,
+                            bucket=bucket, k=10, version=None,
                         )  # fmt: skip
                         times.append(time.perf_counter() - began)
-                requests = sum(r["requests"] for r in rows)
+                rows = answer.rows
+                requests = sum(r.requests for r in rows)
                 print(
-                    f"bucket={bucket}: {len(rows)} rows over {requests:,} requests; "
+                    f"bucket={bucket.value}: {len(rows)} rows over {requests:,} requests; "
                     f"median {statistics.median(times):.3f} s, slowest {max(times):.3f} s ({args.runs} runs)"
                 )
         finally:

@@ -18,6 +18,15 @@ cross-encoder. On the validation split the platform made at import (never traine
   titles, zero-shot and fine-tuned (the user as the text of their latest items, as `/recommend` reads
   them), and zero-shot over the recency-weighted mean of the history's item embeddings.
 
+With `--feedback N` (relevance data) it measures learning from shoppers instead of from judgments: the
+zero-shot version is promoted, the project explores a fifth of its searches, N simulated shoppers
+(`recforge simulate`'s module) search with the training split's queries and click, cart and buy by
+those queries' judged grades, a feedback job turns the logs into a relevance dataset, and a bi-encoder
+fine-tuned on that dataset alone (no judgment) is compared with the zero-shot version on the held
+validation queries, which no simulated shopper searched for:
+
+    python bench/quality.py judgments.csv --format csv --kind relevance --catalog catalog.csv --feedback 20000
+
 Needs the stack's settings (RECFORGE_* as `recforge up` had them): it reads the validation split from the
 dataset version's files, as the trainer does. With no --api-key it issues an admin key itself."""
 
@@ -255,6 +264,88 @@ def relevance(bench: Bench, slug: str, version: dict[str, Any], examples: Exampl
     }
 
 
+def from_feedback(bench: Bench, slug: str, version: dict[str, Any], examples: Examples) -> dict[str, Any]:
+    """Zero-shot, then a bi-encoder trained on nothing but simulated shoppers' feedback (module doc)."""
+    import asyncio
+
+    from services.cli.simulator import ClickModel, SimulationOptions, simulate
+    from shared.datasets.storage import read_table
+
+    args = bench.args
+    zero = bench.train(slug, version["id"], "bi_encoder", {**args.hp, "max_steps": 0})
+    key = bench.service_key(slug)
+    queries = dict(list(examples.valid.queries.items())[: args.max_queries or None])
+    asks = {qid: {"query": text[:1000]} for qid, text in queries.items()}
+    bench.promote(slug, key, zero)
+    catalog = {
+        "zero-shot hybrid": _metrics(bench.recommend_run(slug, key, asks, "zero-shot hybrid"), examples)
+    }
+    catalog["zero-shot dense"] = _metrics(
+        bench.recommend_run(slug, key, _with(asks, retrieval="dense"), "zero-shot dense"), examples
+    )
+    bench.call("PATCH", f"/projects/{slug}", json={"exploration_percent": args.explore})
+    train = read_table(bench.settings.data_dir, version["tables"], "relevance", split="train")
+    judged: dict[str, dict[str, float]] = {}
+    for query, product, grade in zip(
+        train["query"].to_pylist(), train["product_id"].to_pylist(), train["grade"].to_pylist(), strict=True
+    ):
+        judged.setdefault(query, {})[product] = float(grade)
+    started = dt.datetime.now(dt.UTC)
+    time.sleep(3)  # inference hears of the exploration share on Redis
+    options = SimulationOptions(
+        inference_url=str(bench.inference.base_url), key=key, project=slug, judgments=judged,
+        searches=args.feedback, shoppers=8, seed=7,
+        model=ClickModel(examine_decay=args.examine_decay, max_grade=float(max(train["grade"].to_pylist()))),
+    )  # fmt: skip
+    with console.status(f"{args.feedback:,} simulated searches over {len(judged):,} training queries"):
+        report = asyncio.run(simulate(options))
+    console.print(
+        f"  {len(report.searches):,} searches in {report.seconds:.0f} s: {report.clicks:,} clicks, "
+        f"{report.carts:,} carts, {report.purchases:,} purchases ({report.failed} failed)"
+    )
+    time.sleep(3)  # the last impressions are written in batches
+    job = bench.call(
+        "POST", f"/projects/{slug}/feedback-jobs",
+        json={"from": started.isoformat(), "to": dt.datetime.now(dt.UTC).isoformat(), "split_seed": 7,
+              "min_impressions": args.min_impressions, "sequences": False},
+    )  # fmt: skip
+    job = watch_job(bench.api, job["id"])
+    if job["status"] != "succeeded":
+        sys.exit(f"feedback job {job['id']} {job['status']}: {job.get('error')}")
+    [written] = job["result"]["dataset_versions"]
+    graded = job["result"]["relevance"]
+    console.print(
+        f"  feedback: {written['rows']:,} graded pairs ({graded['pairs_seen']:,} shown), "
+        f"job {job['compute_seconds']:.0f} s"
+    )
+    tuned = bench.train(
+        slug, written["dataset_version_id"], "bi_encoder", {**args.hp, "max_steps": args.steps}
+    )
+    bench.promote(slug, key, tuned)
+    bench.call("PATCH", f"/projects/{slug}", json={"exploration_percent": 0})
+    time.sleep(3)
+    catalog["feedback-tuned hybrid"] = _metrics(
+        bench.recommend_run(slug, key, asks, "feedback hybrid"), examples
+    )
+    catalog["feedback-tuned dense"] = _metrics(
+        bench.recommend_run(slug, key, _with(asks, retrieval="dense"), "feedback dense"), examples
+    )
+    size = len(examples.product_text)
+    console.print(_table(
+        f"Catalog view through /recommend: {len(asks)} held validation queries, {size:,} products; "
+        f"the tuned model saw only {args.feedback:,} simulated searches' feedback",
+        catalog, [("nDCG@10", "ndcg@10"), ("Recall@10", "recall@10")]))  # fmt: skip
+    return {
+        "catalog": catalog,
+        "queries": len(asks),
+        "catalog_size": size,
+        "searches": len(report.searches),
+        "clicks": report.clicks,
+        "feedback": {"rows": written["rows"], **graded},
+        "versions": {"zero_shot": zero["id"], "feedback_bi_encoder": tuned["id"]},
+    }
+
+
 def sequences(bench: Bench, slug: str, version: dict[str, Any], examples: Examples) -> dict[str, Any]:
     args = bench.args
     zero = bench.train(slug, version["id"], "bi_encoder", {**args.hp, "max_steps": 0})
@@ -349,6 +440,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inference-url", help="Default http://HOST:INFERENCE_PORT from the settings.")
     parser.add_argument("--api-key", help="An admin key (default RECFORGE_API_KEY, else a new one).")
     parser.add_argument("--json", type=Path, help="Also write the results to this file.")
+    parser.add_argument("--feedback", type=int, help="Train on N simulated searches' feedback instead.")
+    parser.add_argument("--explore", type=float, default=20, help="Exploration percent while simulating.")
+    parser.add_argument("--examine-decay", type=float, default=1.0, help="Simulated position bias.")
+    parser.add_argument("--min-impressions", type=int, default=10, help="The feedback job's threshold.")
     args = parser.parse_args(argv)
     args.hp = dict(args.hp)
     if not args.path.exists():
@@ -369,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         catalog_tables = bench.call("GET", f"/dataset-versions/{catalog['latest_version']['id']}")["tables"]
     examples = load(bench.settings.data_dir, kind, version["tables"], catalog_tables)
     run: Callable[[Bench, str, dict[str, Any], Examples], dict[str, Any]]
-    run = sequences if kind == DatasetKind.sequences else relevance
+    run = sequences if kind == DatasetKind.sequences else from_feedback if args.feedback else relevance
     results = run(bench, slug, version, examples)
     results.update(project=slug, dataset_version=version["id"], seconds=round(time.monotonic() - started))
     console.print(f"{slug}: done in {results['seconds'] / 60:.1f} min")

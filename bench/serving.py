@@ -10,7 +10,11 @@ title per request. The same load generator then drives the peers, started by thi
 machine: a naive FastAPI + torch eager server (bench/naive_server.py) and, when `--infinity` names an
 `infinity_emb` executable, infinity-emb with `--engine optimum`. Ratios are printed beside the figures.
 The load generator (httpx, asyncio) shares the machine's cores with the servers, as in production
-benchmarks on one box; the ratios compare like with like."""
+benchmarks on one box; the ratios compare like with like.
+
+`--impression-logging` starts two inference services of its own (`recforge inference`, the stack's
+database and models, the same settings but RECFORGE_IMPRESSION_LOGGING) and measures `/recommend` on
+both in alternating rounds, logging on and off side by side: latency at c=1 and throughput at c=8."""
 
 from __future__ import annotations
 
@@ -158,6 +162,81 @@ async def open_loop(
     }
 
 
+async def recommend_throughput(
+    base: str, bodies: list[dict[str, Any]], headers: dict[str, str], concurrency: int, seconds: float
+) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def worker(n: int) -> None:
+            nonlocal done
+            i = n
+            while time.perf_counter() < stop:
+                response = await client.post("/recommend", json=bodies[i % len(bodies)], headers=headers)
+                i += concurrency
+                if response.status_code != 429:
+                    response.raise_for_status()
+                    done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def impression_logging(
+    args: argparse.Namespace, bodies: list[dict[str, Any]], headers: dict[str, str]
+) -> None:
+    """/recommend with impression logging on and off: two services started here, alike but for it."""
+    ports = {"on": args.on_port, "off": args.off_port}
+    services = {}
+    try:
+        for name, port in ports.items():
+            env = {
+                **os.environ,
+                "RECFORGE_IMPRESSION_LOGGING": "true" if name == "on" else "false",
+                "PYTHONPATH": str(PROJECT_ROOT),
+            }
+            command = [sys.executable, "-m", "services.cli", "inference", "--port", str(port)]
+            services[name] = _start(command, port, env)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                for _ in range(100):  # the new process loads the project's models
+                    probe = await client.post("/recommend", json=bodies[0], headers=headers)
+                    if probe.status_code == 200:
+                        break
+                    await asyncio.sleep(0.5)
+                else:
+                    raise SystemExit(f"the logging-{name} service never answered: {probe.text[:300]}")
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        took: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                    took[name].append(await latency(client, "/recommend", bodies, headers))
+                rates[name].append(await recommend_throughput(url, bodies, headers, 8, args.seconds))
+    finally:
+        for process in services.values():
+            process.terminate()
+            process.wait(timeout=30)
+    print(f"\n/recommend, impression logging on and off ({args.rounds} alternating rounds, medians)")
+    print(f"{'logging':10} {'p50 ms':>8} {'p99 ms':>8} {'c=8 /s':>8}")
+    summary = {}
+    for name in urls:
+        p50 = statistics.median(r["p50"] for r in took[name])
+        p99 = statistics.median(r["p99"] for r in took[name])
+        rate = statistics.median(rates[name])
+        summary[name] = (p50, p99, rate)
+        print(f"{name:10} {p50:8.2f} {p99:8.2f} {rate:8.1f}")
+    on, off_ = summary["on"], summary["off"]
+    met = on[0] <= 1.1 * off_[0] and on[1] <= 1.1 * off_[1]
+    print(
+        f"on / off: p50 {on[0] / off_[0]:.3f}x, p99 {on[1] / off_[1]:.3f}x, "
+        f"throughput {on[2] / off_[2]:.3f}x (goal: latency within 10%: {'met' if met else 'NOT met'})"
+    )
+
+
 def _start(command: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
@@ -190,6 +269,14 @@ async def main() -> None:
     parser.add_argument("--infinity-model", help="The folder infinity-emb serves (an ONNX export of MiniLM).")
     parser.add_argument("--infinity-port", type=int, default=8011)
     parser.add_argument(
+        "--impression-logging",
+        action="store_true",
+        help="Compare /recommend with impression logging on and off (two services started here).",
+    )
+    parser.add_argument("--on-port", type=int, default=8012, help="Port of the logging-on service.")
+    parser.add_argument("--off-port", type=int, default=8013, help="Port of the logging-off service.")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of the on/off comparison.")
+    parser.add_argument(
         "--overload",
         action="store_true",
         help="Also offer twice the best throughput open-loop (needs a load generator that can: the "
@@ -205,8 +292,11 @@ async def main() -> None:
     titles = queries  # short texts of the same shape as the titles a shop embeds
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
 
+    bodies = [{"project": args.project, "query": q, "k": 10} for q in queries[: args.requests]]
+    if args.impression_logging:
+        await impression_logging(args, bodies, headers)
+        return
     async with httpx.AsyncClient(base_url=args.url, timeout=60) as client:
-        bodies = [{"project": args.project, "query": q, "k": 10} for q in queries[: args.requests]]
         rows: list[tuple[str, dict[str, float]]] = [
             ("/recommend by query, c=1", await latency(client, "/recommend", bodies, headers))
         ]
