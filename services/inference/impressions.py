@@ -61,24 +61,20 @@ class Served:
 
     def record(self) -> tuple[Any, ...]:
         """The impression's values in COLUMNS' order."""
-        row = self.row()
-        return tuple(row[name] for name in COLUMNS)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "project_id": self.project_id,
-            "request_id": self.request_id,
-            "endpoint": self.endpoint,
-            "model_version_id": uuid.UUID(self.model_version_id) if self.model_version_id else None,
-            "reranker_version_id": uuid.UUID(self.reranker_version_id) if self.reranker_version_id else None,
-            "arm": self.arm,
-            "query": self.query,
-            "user_id": self.user_id,
-            "product_ids": self.product_ids,
-            "latency_ms": round(self.latency_ms, 3),
-            "explored": self.explored,
-            "served_at": self.served_at,
-        }
+        return (
+            self.project_id,
+            self.request_id,
+            self.endpoint,
+            uuid.UUID(self.model_version_id) if self.model_version_id else None,
+            uuid.UUID(self.reranker_version_id) if self.reranker_version_id else None,
+            self.arm,
+            self.query,
+            self.user_id,
+            self.product_ids,
+            round(self.latency_ms, 3),
+            self.explored,
+            self.served_at,
+        )
 
 
 class ImpressionLog:
