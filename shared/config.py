@@ -116,6 +116,16 @@ class Settings(BaseSettings):
     online_rollup_delay_s: float = Field(default=3600, ge=0, le=7 * 86400)
     online_rollup_settle_s: float = Field(default=2 * 86400, ge=0, le=90 * 86400)
     online_rollup_every_s: float = Field(default=600, gt=0, le=86400)
+    # The continuous-learning loop: every api replica runs a controller that, each pipeline_tick_s, fires
+    # due pipeline triggers (once per tick whatever the replica count: a unique key in Postgres) and
+    # moves the runs still going one step on (each run locked by the replica advancing it).
+    pipeline_controller: bool = True
+    pipeline_tick_s: float = Field(default=5.0, gt=0, le=3600)
+    # Webhooks: each delivery is tried up to webhook_max_attempts times, waiting webhook_backoff_s,
+    # then twice as long each time (at most an hour), webhook_timeout_s per attempt.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_backoff_s: float = Field(default=5.0, gt=0, le=3600)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("log_level")
     @classmethod

@@ -128,6 +128,9 @@ def settings(
         log_format=LogFormat.console,
         queue_name=f"recforge:test:{uuid.uuid4().hex[:8]}",
         model_roots=str(tmp_path_factory.getbasetemp()),  # the tiny models tests train from
+        # tests drive the loop's ticks themselves (tests/services/api/test_pipelines*.py); the
+        # end-to-end test runs a stack whose controller ticks on its own
+        pipeline_controller=False,
     )
 
 

@@ -6,6 +6,7 @@ from shared.models.datasets import Dataset, DatasetImport, DatasetVersion
 from shared.models.deployments import Deployment, MerchandisingRule
 from shared.models.events import Event, Impression, OnlineRollup, OnlineRollupHour
 from shared.models.model_versions import ModelVersion
+from shared.models.pipelines import Pipeline, PipelineRun, Webhook, WebhookDelivery
 from shared.models.projects import Milestone, Project, ProjectMember
 from shared.models.tasks import Task, TaskComment
 from shared.models.training import TrainingJob
@@ -26,10 +27,14 @@ __all__ = [
     "ModelVersion",
     "OnlineRollup",
     "OnlineRollupHour",
+    "Pipeline",
+    "PipelineRun",
     "Project",
     "ProjectMember",
     "Task",
     "TaskComment",
     "TrainingJob",
     "User",
+    "Webhook",
+    "WebhookDelivery",
 ]

@@ -114,3 +114,60 @@ class RuleAction(StrEnum):
     bury = "bury"  # move matching products after all others
     hide = "hide"  # never return matching products
     hide_out_of_stock = "hide_out_of_stock"  # never return products marked out of stock
+
+
+class PipelineStatus(StrEnum):
+    active = "active"
+    paused = "paused"
+
+
+class RunStatus(StrEnum):
+    """A pipeline run's state; the first four are a run still going (at most one per pipeline)."""
+
+    running = "running"  # collecting feedback, training or gating
+    awaiting_approval = "awaiting_approval"
+    canary = "canary"  # the candidate serves part of the traffic; the judge watches
+    promoting = "promoting"
+    promoted = "promoted"
+    refused = "refused"  # the gate said no, or a person rejected it
+    rolled_back = "rolled_back"
+    skipped = "skipped"  # never started: another run was going, or the budget would not allow it
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class RunStep(StrEnum):
+    collect = "collect"  # a feedback job turns the window's impressions and events into data
+    train = "train"
+    gate = "gate"  # the candidate and production scored on the golden set, rules applied
+    approve = "approve"  # a person's yes
+    canary = "canary"
+    judge = "judge"  # the arms compared on online metrics
+    promote = "promote"
+    rollback = "rollback"
+
+
+class TriggerKind(StrEnum):
+    cron = "cron"
+    dataset = "dataset"  # a new version of a named dataset
+    events = "events"  # at least N new shopper events since the last run
+    ctr_drop = "ctr_drop"  # the production version's online CTR fell against its first days
+    manual = "manual"
+
+
+class WebhookEvent(StrEnum):
+    run_started = "run.started"
+    run_finished = "run.finished"
+    gate_refused = "gate.refused"
+    promoted = "model.promoted"
+    rolled_back = "model.rolled_back"
+    approval_requested = "approval.requested"
+    budget_exhausted = "budget.exhausted"
+    job_failed = "job.failed"
+    test = "test"
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"  # every attempt refused
