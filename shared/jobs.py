@@ -60,3 +60,8 @@ def progress_channel(training_job_id: uuid.UUID) -> str:
 
 def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings.from_dsn(settings.resolved_redis_url())
+
+
+def pipeline_channel(project_id: uuid.UUID) -> str:
+    """Where the api announces each change of a project's pipeline runs (their event stream)."""
+    return f"recforge:pipelines:{project_id}:runs"

@@ -23,9 +23,13 @@ from services.api.deps import ApiResources, get_resources
 from services.api.feedback.rollups import rollup_loop
 from services.api.feedback.router import router as feedback_router
 from services.api.milestones.router import router as milestones_router
+from services.api.pipelines.controller import controller_loop
+from services.api.pipelines.router import router as pipelines_router
 from services.api.projects.router import router as projects_router
 from services.api.tasks.router import router as tasks_router
 from services.api.training.router import router as training_router
+from services.api.webhooks.delivery import delivery_loop
+from services.api.webhooks.router import router as webhooks_router
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.http import BodyLimit, Check, infra_checks, setup_common
@@ -69,13 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sweep_imports(settings, resources.sessionmaker)
         except Exception:  # a sweep is housekeeping: the api serves without it
             log.warning("could not sweep abandoned import files", exc_info=True)
-        rollups = asyncio.create_task(rollup_loop(resources))
+        loops = [asyncio.create_task(rollup_loop(resources))]
+        if settings.pipeline_controller:  # the continuous-learning loop, and what it tells others
+            loops += [
+                asyncio.create_task(controller_loop(resources)),
+                asyncio.create_task(delivery_loop(resources)),
+            ]
         try:
             yield {"resources": resources}
         finally:
-            rollups.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rollups
+            for loop in loops:
+                loop.cancel()
+            for loop in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
             await redis.aclose()
             await engine.dispose()
 
@@ -98,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         training_router,
         deployments_router,
         feedback_router,
+        pipelines_router,
+        webhooks_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

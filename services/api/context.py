@@ -47,7 +47,7 @@ _ACTION_WORDS = {
 
 @dataclass(frozen=True)
 class Principal:
-    key_id: uuid.UUID
+    key_id: uuid.UUID | None  # None: the platform acting for the user (a pipeline's owner)
     user_id: uuid.UUID
     role: KeyRole
     project_id: uuid.UUID | None = None
@@ -64,7 +64,7 @@ class Principal:
         return self.role == KeyRole.service
 
     @property
-    def actor(self) -> dict[str, uuid.UUID]:
+    def actor(self) -> dict[str, uuid.UUID | None]:
         """The audit log's actor columns."""
         return {"actor_user_id": self.user_id, "actor_key_id": self.key_id}
 
@@ -84,7 +84,7 @@ class ProjectContext:
             raise Forbidden(f"your role in this project ({role}) may not {_ACTION_WORDS[action]}")
 
     @property
-    def actor(self) -> dict[str, uuid.UUID]:
+    def actor(self) -> dict[str, uuid.UUID | None]:
         return self.principal.actor
 
 
@@ -147,6 +147,8 @@ def _person(principal: Principal) -> Principal:
 async def still_valid(session: AsyncSession, principal: Principal) -> str | None:
     """Why the principal's key may no longer be used (revoked, expired, user deactivated), or None: for
     work that outlives the request that authenticated it, such as an event stream."""
+    if principal.key_id is None:
+        return "no API key"
     found = await keys_repository.get_key_with_user(session, principal.key_id)
     if found is None:
         return "this API key no longer exists"

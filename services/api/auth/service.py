@@ -83,7 +83,7 @@ async def issue_key(
 
 
 async def revoke_key(
-    session: AsyncSession, key: ApiKey, *, actor_user_id: uuid.UUID, actor_key_id: uuid.UUID
+    session: AsyncSession, key: ApiKey, *, actor_user_id: uuid.UUID, actor_key_id: uuid.UUID | None
 ) -> None:
     if key.revoked_at is not None:
         return
