@@ -849,6 +849,7 @@ async def fire(
             number=await repository.next_number(session, pipeline_id),
             trigger=trigger.value,
             trigger_key=key,
+            status=(RunStatus.running if going is None else RunStatus.skipped).value,
             spec=_plain(spec),
             links={},
             steps=[],
@@ -876,6 +877,8 @@ async def fire(
                  "detail": detail},
             )  # fmt: skip
         publish(session, resources, run)
+        await session.flush()
+        await session.refresh(run)  # readable once the unit of work has ended
         return run
 
 

@@ -1,9 +1,10 @@
 """The online judge: the canary's arm against the primary's on shoppers' behaviour.
 
 At look j (0-based) each arm has at least ``min_requests * 2**j`` requests; each look tests at
-``alpha / max_looks`` (Bonferroni over the planned looks), so looking early never raises the chance of a
-wrong decision above ``alpha``. A look where the candidate is better at that level promotes; one where
-it is worse rolls back; after the last look, or past ``max_duration_s``, the canary is inconclusive.
+``alpha / max_looks`` (Bonferroni over the planned looks), so looking early never raises the chance of
+promoting a candidate that is no better above ``alpha`` (nor that of rolling back one no worse). A look
+where the candidate is better at that level promotes; one where it is worse rolls back; after the last
+look, or past ``max_duration_s``, the canary is inconclusive.
 Rates per request (CTR@k, carts, purchases) are compared with scipy's Poisson means test (the E-test),
 the share of requests with a click with Fisher's exact test. Guardrails (the latency p99 ratio) roll back
 at once, whatever the metric says."""
