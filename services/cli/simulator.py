@@ -22,7 +22,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -225,6 +225,43 @@ async def simulate(
     report.searches.sort(key=lambda s: s.number)
     report.seconds = time.monotonic() - started
     return report
+
+
+class Traffic:
+    """Simulated shoppers without end: batches of about five seconds of ``simulate``, each with its own
+    seed, until ``stop()``; ``rate`` (searches per second) may change between batches. For the loop's
+    demo, its benchmark and its tests, where shoppers go on while the platform retrains and deploys."""
+
+    def __init__(self, options: SimulationOptions) -> None:
+        if options.rate <= 0:
+            raise ValidationFailed("continuous traffic needs a rate above 0 searches per second")
+        self.options = options
+        self.rate = options.rate
+        self.searches = 0
+        self.clicks = 0
+        self.failed = 0
+        self.events_refused = 0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        batch = 0
+        async with httpx.AsyncClient(base_url=self.options.inference_url, timeout=30) as client:
+            while not self._stopping.is_set():
+                options = replace(
+                    self.options,
+                    seed=self.options.seed * 100_000 + batch,
+                    rate=self.rate,
+                    searches=max(1, int(self.rate * 5)),
+                )
+                report = await simulate(options, client=client)
+                self.searches += len(report.searches)
+                self.clicks += report.clicks
+                self.failed += report.failed
+                self.events_refused += report.events_refused
+                batch += 1
 
 
 def simulate_command(

@@ -666,8 +666,9 @@ async def finish(step: Step, status: RunStatus, outcome: str) -> None:
         step.session,
         run.project_id,
         WebhookEvent.run_finished,
-        {"run_id": run.id, "pipeline_id": step.pipeline.id, "number": run.number, "status": status.value,
-         "outcome": outcome, "links": run.links},
+        {"run_id": run.id, "pipeline_id": step.pipeline.id, "pipeline": step.pipeline.name,
+         "number": run.number, "status": status.value, "outcome": outcome, "links": run.links,
+         "steps": run.steps, "gate": run.gate, "judge": run.judge},
     )  # fmt: skip
 
 
