@@ -45,6 +45,7 @@ METRICS = (  # (label, key in the trainer's metrics)
 )
 SERVE_TIMEOUT_S = 180.0
 GOAL = 0.8  # catalog nDCG@10 the project aims for
+LOOP_EVENTS = 2000  # shopper events after which the demo's pipeline retrains
 
 
 class DemoError(AppError):
@@ -79,6 +80,7 @@ class DemoResult:
     deployed: dict[str, str] = field(default_factory=dict)
     answers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     service_key: str = ""
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
 
 def data_source(path: Path) -> tuple[str, list[Path]]:
@@ -101,6 +103,9 @@ def data_source(path: Path) -> tuple[str, list[Path]]:
     )
 
 
+STEPS = 9
+
+
 class Walkthrough:
     def __init__(self, options: DemoOptions, console: Console):
         self.o = options
@@ -121,7 +126,7 @@ class Walkthrough:
         return response.json() if response.content else None
 
     def step(self, number: int, title: str) -> None:
-        self.console.rule(f"[bold]{number}/8 {title}")
+        self.console.rule(f"[bold]{number}/{STEPS} {title}")
 
     def move(self, task: str, *statuses: str, **links: str) -> None:
         """Walk a task through the board (each move is one PATCH the API checks)."""
@@ -432,6 +437,54 @@ class Walkthrough:
             "  The stack keeps running; `make down` stops it."
         )
 
+    def loop(self, slug: str, dataset_version: str) -> dict[str, Any]:
+        """Save a pipeline that retrains the retriever from shoppers' feedback on its own, and say how to
+        send it shoppers and where to watch it."""
+        self.step(9, "The loop: retraining from shoppers, on its own")
+        self.call("PATCH", f"/projects/{slug}", json={"exploration_percent": 20})
+        pipeline: dict[str, Any] = self.call(
+            "POST",
+            f"/projects/{slug}/pipelines",
+            json={
+                "name": "learn-from-shoppers",
+                "role": "retriever",
+                "description": "Retrain the retriever on what shoppers click, cart and buy.",
+                "triggers": {"min_new_events": LOOP_EVENTS},
+                "training": {
+                    "job_type": "bi_encoder",
+                    "feedback": {"days": 1, "min_impressions": 5},
+                    "hyperparameters": {"max_steps": self.o.steps, "batch_size": 32, "max_length": 48},
+                    "base_model": self.o.base_model,
+                },
+                "gate": {
+                    "golden_dataset_version_id": dataset_version,
+                    "rules": [{"metric": "catalog_ndcg@10", "max_drop": 0.01}],
+                },
+                "rollout": {"canary_percent": 50, "min_requests": 1000, "max_looks": 3},
+            },
+        )
+        self.console.print(
+            f"  pipeline {pipeline['id']} ({pipeline['name']}): once shoppers have sent "
+            f"{LOOP_EVENTS:,} clicks, carts and purchases it collects them into training data, fine-tunes, "
+            "checks the candidate against production on the people's judgments, canaries it at 50% and "
+            "promotes it or rolls it back by what shoppers do; 20% of searches are explored."
+        )
+        judgments = self.o.work_dir / "sample" / "judgments.csv"
+        shoppers = (
+            f"recforge simulate -p {slug} --judgments {judgments} --searches 20000 --rate 20"
+            if self.o.data is None
+            else f"recforge simulate -p {slug} --judgments <query,product_id,grade CSV> --searches 20000"
+        )
+        self.console.print(
+            "\n  Send it shoppers (a service key in RECFORGE_SERVICE_KEY, as printed above):\n"
+            f"    {shoppers}\n"
+            "  Watch it:\n"
+            f"    recforge pipelines runs -p {slug}\n"
+            "    recforge pipelines watch <run id>\n"
+            f"    {self.o.api_url}/api/v1/projects/{slug}/pipeline-runs"
+        )
+        return pipeline
+
     def run(self) -> DemoResult:
         try:
             self.people()
@@ -445,6 +498,7 @@ class Walkthrough:
             self.wait_served(slug, result.service_key, result.deployed["retriever"])
             result.answers = self.recommend(slug, result.service_key, "reranker" in result.deployed)
             self.wrap_up(slug, result.service_key)
+            result.pipeline = self.loop(slug, dataset_version)
             return result
         except httpx.TransportError as exc:
             raise DemoError(

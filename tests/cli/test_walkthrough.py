@@ -67,6 +67,11 @@ def test_demo_walks_a_project_from_data_to_recommend(tmp_path: Path) -> None:
         jobs = httpx.get(f"{api}/training-jobs", headers=headers, timeout=10).json()["items"]
         assert sorted(j["job_type"] for j in jobs) == ["bi_encoder", "cross_encoder"]
         assert all(j["status"] == "succeeded" for j in jobs)
+        # it ends with the loop set up: a pipeline that retrains from shoppers, and where to watch it
+        [pipeline] = httpx.get(f"{api}/pipelines", headers=headers, timeout=10).json()
+        assert pipeline["name"] == "learn-from-shoppers" and pipeline["triggers"]["min_new_events"] == 2000
+        assert pipeline["training"]["feedback"] is not None and pipeline["status"] == "active"
+        assert "recforge simulate -p demo-shop --judgments" in out and "recforge pipelines watch" in out
 
         # A second run leaves the first project alone and makes demo-shop-2.
         again = subprocess.run(

@@ -21,6 +21,17 @@ from tests.support.world import bearer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack, without the pipeline controller and webhook sender: fuzzed pipelines must not train,
+    and fuzzed webhook URLs must never be sent to."""
+    running = Stack(tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield running.up(RECFORGE_PIPELINE_CONTROLLER="false")
+    finally:
+        running.down()
+
 EXAMPLES = 100  # per operation and generation mode (positive, negative)
 REQUEST_TIMEOUT_S = 10  # an event stream is read this long, then cut
 FUZZ = settings(
