@@ -461,10 +461,12 @@ async def judge_step(step: Step) -> bool:
             RunStatus.cancelled,
             "cancelled: the canary no longer serves (the role's deployment was changed by hand)",
         )
-    judged = dict(step.run.judge or {"looks": []})
-    candidate_arm, primary_arm = await arms(step, rollout.k)
     assert step.run.canary_started_at is not None
     elapsed = (step.now - step.run.canary_started_at).total_seconds()
+    if elapsed <= 0:
+        return False  # the canary began this tick: nothing served yet
+    judged = dict(step.run.judge or {"looks": []})
+    candidate_arm, primary_arm = await arms(step, rollout.k)
     verdict = await asyncio.to_thread(
         judge.look, rollout, candidate_arm, primary_arm, len(judged["looks"]), elapsed
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -351,6 +352,16 @@ async def test_a_person_may_reject_a_waiting_run(
         await world.call("owner", "GET", f"/api/v1/tasks/{rejected.json()['links']['approval_task_id']}")
     ).json()
     assert task["status"] == "done"
+    # the run's event stream: an ended run is sent once, and the stream ends
+    streamed = await world.call("viewer", "GET", f"/api/v1/pipeline-runs/{run_id}/events")
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    [event] = [block for block in streamed.text.split("\n\n") if block]
+    assert event.startswith("event: run\ndata: ")
+    assert json.loads(event.split("data: ", 1)[1])["status"] == "refused"
+    listed = await world.call("viewer", "GET", f"{PROJECT}/pipeline-runs", params={"status": "refused"})
+    assert [r["id"] for r in listed.json()["items"]] == [run_id]
+    running = await world.call("viewer", "GET", f"{PROJECT}/pipeline-runs", params={"status": "running"})
+    assert running.json()["items"] == []
 
 
 async def _traffic(
