@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, demo, jobs, keys, models, projects, simulator, stack
+from services.cli import data, demo, jobs, keys, models, pipelines, projects, simulator, stack, webhooks
 
 app = typer.Typer(
     name="recforge",
@@ -20,6 +20,8 @@ app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(models.app, name="models")
 app.add_typer(models.deployments_app, name="deployments")
+app.add_typer(pipelines.app, name="pipelines")
+app.add_typer(webhooks.app, name="webhooks")
 app.command()(demo.demo)
 app.command("simulate")(simulator.simulate_command)
 

@@ -479,8 +479,8 @@ class Walkthrough:
             "\n  Send it shoppers (a service key in RECFORGE_SERVICE_KEY, as printed above):\n"
             f"    {shoppers}\n"
             "  Watch it:\n"
-            f"    recforge pipelines runs -p {slug}\n"
-            "    recforge pipelines watch <run id>\n"
+            f"    recforge pipelines runs list -p {slug}\n"
+            "    recforge pipelines runs watch <run id>\n"
             f"    {self.o.api_url}/api/v1/projects/{slug}/pipeline-runs"
         )
         return pipeline

@@ -71,7 +71,7 @@ def test_demo_walks_a_project_from_data_to_recommend(tmp_path: Path) -> None:
         [pipeline] = httpx.get(f"{api}/pipelines", headers=headers, timeout=10).json()
         assert pipeline["name"] == "learn-from-shoppers" and pipeline["triggers"]["min_new_events"] == 2000
         assert pipeline["training"]["feedback"] is not None and pipeline["status"] == "active"
-        assert "recforge simulate -p demo-shop --judgments" in out and "recforge pipelines watch" in out
+        assert "recforge simulate -p demo-shop --judgments" in out and "recforge pipelines runs watch" in out
 
         # A second run leaves the first project alone and makes demo-shop-2.
         again = subprocess.run(

@@ -32,6 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         running.down()
 
+
 EXAMPLES = 100  # per operation and generation mode (positive, negative)
 REQUEST_TIMEOUT_S = 10  # an event stream is read this long, then cut
 FUZZ = settings(

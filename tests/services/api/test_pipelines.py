@@ -14,12 +14,12 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.api.pipelines import controller
 from shared.config import Settings
-from shared.models import AuditLog, Event, Impression, PipelineRun, TrainingJob, WebhookDelivery
+from shared.models import AuditLog, Deployment, Event, Impression, PipelineRun, TrainingJob, WebhookDelivery
 from shared.models.enums import JobStatus, RunStatus
 from tests.factories import add_version
 from tests.support.pipelines import PROJECT, add_run, api_resources, import_named, small_shop
@@ -504,3 +504,100 @@ async def test_a_canary_changed_by_hand_ends_the_run_and_cancel_takes_a_canary_d
         await controller.advance(resources, uuid.UUID(second))
     ended = await _run(sessionmaker, second)
     assert ended.status == "cancelled" and ended.outcome is not None and "changed by hand" in ended.outcome
+
+
+async def test_a_new_dataset_version_and_enough_new_events_each_start_one_run(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    train, golden = await _data(world)
+    body = _body(train, golden, triggers={"dataset": "judgments", "min_new_events": 3})
+    await _pipeline(world, body)
+    async with api_resources(settings) as resources:
+        assert await controller.schedule(resources) == []  # the version it was saved with is not new
+        shop, more, _ = small_shop()
+        newer = await import_named(world, "judgments", more.replace(",3\n", ",2\n"), "relevance")
+        [run] = await controller.schedule(resources)
+        assert run.trigger == "dataset" and run.trigger_key == f"dataset:{newer['version_id']}"
+        assert await controller.schedule(resources) == []  # that version fires once
+        project = world.projects["search-a"]["id"]
+        async with sessionmaker() as session:
+            await session.execute(
+                insert(Event),
+                [
+                    {"project_id": uuid.UUID(project), "event_type": "click", "product_id": f"p{n}"}
+                    for n in range(3)
+                ],
+            )
+            await session.commit()
+        # three new events, but run 1 is still going: the trigger's tick is taken by a skipped run
+        [skipped] = await controller.schedule(resources)
+        assert skipped.trigger == "events" and skipped.status == "skipped"
+        assert await controller.schedule(resources) == []
+    del shop
+
+
+async def test_a_ctr_drop_of_the_production_version_starts_a_run(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    train, golden = await _data(world)
+    drop = {"percent": 20, "baseline_days": 2, "window_hours": 24, "k": 10, "min_requests": 50}
+    pipeline = await _pipeline(world, _body(train, golden, triggers={"ctr_drop": drop}))
+    project, production, _ = await _versions(world, sessionmaker)
+    now = dt.datetime.now(dt.UTC)
+    async with sessionmaker() as session:  # in production for five days
+        await session.execute(
+            update(Deployment)
+            .where(Deployment.is_active.is_(True))
+            .values(created_at=now - dt.timedelta(days=5))
+        )
+        await session.commit()
+
+    async def served(days_ago: float, requests: int, clicked: int) -> None:
+        at = now - dt.timedelta(days=days_ago)
+        prefix = uuid.uuid4().hex[:8]
+        async with sessionmaker() as session:
+            await session.execute(
+                insert(Impression),
+                [{"project_id": uuid.UUID(project), "request_id": f"{prefix}-{n}", "endpoint": "recommend",
+                  "model_version_id": uuid.UUID(production), "product_ids": ["p0", "p1"], "latency_ms": 5.0,
+                  "served_at": at} for n in range(requests)],
+            )  # fmt: skip
+            await session.execute(
+                insert(Event),
+                [{"project_id": uuid.UUID(project), "request_id": f"{prefix}-{n}", "event_type": "click",
+                  "product_id": "p0"} for n in range(clicked)],
+            )  # fmt: skip
+            await session.commit()
+
+    async with api_resources(settings) as resources:
+        await served(4.5, 100, 50)  # its first days: CTR@10 0.5
+        await served(0.2, 100, 45)  # today: 0.45, a 10% drop
+        assert await controller.schedule(resources) == []
+        await served(0.1, 100, 20)  # today now 0.325: a 35% drop
+        [run] = await controller.schedule(resources)
+        assert run.trigger == "ctr_drop" and run.trigger_key.startswith(f"ctr_drop:{production}:")
+        read = (await world.call("viewer", "GET", f"/api/v1/pipeline-runs/{run.id}")).json()
+        assert "35.0% below 0.5000" in read["steps"][0]["detail"]
+        assert await controller.schedule(resources) == []  # once a day at most
+    del pipeline
+
+
+async def test_a_pipeline_of_a_milestone_adds_each_run_to_its_progress(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    train, golden = await _data(world)
+    milestone = await world.call("owner", "POST", f"{PROJECT}/milestones", json={"title": "Fresh models"})
+    assert milestone.status_code == 201, milestone.text
+    body = _body(train, golden, triggers={}, milestone_id=milestone.json()["id"])
+    pipeline = await _pipeline(world, body)
+    started = await world.call("owner", "POST", f"/api/v1/pipelines/{pipeline['id']}/run")
+    run = started.json()
+    task_id = run["links"]["progress_task_id"]
+    task = (await world.call("owner", "GET", f"/api/v1/tasks/{task_id}")).json()
+    assert task["milestone_id"] == milestone.json()["id"] and task["status"] == "in_progress"
+    assert task["title"] == "nightly run #1"
+    cancelled = await world.call("owner", "POST", f"/api/v1/pipeline-runs/{run['id']}/cancel")
+    assert cancelled.status_code == 200
+    task = (await world.call("owner", "GET", f"/api/v1/tasks/{task_id}")).json()
+    assert task["status"] == "done" and "cancelled by user" in task["description"]
+    del settings, sessionmaker
