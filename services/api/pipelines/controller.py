@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from croniter import croniter
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.audit.service import audit_change, record
 from services.api.context import Principal, ProjectContext
 from services.api.deployments import service as deployments
-from services.api.deployments.schemas import PromoteRequest
+from services.api.deployments.schemas import DeploymentRead, PromoteRequest
 from services.api.deps import ApiResources
 from services.api.feedback import service as feedback
 from services.api.feedback.schemas import Bucket, FeedbackJobCreate, OnlineRole
@@ -41,13 +42,14 @@ from services.api.training import service as training
 from services.api.training.schemas import JobCreate
 from services.api.webhooks.service import emit
 from shared.db import after_commit, unit_of_work
-from shared.errors import AppError, Conflict
+from shared.errors import AppError, Conflict, NotFound
 from shared.jobs import pipeline_channel
-from shared.models import Pipeline, PipelineRun, Project, Task, TrainingJob
+from shared.models import AuditLog, Pipeline, PipelineRun, Project, Task, TrainingJob, User
 from shared.models.enums import (
     JobStatus,
     JobType,
     KeyRole,
+    PipelineStatus,
     ProjectRole,
     RunStatus,
     RunStep,
@@ -60,6 +62,7 @@ from shared.models.pipelines import ACTIVE_RUN
 
 log = logging.getLogger("recforge.pipelines")
 
+MAX_ERRORS = 20  # ticks in a row a run may fail to move on before it ends failed
 ENDED_JOB = {JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value}
 TASK_FIELDS = ("title", "status", "priority", "assignee_id", "milestone_id", "model_version_id", "labels")
 
@@ -377,8 +380,33 @@ async def approve(step: Step) -> bool:
         raise RunEnded(RunStatus.cancelled, "cancelled: the approval task was deleted")
     if waiting.status != TaskStatus.done.value:
         return False
-    await approved(step, None, f"approved: task {waiting.id} moved to done")
+    mover = await _who_closed(step.session, waiting.id)
+    moved_by = (
+        await projects_repository.member_role(step.session, step.run.project_id, mover) if mover else None
+    )
+    needed = ProjectRole(step.pipeline.approver_role)
+    if moved_by is None or service.RANK[ProjectRole(moved_by)] < service.RANK[needed]:
+        note(
+            step,
+            f"task {waiting.id} was moved to done by someone who may not approve (a {needed.value} or "
+            "above approves): still waiting",
+            status="waiting",
+        )
+        return False
+    await approved(step, mover, f"approved by user {mover}: task {waiting.id} moved to done")
     return True
+
+
+async def _who_closed(session: AsyncSession, task_id: uuid.UUID) -> uuid.UUID | None:
+    """Who last moved the task to done, from the audit log."""
+    query = (
+        select(AuditLog.actor_user_id)
+        .where(AuditLog.entity_type == "task", AuditLog.entity_id == str(task_id))
+        .where(AuditLog.after["status"].astext == TaskStatus.done.value)
+        .order_by(AuditLog.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def approved(step: Step, by: uuid.UUID | None, reason: str) -> None:
@@ -392,7 +420,11 @@ async def approved(step: Step, by: uuid.UUID | None, reason: str) -> None:
 async def canary(step: Step) -> bool:
     rollout = RolloutSpec.model_validate(step.spec["rollout"])
     candidate = uuid.UUID(step.links["candidate_version_id"])
-    if step.links.get("production_version_id") is None:
+    # production now, not when training ended: a person may have promoted another version meanwhile
+    current = await repository.active_deployment(step.session, step.run.project_id, step.pipeline.role)
+    production = current.model_version_id if current is not None else None
+    step.link(production_version_id=production if production != candidate else None)
+    if production is None or production == candidate:
         note(step, "no version in production: the candidate takes all traffic", status="skipped")
         begin(step, RunStep.promote)
         return True
@@ -515,11 +547,11 @@ async def rollback(step: Step) -> bool:
     production = uuid.UUID(step.links["production_version_id"])
     candidate = step.links["candidate_version_id"]
     why = (step.run.judge or {}).get("reason") or "rolled back"
-    current = await repository.active_deployment(step.session, step.run.project_id, step.pipeline.role)
-    if current is not None and current.model_version_id == production:
-        deployment = await deployments.promote(
-            step.session, step.resources, step.ctx.principal, production, PromoteRequest()
-        )
+    deployment = await take_canary_down(
+        step.session, step.resources, step.ctx.principal, step.run, step.pipeline
+    )
+    if deployment is not None:
+        production = deployment.model_version_id
         step.link(deployment_ids=[*step.links.get("deployment_ids", []), deployment.id])
     await step.audit(
         "rollback", {"model_version_id": candidate, "production_version_id": production, "reason": why}
@@ -533,6 +565,21 @@ async def rollback(step: Step) -> bool:
          "production_version_id": production, "reason": why},
     )  # fmt: skip
     raise RunEnded(RunStatus.rolled_back, f"rolled back model version {candidate}: {why}")
+
+
+async def take_canary_down(
+    session: AsyncSession, resources: ApiResources, principal: Principal, run: PipelineRun, pipeline: Pipeline
+) -> DeploymentRead | None:
+    """Give all of the role's traffic back to the version serving beside the run's canary (whatever a
+    person may have promoted meanwhile); nothing when the canary no longer serves."""
+    current = await repository.active_deployment(session, run.project_id, pipeline.role)
+    if current is None or str(current.canary_model_version_id) != (run.links or {}).get(
+        "candidate_version_id"
+    ):
+        return None
+    return await deployments.promote(
+        session, resources, principal, current.model_version_id, PromoteRequest()
+    )
 
 
 HANDLERS = {
@@ -645,6 +692,11 @@ async def acting_context(
     role = await projects_repository.member_role(session, project.id, pipeline.owner_id)
     if role is None:
         raise RunEnded(RunStatus.failed, "the pipeline's owner is no longer a member of the project")
+    owner = await session.get(User, pipeline.owner_id)
+    if owner is None or not owner.is_active:
+        raise RunEnded(
+            RunStatus.failed, "the pipeline's owner is deactivated: give the pipeline another owner"
+        )
     return ProjectContext(
         project=project, role=ProjectRole(role), principal=acting_principal(pipeline, run_id)
     )
@@ -662,6 +714,8 @@ async def finish(step: Step, status: RunStatus, outcome: str) -> None:
             status="succeeded" if ok else "failed", finished_at=step.now.isoformat(), detail=outcome
         )
     run.steps = steps
+    if status != RunStatus.promoted:
+        await _cancel_jobs(step)
     await _progress_task(step, done=True)
     await step.audit("finish", {"status": status.value, "outcome": outcome})
     await emit(
@@ -672,6 +726,26 @@ async def finish(step: Step, status: RunStatus, outcome: str) -> None:
          "number": run.number, "status": status.value, "outcome": outcome, "links": run.links,
          "steps": run.steps, "gate": run.gate, "judge": run.judge},
     )  # fmt: skip
+
+
+async def _cancel_jobs(step: Step) -> None:
+    """Cancel the jobs the run started that are still queued or running (an arm of the gate whose other
+    arm failed, say): their work would serve nothing."""
+    links = step.links
+    ids = [
+        links.get("feedback_job_id"),
+        links.get("training_job_id"),
+        *(links.get("gate_job_ids") or {}).values(),
+    ]
+    project = await step.session.get(Project, step.run.project_id)
+    assert project is not None
+    ctx = ProjectContext(
+        project=project, role=ProjectRole.owner, principal=acting_principal(step.pipeline, step.run.id)
+    )
+    for job_id in filter(None, ids):
+        job = await step.session.get(TrainingJob, uuid.UUID(job_id), with_for_update=True)
+        if job is not None and job.status not in ENDED_JOB and job.cancel_requested_at is None:
+            await training.cancel(step.session, step.resources, ctx, job)
 
 
 def publish(session: AsyncSession, resources: ApiResources, run: PipelineRun) -> None:
@@ -746,11 +820,14 @@ async def due_triggers(
     triggers = Triggers.model_validate(pipeline.triggers)
     due: list[Due] = []
     if triggers.cron:
+        # ticks since the pipeline's last change (saved, edited, resumed): missed ones do not fire
         tick = croniter(triggers.cron, now).get_prev(dt.datetime)
-        if tick >= pipeline.created_at.replace(second=0, microsecond=0):
+        if tick >= pipeline.updated_at.replace(second=0, microsecond=0):
             due.append(
                 Due(TriggerKind.cron, f"cron:{tick.isoformat()}", f"the cron tick of {tick.isoformat()}")
             )
+    if await repository.going_run(session, pipeline.id) is not None:
+        return due  # new data, events and drops wait for the run going: they stay due until it ends
     if triggers.dataset:
         dataset = await repository.dataset_by_name(session, pipeline.project_id, triggers.dataset)
         latest = await repository.latest_version(session, dataset.id) if dataset else None
@@ -796,7 +873,10 @@ async def _ctr_drop(
     recent_start = now - dt.timedelta(hours=drop.window_hours)
     if since is None or baseline_end is None or baseline_end > recent_start:
         return None
-    ctx = await acting_context(session, pipeline, None)
+    try:
+        ctx = await acting_context(session, pipeline, None)
+    except RunEnded:
+        return None  # the owner is gone: runs would fail at once, and say why
 
     async def ctr(start: dt.datetime, end: dt.datetime) -> tuple[int, float]:
         found = await feedback.online_metrics(
@@ -837,7 +917,12 @@ async def fire(
     now = now or _now()
     async with unit_of_work(resources.sessionmaker) as session:
         pipeline = await repository.lock_pipeline(session, pipeline_id)
-        if pipeline is None or await repository.has_key(session, pipeline_id, key):
+        if pipeline is None:
+            if refuse_overlap:
+                raise NotFound("pipeline not found")
+            return None
+        paused = pipeline.status != PipelineStatus.active.value and trigger != TriggerKind.manual
+        if paused or await repository.has_key(session, pipeline_id, key):
             return None
         going = await repository.going_run(session, pipeline_id)
         if going is not None and refuse_overlap:
@@ -893,7 +978,7 @@ async def schedule(resources: ApiResources, now: dt.datetime | None = None) -> l
     fired = []
     for pipeline in pipelines:
         try:
-            async with resources.sessionmaker() as session:
+            async with unit_of_work(resources.sessionmaker) as session:
                 due = await due_triggers(session, resources, pipeline, now)
             for found in due:
                 run = await fire(resources, pipeline.id, found.trigger, found.key, found.detail, now)
@@ -913,8 +998,26 @@ async def tick(resources: ApiResources, now: dt.datetime | None = None) -> None:
     for run_id in going:
         try:
             await advance(resources, run_id, now)
-        except Exception:
+        except Exception as exc:
             log.warning("a pipeline run could not be advanced", extra={"run_id": str(run_id)}, exc_info=True)
+            await _count_error(resources, run_id, exc, now or _now())
+
+
+async def _count_error(resources: ApiResources, run_id: uuid.UUID, exc: Exception, now: dt.datetime) -> None:
+    """A run that failed to move on MAX_ERRORS ticks in a row for a reason no step foresaw (a database
+    outage passes; a bug does not) ends failed, saying so, rather than trying forever."""
+    try:
+        async with unit_of_work(resources.sessionmaker) as session:
+            run = await repository.lock_run_nowait(session, run_id)
+            if run is None or run.status not in ACTIVE_RUN:
+                return
+            errors = int((run.links or {}).get("errors", 0)) + 1
+            run.links = {**(run.links or {}), "errors": errors}
+        if errors >= MAX_ERRORS:
+            await _fail(resources, run_id, f"failed: the run could not move on {errors} times: "
+                        f"{type(exc).__name__}: {str(exc)[:300]}", now)  # fmt: skip
+    except Exception:
+        log.warning("could not count a pipeline run's error", extra={"run_id": str(run_id)}, exc_info=True)
 
 
 async def controller_loop(resources: ApiResources) -> None:
@@ -963,6 +1066,8 @@ async def decide(
         run.decided_by = who
         await finish(step, RunStatus.refused, said)
     publish(session, resources, run)
+    await session.flush()
+    await session.refresh(run)
     return run
 
 
@@ -985,15 +1090,11 @@ async def cancel(
         if job is not None and job.status not in ENDED_JOB:
             await training.cancel(session, resources, ctx, job)
     if run.status == RunStatus.canary.value:
-        current = await repository.active_deployment(session, run.project_id, pipeline.role)
-        production = links.get("production_version_id")
-        if current is not None and str(current.canary_model_version_id) == links.get("candidate_version_id"):
-            assert production is not None
-            await deployments.promote(
-                session, resources, ctx.principal, uuid.UUID(production), PromoteRequest()
-            )
+        await take_canary_down(session, resources, ctx.principal, run, pipeline)
     said = f"cancelled by user {ctx.principal.user_id}"
     await audit_change(session, ctx, "pipeline_run.cancel", "pipeline_run", run.id, None, {"reason": said})
     await finish(step, RunStatus.cancelled, said)
     publish(session, resources, run)
+    await session.flush()
+    await session.refresh(run)
     return run

@@ -5,9 +5,10 @@ At look j (0-based) each arm has at least ``min_requests * 2**j`` requests; each
 promoting a candidate that is no better above ``alpha`` (nor that of rolling back one no worse). A look
 where the candidate is better at that level promotes; one where it is worse rolls back; after the last
 look, or past ``max_duration_s``, the canary is inconclusive.
-Rates per request (CTR@k, carts, purchases) are compared with scipy's Poisson means test (the E-test),
-the share of requests with a click with Fisher's exact test. Guardrails (the latency p99 ratio) roll back
-at once, whatever the metric says."""
+Rates per request (CTR@k, carts, purchases) are compared with the conditional binomial test of two
+Poisson rates (given the arms' total count, the canary's share of it against its share of the requests;
+scipy's binomtest), the share of requests with a click with Fisher's exact test. Guardrails (the
+latency p99 ratio) roll back at once, whatever the metric says."""
 
 from __future__ import annotations
 
@@ -56,7 +57,10 @@ def _test(metric: JudgeMetric, candidate: Arm, primary: Arm, alternative: str) -
         table = [[c, candidate.requests - c], [p, primary.requests - p]]
         odds, pvalue = stats.fisher_exact(table, alternative=alternative)
         return float(odds), float(pvalue)
-    found = stats.poisson_means_test(c, candidate.requests, p, primary.requests, alternative=alternative)
+    if c + p == 0:
+        return 0.0, 1.0
+    share = candidate.requests / (candidate.requests + primary.requests)
+    found = stats.binomtest(c, c + p, share, alternative=alternative)
     return float(found.statistic), float(found.pvalue)
 
 

@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -127,8 +127,8 @@ async def validate(
         )
     triggers = values.get("triggers") or {}
     cron = triggers.get("cron")
-    if cron is not None and not croniter.is_valid(cron):
-        raise _invalid("triggers.cron", f"{cron!r} is not a cron schedule (five fields: m h dom mon dow)")
+    if cron is not None:
+        _check_cron(cron)
     watched = triggers.get("dataset")
     if watched is not None and await repository.dataset_by_name(session, ctx.project.id, watched) is None:
         raise _invalid("triggers.dataset", f"no dataset named {watched!r} in this project")
@@ -171,6 +171,20 @@ async def validate(
         milestone = await session.get(Milestone, milestone_id)
         if milestone is None or milestone.project_id != ctx.project.id:
             raise _invalid("milestone_id", "no such milestone in this project")
+
+
+def _check_cron(cron: str) -> None:
+    words = (
+        "is not a cron schedule of five fields (minute hour day-of-month month day-of-week), e.g. 0 3 * * *"
+    )
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise _invalid("triggers.cron", f"{cron!r} {words}")
+    try:
+        now = dt.datetime.now(dt.UTC)
+        croniter(cron, now).get_next(dt.datetime)
+        croniter(cron, now).get_prev(dt.datetime)
+    except (CroniterError, ValueError, OverflowError):
+        raise _invalid("triggers.cron", f"{cron!r} never comes (a day no month has?)") from None
 
 
 def _job_of(role: DeploymentRole) -> str:
@@ -239,16 +253,16 @@ async def update(
     changes = data.model_dump(mode="json", exclude_unset=True)
     if not changes:
         return to_read(pipeline)
-    for name in ("name", "triggers", "training", "rollout", "require_approval", "approver_role"):
+    required = ("name", "description", "triggers", "training", "rollout", "require_approval", "approver_role")
+    for name in (*required, "owner_id"):
         if name in changes and changes[name] is None:
             raise _invalid(name, "may not be null")
     before = snapshot(pipeline, FIELDS)
     merged = {**{name: getattr(pipeline, name) for name in FIELDS}, **changes}
     await validate(session, settings, ctx, DeploymentRole(pipeline.role), merged)
+    await _check_owner(session, ctx, ctx.principal.user_id)  # who changes what it promotes answers for it
     if "owner_id" in changes:
         await _check_owner(session, ctx, uuid.UUID(str(changes["owner_id"])))
-    else:
-        await _check_owner(session, ctx, ctx.principal.user_id)  # who changes it answers for it
     renamed = "name" in changes and changes["name"] != pipeline.name
     if renamed and await repository.by_name(session, ctx.project.id, changes["name"]) is not None:
         raise Conflict(f"the project has a pipeline named {changes['name']!r} already")

@@ -116,6 +116,8 @@ async def test_a_pipeline_is_checked_when_saved_not_when_it_runs(world: World) -
     await refused(
         _body(train, golden, triggers={"cron": "every night"}), "triggers.cron", "not a cron schedule"
     )
+    await refused(_body(train, golden, triggers={"cron": "0 0 30 2 *"}), "triggers.cron", "never comes")
+    await refused(_body(train, golden, triggers={"cron": "0 0 * * * 2030"}), "triggers.cron", "five fields")
     await refused(
         _body(train, golden, training={"job_type": "bi_encoder", "dataset": "nope"}),
         "training.dataset",
@@ -148,6 +150,14 @@ async def test_a_pipeline_is_checked_when_saved_not_when_it_runs(world: World) -
     assert changed.json()["require_approval"] and changed.json()["approver_role"] == "owner"
     bad = await world.call("maintainer", "PATCH", url, json={"rollout": {"canary_percent": 100}})
     assert bad.status_code == 422
+    for field in ("owner_id", "description", "training"):
+        nulled = await world.call("maintainer", "PATCH", url, json={field: None})
+        assert nulled.status_code == 422 and "may not be null" in nulled.text, nulled.text
+    # a member may not change what a pipeline promotes in another's name, nor hand it to a member
+    member = await world.call("member", "PATCH", url, json={"gate": None, "owner_id": world.users["owner"]})
+    assert member.status_code == 403
+    to_member = await world.call("owner", "PATCH", url, json={"owner_id": world.users["member"]})
+    assert to_member.status_code == 403 and "that member's role (member)" in to_member.json()["message"]
     paused = await world.call("maintainer", "POST", f"{url}/pause")
     assert paused.json()["status"] == "paused" and paused.json()["next_cron_tick"] is None
     assert (await world.call("maintainer", "POST", f"{url}/resume")).json()["status"] == "active"
@@ -315,7 +325,13 @@ async def test_a_run_that_needs_approval_waits_for_the_least_busy_approver(
         assert (await _run(sessionmaker, run_id)).status == "awaiting_approval"
         refused = await world.call("member", "POST", f"/api/v1/pipeline-runs/{run_id}/approve")
         assert refused.status_code == 403 and "maintainer or above" in refused.json()["message"]
-        for status in ("in_progress", "in_review", "done"):  # the maintainer works the task to done
+        for status in ("in_progress", "in_review", "done"):  # a member closing the task approves nothing
+            moved = await world.call("member", "PATCH", f"/api/v1/tasks/{task_id}", json={"status": status})
+            assert moved.status_code == 200, moved.text
+        await controller.advance(resources, uuid.UUID(run_id))
+        still = await _run(sessionmaker, run_id)
+        assert still.status == "awaiting_approval" and "may not approve" in (still.steps[-1]["detail"] or "")
+        for status in ("in_progress", "in_review", "done"):  # the maintainer reopens it and works it to done
             moved = await world.call(
                 "maintainer", "PATCH", f"/api/v1/tasks/{task_id}", json={"status": status}
             )
@@ -323,6 +339,7 @@ async def test_a_run_that_needs_approval_waits_for_the_least_busy_approver(
         await controller.advance(resources, uuid.UUID(run_id))
     going = await _run(sessionmaker, run_id)
     assert going.status == "canary" and going.step == "judge" and going.canary_started_at is not None
+    assert going.decided_by == uuid.UUID(world.users["maintainer"])
     deployed = (await world.call("owner", "GET", f"{PROJECT}/deployments")).json()
     assert deployed[0]["model_version_id"] == production
     assert deployed[0]["canary_model_version_id"] == candidate and deployed[0]["canary_percent"] == 50
@@ -529,9 +546,13 @@ async def test_a_new_dataset_version_and_enough_new_events_each_start_one_run(
                 ],
             )
             await session.commit()
-        # three new events, but run 1 is still going: the trigger's tick is taken by a skipped run
-        [skipped] = await controller.schedule(resources)
-        assert skipped.trigger == "events" and skipped.status == "skipped"
+        # three new events, but run 1 is still going: they wait for it, and fire once it has ended
+        assert await controller.schedule(resources) == []
+        ended = await world.call("owner", "POST", f"/api/v1/pipeline-runs/{run.id}/cancel")
+        assert ended.status_code == 200, ended.text
+        [second] = await controller.schedule(resources)
+        assert second.trigger == "events" and second.status == "running"
+        assert second.trigger_key == f"events:{run.id}"
         assert await controller.schedule(resources) == []
     del shop
 
@@ -571,9 +592,9 @@ async def test_a_ctr_drop_of_the_production_version_starts_a_run(
 
     async with api_resources(settings) as resources:
         await served(4.5, 100, 50)  # its first days: CTR@10 0.5
-        await served(0.2, 100, 45)  # today: 0.45, a 10% drop
+        await served(10 / 1440, 100, 45)  # ten minutes ago: 0.45, a 10% drop
         assert await controller.schedule(resources) == []
-        await served(0.1, 100, 20)  # today now 0.325: a 35% drop
+        await served(5 / 1440, 100, 20)  # the last day now 0.325: a 35% drop
         [run] = await controller.schedule(resources)
         assert run.trigger == "ctr_drop" and run.trigger_key.startswith(f"ctr_drop:{production}:")
         read = (await world.call("viewer", "GET", f"/api/v1/pipeline-runs/{run.id}")).json()
