@@ -147,4 +147,3 @@ class WebhookDelivery(UUIDPk, CreatedAt, Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-

@@ -129,7 +129,9 @@ def begin(step: Step, name: RunStep, detail: str | None = None) -> None:
     when = step.now.isoformat()
     for entry in steps:
         if entry["status"] in ("running", "waiting"):
-            entry.update(status="succeeded", finished_at=when)
+            entry["status"] = "succeeded"
+        if entry.get("finished_at") is None:
+            entry["finished_at"] = when
     steps.append({"name": name.value, "status": "running", "started_at": when, "detail": detail})
     step.run.steps = steps
     step.run.step = name.value
