@@ -7,8 +7,8 @@ requests, so the test runs in minutes); the loop fine-tunes the real MiniLM.
    With no further call the loop collects feedback, trains, passes the gate, canaries at 50%, and the
    judge finds the candidate's CTR@10 higher at alpha 0.05 and promotes it. The run row, the audit log
    and the webhook deliveries (to a server this test runs, signatures checked) show every step.
-2. A candidate trained on shuffled grades is refused at the gate with a readable reason, and a task for
-   the pipeline's owner appears.
+2. A candidate trained on shuffled grades (the small BERT's) is refused at the gate with a readable
+   reason, and a task for the pipeline's owner appears.
 3. With approval required the run waits, a maintainer gets the task, and moving it to done continues
    the run; that candidate (the small BERT trained on shuffled grades, past a lenient gate) is worse
    with shoppers and the judge rolls it back: production serves the version of step 1.
@@ -238,7 +238,7 @@ def test_a_candidate_trained_on_shuffled_grades_is_refused_at_the_gate(loop: dic
         name="shuffled-strict",
         role="retriever",
         training={"job_type": "bi_encoder", "dataset_version_id": loop["versions"]["shuffled"],
-                  "hyperparameters": {**TRAIN, "learning_rate": 1e-4}},
+                  "base_model": loop["tiny"], "hyperparameters": {**TRAIN, "learning_rate": 1e-4}},
         gate={"golden_dataset_version_id": loop["versions"]["golden"],
               "rules": [{"metric": "catalog_ndcg@10", "max_drop": 0.0}]},
     )  # fmt: skip
