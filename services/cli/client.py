@@ -12,8 +12,8 @@ import httpx
 from services.cli.console import err_console, fail
 from shared.config import Settings
 
-API_URL_HELP = "Base URL of the RecForge API [env: RECFORGE_API_URL; default: http://HOST:API_PORT]."
-API_KEY_HELP = "An API key [env: RECFORGE_API_KEY]; `recforge keys create` makes one."
+API_URL_HELP = "Base URL of the RecForge API (env: RECFORGE_API_URL; default: http://HOST:API_PORT)."
+API_KEY_HELP = "An API key (env: RECFORGE_API_KEY); `recforge keys create` makes one."
 
 
 def api_url(settings: Settings, given: str | None) -> str:

@@ -250,7 +250,7 @@ def test_a_candidate_trained_on_shuffled_grades_is_refused_at_the_gate(loop: dic
     tasks = stack.api("GET", f"/projects/{PROJECT}/tasks", expect=200).json()["items"]
     [task] = [t for t in tasks if t["title"] == f"Gate refused shuffled-strict run #{run['number']}"]
     assert run["outcome"] in task["description"] and task["assignee_id"] == pipeline["owner_id"]
-    assert "gate.refused" in loop["receiver"].events(run["id"])
+    wait_for("the refusal's webhook", lambda: "gate.refused" in loop["receiver"].events(run["id"]), 60)
 
 
 def test_an_approved_candidate_worse_with_shoppers_is_rolled_back(loop: dict[str, Any]) -> None:
@@ -296,5 +296,5 @@ def test_an_approved_candidate_worse_with_shoppers_is_rolled_back(loop: dict[str
     assert [s["name"] for s in run["steps"]][-4:] == ["approve", "canary", "judge", "rollback"]
     deployed = stack.api("GET", f"/projects/{PROJECT}/deployments", expect=200).json()[0]
     assert deployed["model_version_id"] == before and deployed["canary_model_version_id"] is None
-    assert "model.rolled_back" in loop["receiver"].events(run["id"])
+    wait_for("the rollback's webhook", lambda: "model.rolled_back" in loop["receiver"].events(run["id"]), 60)
     assert traffic.failed == 0 and traffic.events_refused == 0
