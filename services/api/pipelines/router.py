@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.context import CurrentPerson, ProjectDep, still_valid
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
 from services.api.pagination import CursorQuery, LimitQuery, Page
@@ -23,14 +20,13 @@ from services.api.pipelines.schemas import (
     RunDecision,
     RunRead,
 )
-from shared.errors import TooManyRequests
+from services.api.streams import event_stream
 from shared.jobs import pipeline_channel
 from shared.models import PipelineRun
 from shared.models.enums import PipelineStatus, RunStatus, TriggerKind
 from shared.models.pipelines import ACTIVE_RUN
 
 router = APIRouter(tags=["pipelines"])
-KEEPALIVE_S = 15.0
 
 
 @router.post(
@@ -190,10 +186,6 @@ async def cancel_run(
     return service.run_read(run)
 
 
-def _sse(event: str, payload: str) -> bytes:
-    return f"event: {event}\ndata: {payload}\n\n".encode()
-
-
 @router.get(
     "/pipeline-runs/{run_id}/events",
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
@@ -210,51 +202,20 @@ async def run_events(
     (and every 15 s); the stream ends when the run ends, or with an `end` event when the caller's key is
     revoked or expires. Streams count against RECFORGE_MAX_EVENT_STREAMS like job streams."""
     _, row = await service.load_run(session, principal, run_id)
-    first = service.run_read(row)
-    project_id = row.project_id
-    streams = resources.event_streams
-    if streams.available_tokens < 1:
-        raise TooManyRequests(
-            f"{streams.total_tokens:.0f} event streams are open on this server (RECFORGE_MAX_EVENT_STREAMS): "
-            "poll GET /pipeline-runs/{id}, or retry shortly",
-            retry_after=KEEPALIVE_S,
-        )
 
-    async def current() -> tuple[RunRead, str | None]:
-        async with resources.sessionmaker() as fresh:
-            refusal = await still_valid(fresh, principal)
-            found = await fresh.get(PipelineRun, run_id)
-            assert found is not None
-            return service.run_read(found), refusal
+    async def current(fresh: AsyncSession) -> RunRead:
+        found = await fresh.get(PipelineRun, run_id)
+        assert found is not None
+        return service.run_read(found)
 
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            streams.acquire_nowait()
-        except anyio.WouldBlock:
-            yield _sse("end", json.dumps({"reason": "too many event streams are open; retry shortly"}))
-            return
-        try:
-            read = first
-            yield _sse("run", read.model_dump_json())
-            if read.status.value not in ACTIVE_RUN:
-                return
-            pubsub = resources.redis.pubsub()
-            await pubsub.subscribe(pipeline_channel(project_id))
-            try:
-                while not await request.is_disconnected():
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE_S)
-                    read, refusal = await current()
-                    if refusal is not None:
-                        yield _sse("end", json.dumps({"reason": refusal}))
-                        return
-                    yield _sse("run", read.model_dump_json())
-                    if read.status.value not in ACTIVE_RUN:
-                        return
-                    await asyncio.sleep(0)
-            finally:
-                await pubsub.unsubscribe()
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-        finally:
-            streams.release()
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return event_stream(
+        request,
+        resources,
+        principal,
+        event="run",
+        first=service.run_read(row),
+        channel=pipeline_channel(row.project_id),
+        current=current,
+        ended=lambda read: read.status.value not in ACTIVE_RUN,
+        poll="GET /pipeline-runs/{id}",
+    )

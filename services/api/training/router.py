@@ -1,22 +1,19 @@
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.context import CurrentPerson, ProjectDep, still_valid
+from services.api.context import CurrentPerson, ProjectDep
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.errors import ERRORS
 from services.api.pagination import CursorQuery, LimitQuery, Page
+from services.api.streams import event_stream
 from services.api.training import repository, service
 from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
-from shared.errors import TooManyRequests
 from shared.jobs import progress_channel
 from shared.models.enums import JobStatus, JobType, ModelStatus, ModelTaskType
 
@@ -30,7 +27,6 @@ IdempotencyKey = Annotated[
         description="Repeating a submission with the same key returns the first job instead of a new one.",
     ),
 ]
-KEEPALIVE_S = 15.0
 
 
 @router.post(
@@ -101,10 +97,6 @@ async def retry_job(
     return await service.retry(session, resources, ctx, job)
 
 
-def _sse(event: str, payload: str) -> bytes:
-    return f"event: {event}\ndata: {payload}\n\n".encode()
-
-
 @router.get(
     "/training-jobs/{job_id}/events",
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
@@ -122,57 +114,23 @@ async def job_events(
     `end` event when the caller's key is revoked or expires. At most RECFORGE_MAX_EVENT_STREAMS streams
     are open per server; more answer 429."""
     _, job = await service.job_context(session, principal, job_id)
-    first = await service.get(session, job)
-    streams = resources.event_streams
-    if streams.available_tokens < 1:
-        raise TooManyRequests(
-            f"{streams.total_tokens:.0f} event streams are open on this server (RECFORGE_MAX_EVENT_STREAMS): "
-            "poll GET /training-jobs/{id}, or retry shortly",
-            retry_after=KEEPALIVE_S,
-        )
 
-    async def current() -> tuple[JobRead, str | None]:
-        """The job as it is now, and why the caller's key may no longer follow it (or None)."""
-        async with resources.sessionmaker() as fresh:
-            refusal = await still_valid(fresh, principal)
-            row = await repository.get_job(fresh, job_id)
-            assert row is not None
-            return await service.get(fresh, row), refusal
+    async def current(fresh: AsyncSession) -> JobRead:
+        row = await repository.get_job(fresh, job_id)
+        assert row is not None
+        return await service.get(fresh, row)
 
-    async def stream() -> AsyncIterator[bytes]:
-        # taken here, where the finally below is sure to give it back (a stream that never starts
-        # holds nothing); two requests racing for the last one: the loser's stream ends at once
-        try:
-            streams.acquire_nowait()
-        except anyio.WouldBlock:
-            yield _sse("end", json.dumps({"reason": "too many event streams are open; retry shortly"}))
-            return
-        try:
-            read = first
-            yield _sse("job", read.model_dump_json())
-            if JobStatus(read.status) in service.TERMINAL:
-                return
-            pubsub = resources.redis.pubsub()
-            await pubsub.subscribe(progress_channel(job_id))
-            try:
-                while not await request.is_disconnected():
-                    # a progress message or KEEPALIVE_S of silence: either way, send the job as it is now
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE_S)
-                    read, refusal = await current()
-                    if refusal is not None:  # the key was revoked or expired while the stream was open
-                        yield _sse("end", json.dumps({"reason": refusal}))
-                        return
-                    yield _sse("job", read.model_dump_json())
-                    if JobStatus(read.status) in service.TERMINAL:
-                        return
-                    await asyncio.sleep(0)
-            finally:
-                await pubsub.unsubscribe()
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-        finally:
-            streams.release()
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return event_stream(
+        request,
+        resources,
+        principal,
+        event="job",
+        first=await service.get(session, job),
+        channel=progress_channel(job_id),
+        current=current,
+        ended=lambda read: JobStatus(read.status) in service.TERMINAL,
+        poll="GET /training-jobs/{id}",
+    )
 
 
 @router.get("/projects/{project_id}/model-versions", response_model=Page[ModelVersionRead], responses=ERRORS)
