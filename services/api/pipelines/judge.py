@@ -91,6 +91,9 @@ def look(spec: RolloutSpec, candidate: Arm, primary: Arm, looks_done: int, elaps
                 f"{seen:.2f}x the primary's {primary.latency_p99_ms:.1f} ms (most {ratio:g}x)",
                 figures,
             )
+    broken = _starved(spec, candidate, primary, figures)
+    if broken is not None:
+        return Look("rollback", broken, figures)
     due = spec.min_requests * 2**looks_done
     timed_out = elapsed_s >= spec.max_duration_s
     if looks_done >= spec.max_looks or (fewest < due and not timed_out):
@@ -116,6 +119,29 @@ def look(spec: RolloutSpec, candidate: Arm, primary: Arm, looks_done: int, elaps
         return _inconclusive(spec, name, figures, rate_c, rate_p, said)
     figures["next_look_at_requests"] = spec.min_requests * 2 ** (looks_done + 1)
     return Look("wait", f"{said}: no difference at {level:.3g} yet (p={p_better:.2g})", figures)
+
+
+def _starved(spec: RolloutSpec, candidate: Arm, primary: Arm, figures: dict[str, Any]) -> str | None:
+    """Why the canary answers clearly less than its share of the requests (it fails them, or cannot
+    load and the primary takes them), or None: the error-rate guardrail, read from the impressions."""
+    expected = spec.canary_percent / 100
+    total = candidate.requests + primary.requests
+    floor = spec.min_served_share
+    if floor is None or expected <= 0 or total * expected < spec.guardrail_min_requests:
+        return None
+    served = candidate.requests / total / expected
+    figures["served_share"] = round(served, 3)
+    if served >= floor:
+        return None
+    p = float(stats.binomtest(candidate.requests, total, expected * floor, alternative="less").pvalue)
+    figures["p_served"] = p
+    if p >= spec.alpha:
+        return None
+    return (
+        f"guardrail broken: the canary answered {candidate.requests} of {total} requests, "
+        f"{served:.0%} of its {spec.canary_percent}% share (at least {floor:.0%}): it fails or cannot load, "
+        f"p={p:.2g}"
+    )
 
 
 def _inconclusive(

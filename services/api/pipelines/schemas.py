@@ -158,6 +158,14 @@ class RolloutSpec(BaseModel):
     max_latency_p99_ratio: float | None = Field(
         2.0, gt=1, description="Canary p99 over primary p99 above this rolls back at once."
     )
+    min_served_share: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The canary must answer at least this part of its share of the requests: the ones it "
+        "fails (or cannot load for) go unanswered or to the primary. Clearly below it, it is rolled back at "
+        "once (its error rate, as the impressions show it).",
+    )
     guardrail_min_requests: int = Field(100, ge=1, description="Requests per arm before guardrails apply.")
 
 

@@ -82,3 +82,20 @@ def test_looking_early_keeps_false_promotions_within_alpha() -> None:
                 break
     # alpha, and about two standard errors of 300 trials
     assert promoted / trials <= 0.05 + 0.025 and rolled_back / trials <= 0.05 + 0.025
+
+
+def test_a_canary_that_answers_too_little_of_its_share_is_rolled_back_at_once() -> None:
+    """Requests the canary fails (or that the primary takes while it cannot load) leave no impression in
+    its arm: far below its share of the requests, it is rolled back whatever its clicks say."""
+    spec = RolloutSpec(canary_percent=50, min_requests=1000, guardrail_min_requests=100)
+    starved = look(spec, arm(40, 40), arm(400, 10), looks_done=0, elapsed_s=60)
+    assert starved.decision == "rollback" and starved.reason.startswith(
+        "guardrail broken: the canary answered 40"
+    )
+    assert starved.figures["served_share"] == round(40 / 440 / 0.5, 3) and starved.figures["p_served"] < 0.05
+    # a share a little off, as hashing users gives: no alarm
+    fine = look(spec, arm(190, 80), arm(230, 90), looks_done=0, elapsed_s=60)
+    assert fine.decision == "wait" and fine.figures["served_share"] > 0.5
+    # too few requests to tell: no alarm either
+    early = look(spec, arm(2, 1), arm(60, 10), looks_done=0, elapsed_s=5)
+    assert early.decision == "wait" and "served_share" not in early.figures
