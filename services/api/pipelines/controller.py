@@ -36,6 +36,7 @@ from services.api.pipelines import judge, repository, service
 from services.api.pipelines.gate import judge_offline
 from services.api.pipelines.schemas import GateSpec, RolloutSpec, TrainingSpec, Triggers
 from services.api.projects import repository as projects_repository
+from services.api.projects.service import BudgetExceeded
 from services.api.schemas import snapshot
 from services.api.training import repository as training_repository
 from services.api.training import service as training
@@ -189,14 +190,12 @@ async def _submit(step: Step, data: JobCreate, key: str) -> uuid.UUID:
     """Submit a job for the run (once per key); over the budget, the run is skipped with the reason."""
     try:
         submitted = await training.submit(step.session, step.resources, step.ctx, data, key)
-    except Conflict as exc:
-        if "budget" in exc.message:
-            raise await _budget(step, exc) from None
-        raise
+    except BudgetExceeded as exc:
+        raise await _budget(step, exc) from None
     return submitted.job.id
 
 
-async def _budget(step: Step, exc: Conflict) -> RunEnded:
+async def _budget(step: Step, exc: BudgetExceeded) -> RunEnded:
     await emit(
         step.session,
         step.run.project_id,
@@ -224,10 +223,8 @@ async def collect(step: Step) -> bool:
             submitted = await feedback.submit_feedback_job(
                 step.session, step.resources, step.ctx, data, f"pipeline-run:{step.run.id}:collect"
             )
-        except Conflict as exc:
-            if "budget" in exc.message:
-                raise await _budget(step, exc) from None
-            raise
+        except BudgetExceeded as exc:
+            raise await _budget(step, exc) from None
         step.link(feedback_job_id=submitted.job.id)
         note(step, f"feedback job {submitted.job.id} over {spec.feedback.days:g} days")
         await step.audit("collect", {"feedback_job_id": submitted.job.id})
@@ -730,20 +727,21 @@ async def finish(step: Step, status: RunStatus, outcome: str) -> None:
     )  # fmt: skip
 
 
-async def _cancel_jobs(step: Step) -> None:
+async def _cancel_jobs(step: Step, ctx: ProjectContext | None = None) -> None:
     """Cancel the jobs the run started that are still queued or running (an arm of the gate whose other
-    arm failed, say): their work would serve nothing."""
+    arm failed, say): their work would serve nothing. ``ctx``: who cancels (default: the pipeline)."""
     links = step.links
     ids = [
         links.get("feedback_job_id"),
         links.get("training_job_id"),
         *(links.get("gate_job_ids") or {}).values(),
     ]
-    project = await step.session.get(Project, step.run.project_id)
-    assert project is not None
-    ctx = ProjectContext(
-        project=project, role=ProjectRole.owner, principal=acting_principal(step.pipeline, step.run.id)
-    )
+    if ctx is None:
+        project = await step.session.get(Project, step.run.project_id)
+        assert project is not None
+        ctx = ProjectContext(
+            project=project, role=ProjectRole.owner, principal=acting_principal(step.pipeline, step.run.id)
+        )
     for job_id in filter(None, ids):
         job = await step.session.get(TrainingJob, uuid.UUID(job_id), with_for_update=True)
         if job is not None and job.status not in ENDED_JOB and job.cancel_requested_at is None:
@@ -1081,16 +1079,7 @@ async def cancel(
     service.ensure_going(run)
     pipeline = await service.pipeline_of(session, run)
     step = Step(session, resources, run, pipeline, _no_ctx(pipeline, run), _now())
-    links = step.links
-    job_ids = [
-        links.get("feedback_job_id"),
-        links.get("training_job_id"),
-        *(links.get("gate_job_ids") or {}).values(),
-    ]
-    for job_id in filter(None, job_ids):
-        job = await session.get(TrainingJob, uuid.UUID(job_id), with_for_update=True)
-        if job is not None and job.status not in ENDED_JOB:
-            await training.cancel(session, resources, ctx, job)
+    await _cancel_jobs(step, ctx)  # in the name of who cancels the run
     if run.status == RunStatus.canary.value:
         await take_canary_down(session, resources, ctx.principal, run, pipeline)
     said = f"cancelled by user {ctx.principal.user_id}"
