@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=50)
     webhook_backoff_s: float = Field(default=5.0, gt=0, le=3600)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # The web console (/ui): a sign-in lasts console_session_hours (never past its API key's expiry);
+    # its cookie is Secure when console_secure_cookie (serve the console over HTTPS in production).
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    console_secure_cookie: bool = False
 
     @field_validator("log_level")
     @classmethod

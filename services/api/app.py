@@ -16,6 +16,8 @@ from starlette.types import Scope
 
 from services.api.audit.router import router as audit_router
 from services.api.auth.router import router as auth_router
+from services.api.console import web as console_web
+from services.api.console.router import router as console_router
 from services.api.datasets.cleanup import sweep_imports
 from services.api.datasets.router import router as datasets_router
 from services.api.deployments.router import router as deployments_router
@@ -113,4 +115,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(console_router)
+    console_web.install(app)
     return app

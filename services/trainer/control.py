@@ -13,10 +13,12 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+LOSS_POINTS = 200  # the most (step, loss) points a job's progress keeps
 
 
 class JobCancelled(Exception):
@@ -47,9 +49,28 @@ class JobControl:
         self.stop.set()
 
     def report(self, **fields: Any) -> None:
+        """Merge ``fields`` into the progress. A new ``phase`` is also appended to ``phases`` (with the
+        time it began), and each ``loss`` at a ``step`` to ``loss_curve``, thinned to at most
+        LOSS_POINTS points so the row stays small however long the run: what the console draws."""
         with self._lock:
+            phase = fields.get("phase")
+            if phase is not None and phase != self._progress.get("phase"):
+                at = datetime.now(UTC).isoformat(timespec="seconds")
+                self._progress["phases"] = [*self._progress.get("phases", []), {"phase": phase, "at": at}]
+            if "loss" in fields and "step" in fields and fields["loss"] is not None:
+                curve = [*self._progress.get("loss_curve", []), [fields["step"], fields["loss"]]]
+                if len(curve) > LOSS_POINTS:  # LOSS_POINTS + 1 points: every other keeps both ends
+                    curve = curve[::2]
+                self._progress["loss_curve"] = curve
             self._progress.update(fields)
             self._version += 1
+
+    def resume_from(self, progress: dict[str, Any]) -> None:
+        """Carry a resumed run's phases and loss curve on from where the last run left them."""
+        with self._lock:
+            for name in ("phases", "loss_curve"):
+                if isinstance(progress.get(name), list):
+                    self._progress[name] = list(progress[name])
 
     def snapshot(self) -> tuple[int, dict[str, Any]]:
         with self._lock:

@@ -206,6 +206,7 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         if not await wc.store.set_device(claimed, device.type):
             return "superseded: the job is no longer this run's"
         heartbeat = asyncio.create_task(_heartbeat(wc, claimed, control, gpu=device.type == "cuda"))
+        control.resume_from(job.progress or {})
         control.report(phase="loading data")
         setup_threads()
         log.info("job running", extra={"job_id": job_id, "attempt": job.attempts, "device": device.type})

@@ -10,12 +10,13 @@ from shared.models.pipelines import Pipeline, PipelineRun, Webhook, WebhookDeliv
 from shared.models.projects import Milestone, Project, ProjectMember
 from shared.models.tasks import Task, TaskComment
 from shared.models.training import TrainingJob
-from shared.models.users import ApiKey, User
+from shared.models.users import ApiKey, ConsoleSession, User
 
 __all__ = [
     "ApiKey",
     "AuditLog",
     "Base",
+    "ConsoleSession",
     "Dataset",
     "DatasetImport",
     "DatasetVersion",

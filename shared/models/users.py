@@ -41,3 +41,15 @@ class ApiKey(UUIDPk, CreatedAt, Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleSession(UUIDPk, CreatedAt, Base):
+    """A web console sign-in: an API key's holder with a browser cookie. Only the cookie's SHA-256 is
+    stored; the key's own refusals (revoked, expired, user deactivated) end the session with it."""
+
+    __tablename__ = "console_sessions"
+
+    api_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

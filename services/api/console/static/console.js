@@ -1,0 +1,101 @@
+// RecForge console: the little the pages need beyond HTML. Every page works without it; with it, a job's
+// progress moves live (server-sent events) and board moves show a refusal in place instead of a new page.
+"use strict";
+
+function showAlert(text) {
+  const alert = document.getElementById("alert");
+  if (!alert) return;
+  alert.textContent = text;
+  alert.hidden = false;
+  alert.scrollIntoView({ block: "nearest" });
+}
+
+// Forms marked data-inline: sent in the background; an error's message appears in the page's alert.
+document.addEventListener("submit", async (event) => {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-inline")) return;
+  event.preventDefault();
+  const button = form.querySelector("button[type=submit]");
+  if (button) button.disabled = true;
+  try {
+    const response = await fetch(form.action, {
+      method: "POST",
+      body: new URLSearchParams(new FormData(form)),
+      credentials: "same-origin",
+      headers: { "Accept": "text/html" },
+    });
+    if (response.ok) {
+      window.location.href = response.url;  // the page the form led to, loaded afresh
+      return;
+    }
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const message = page.getElementById("error-message");
+    showAlert(`${response.status}: ${message ? message.textContent.trim() : response.statusText}`);
+  } catch (error) {
+    showAlert(`The server could not be reached: ${error}`);
+  } finally {
+    if (button) button.disabled = false;
+  }
+});
+
+function text(id, value) {
+  const node = document.getElementById(id);
+  if (node) node.textContent = value;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "—";
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
+// A job page: follow the job's stream until it ends, then show the page as it is then.
+function followJob(section) {
+  const source = new EventSource(section.dataset.stream);
+  let lastChart = 0;
+  let phases = -1;
+  source.addEventListener("job", async (event) => {
+    const job = JSON.parse(event.data);
+    const p = job.progress || {};
+    const status = document.getElementById("job-status");
+    if (status) { status.textContent = job.status; status.className = `badge ${job.status}`; }
+    const bar = document.getElementById("job-progress");
+    if (bar && p.total_steps) { bar.max = p.total_steps; bar.value = p.step || 0; }
+    text("job-steps", `${p.step || 0} / ${p.total_steps || "?"} steps`);
+    text("job-phase", p.phase || "waiting for a worker");
+    text("job-loss", p.loss ?? "—");
+    text("job-rate", p.pairs_per_s ?? "—");
+    text("job-eta", duration(p.eta_s));
+    text("job-compute", `${(job.compute_seconds / 60).toFixed(1)} of ${job.compute_limit_hours * 60} min`);
+    const list = document.getElementById("job-phases");
+    if (list && p.phases && p.phases.length !== phases) {
+      phases = p.phases.length;
+      list.replaceChildren(...p.phases.map((item) => {
+        const li = document.createElement("li");
+        li.textContent = `${item.phase} `;
+        const at = document.createElement("span");
+        at.className = "hint";
+        at.textContent = item.at;
+        li.append(at);
+        return li;
+      }));
+    }
+    const now = Date.now();
+    if (p.loss_curve && now - lastChart > 3000) {
+      lastChart = now;
+      const reply = await fetch(`/ui/jobs/${section.dataset.job}/loss`, { credentials: "same-origin" });
+      if (reply.ok) document.getElementById("loss-figure").innerHTML = await reply.text();
+    }
+    if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+      source.close();
+      window.setTimeout(() => window.location.reload(), 800);
+    }
+  });
+  source.addEventListener("end", () => source.close());
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const section = document.querySelector("[data-stream]");
+  if (section) followJob(section);
+});
