@@ -65,6 +65,13 @@ class JobControl:
             self._progress.update(fields)
             self._version += 1
 
+    def history(self, last_phase: str) -> dict[str, Any]:
+        """The phases (``last_phase`` added) and loss curve, for a job's final progress."""
+        with self._lock:
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            phases = [*self._progress.get("phases", []), {"phase": last_phase, "at": at}]
+            return {"phases": phases, "loss_curve": list(self._progress.get("loss_curve", []))}
+
     def resume_from(self, progress: dict[str, Any]) -> None:
         """Carry a resumed run's phases and loss curve on from where the last run left them."""
         with self._lock:

@@ -259,7 +259,7 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
     if isinstance(outcome, NewDatasets):
         return await _record_datasets(wc, claimed, outcome)
     if isinstance(outcome, NewVersion):
-        owned = await wc.store.register(claimed, outcome)
+        owned = await wc.store.register(claimed, outcome, control.history("done"))
     else:
         owned = await wc.store.complete(claimed, outcome)
     if not isinstance(outcome, NewVersion):

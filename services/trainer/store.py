@@ -406,13 +406,16 @@ class JobStore:
         )
         return found.first() is not None
 
-    async def register(self, claimed: Claimed, new: NewVersion) -> bool:
+    async def register(
+        self, claimed: Claimed, new: NewVersion, history: dict[str, Any] | None = None
+    ) -> bool:
         """Register a fine-tune's model as the project's next version and end the job succeeded, both or
-        neither: False (and nothing written) when the job is no longer this run's."""
+        neither: False (and nothing written) when the job is no longer this run's. ``history``: the
+        phases and loss curve the run recorded, kept in the job's final progress."""
         job = claimed.job
         async with unit_of_work(self.sessionmaker) as session:
             await session.execute(select(Project.id).where(Project.id == job.project_id).with_for_update())
-            progress = {"phase": "done", "step": new.steps, "total_steps": new.steps}
+            progress = {**(history or {}), "phase": "done", "step": new.steps, "total_steps": new.steps}
             result = {"warnings": list(new.warnings)} if new.warnings else None
             if not await self._succeed(session, claimed, progress, result=result):
                 return False

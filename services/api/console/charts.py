@@ -26,18 +26,16 @@ class Series:
 
 
 def _nice_ticks(low: float, high: float, n: int = 4) -> list[float]:
+    """About ``n`` round steps from at or below ``low`` to at or above ``high``."""
     if high <= low:
         high = low + (abs(low) or 1.0)
     raw = (high - low) / n
     magnitude = 10 ** math.floor(math.log10(raw))
     step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
-    first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 0.001:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
+    first = math.floor(low / step + 1e-9) * step
+    last = math.ceil(high / step - 1e-9) * step
+    count = max(1, round((last - first) / step))
+    return [round(first + i * step, 10) for i in range(count + 1)]
 
 
 def _fmt(value: float) -> str:
@@ -58,6 +56,8 @@ def _x_label(x: float, as_time: bool, span: float) -> str:
     if not as_time:
         return _fmt(x)
     at = dt.datetime.fromtimestamp(x, dt.UTC)
+    if span < 600:
+        return at.strftime("%H:%M:%S")
     return at.strftime("%H:%M") if span < 2 * 86400 else at.strftime("%b %d")
 
 
@@ -164,7 +164,7 @@ def bar_chart(
     high = max([*values, 1e-9])
     plot_w = width - label_w - 70
     parts = [
-        f'<svg class="chart" id="{uid}" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{uid}-t">',
+        f'<svg class="chart bars" id="{uid}" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{uid}-t">',
         f'<title id="{uid}-t">{escape(title)}</title>',
     ]
     x = label_w

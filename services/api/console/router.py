@@ -682,11 +682,11 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
 
 
 def _headline(version: ModelVersionRead) -> list[str]:
-    """The metrics a version's chart and row show: those that a baseline also has, in a set order."""
-    metrics = _numbers(version.metrics)
-    shared = [
-        m for m in metrics if any(m in _numbers(b) for b in version.baselines.values() if isinstance(b, dict))
-    ]
+    """The metrics a version's chart and row show: rates (0 to 1: NDCG, MRR, recall, accuracy, F1) that a
+    baseline also has, in a set order; counts such as the number of queries are left to the table."""
+    metrics = {k: v for k, v in _numbers(version.metrics).items() if 0.0 <= v <= 1.0}
+    baselines = [_numbers(b) for b in version.baselines.values() if isinstance(b, dict)]
+    shared = [m for m in metrics if any(m in b for b in baselines)]
     order = ["ndcg@10", "mrr@10", "recall@10", "catalog_ndcg@10", "accuracy", "macro_f1"]
     picked = [m for m in order if m in shared] + [m for m in shared if m not in order]
     return picked[:6] if picked else list(metrics)[:6]

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import Undefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.console import service
@@ -34,7 +35,7 @@ templates = Jinja2Templates(directory=HERE / "templates")
 
 
 def _when(value: dt.datetime | dt.date | None) -> str:
-    if value is None:
+    if not isinstance(value, dt.date):
         return "—"
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -43,7 +44,7 @@ def _when(value: dt.datetime | dt.date | None) -> str:
 
 def _short(value: Any, limit: int = 80) -> str:
     """A value of a JSON column, in a table cell."""
-    if value is None:
+    if value is None or isinstance(value, Undefined):
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -52,7 +53,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
+    if not isinstance(seconds, int | float):
         return "—"
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -60,7 +61,14 @@ def _duration(seconds: float | None) -> str:
     return f"{hours} h {minutes} min" if hours else (f"{minutes} min {secs} s" if minutes else f"{secs} s")
 
 
-templates.env.filters.update(when=_when, short=_short, duration=_duration)
+def _num(value: Any) -> str:
+    """A metric: whole numbers (counts) without decimals, rates to four places."""
+    if not isinstance(value, int | float):
+        return "—"
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 2 else f"{value:.4f}"
+
+
+templates.env.filters.update(when=_when, short=_short, duration=_duration, num=_num)
 
 # No script, style or frame from anywhere but RecForge itself; inline SVG charts need no more.
 SECURITY_HEADERS = {

@@ -49,7 +49,8 @@ class JobRead(BaseModel):
     hyperparameters: dict[str, Any]
     priority: int
     progress: dict[str, Any] = Field(
-        description="step, total_steps, epoch, loss, pairs_per_s, eta_s, phase (updated every ~2 s)."
+        description="step, total_steps, epoch, loss, pairs_per_s, eta_s, phase (updated every ~2 s); "
+        "phases ([{phase, at}], each phase as it began) and loss_curve ([[step, loss]], at most 200 points)."
     )
     error: str | None
     attempts: int

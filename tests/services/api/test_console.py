@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.models import ModelVersion, TrainingJob
 from tests.support.world import World
-
-pytestmark = pytest.mark.asyncio
 
 PAGES = ["", "/data", "/training", "/models", "/loop", "/online", "/audit", "/tasks?status=todo"]
 
@@ -234,3 +234,143 @@ async def test_a_project_is_created_from_the_console(browsers: Browsers) -> None
     assert made.status_code == 303 and made.headers["location"] == f"/ui/projects/{slug}"
     page = await maintainer.get(made.headers["location"])
     assert page.status_code == 200 and "ndcg@10 &gt;= 0.4" in page.text
+
+
+async def test_the_detail_pages_show_a_job_a_version_beside_its_baselines_and_a_comparison(
+    browsers: Browsers, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    world = browsers.world
+    project_id = uuid.UUID(world.projects["search-a"]["id"])
+    async with sessionmaker() as session:
+        job = TrainingJob(
+            project_id=project_id,
+            job_type="bi_encoder",
+            status="running",
+            progress={
+                "phase": "train", "step": 40, "total_steps": 100, "loss": 0.52, "eta_s": 75,
+                "phases": [{"phase": "loading data", "at": "2026-12-06T07:00:00+00:00"},
+                           {"phase": "train", "at": "2026-12-06T07:00:03+00:00"}],
+                "loss_curve": [[1, 1.2], [20, 0.8], [40, 0.52]],
+            },
+        )  # fmt: skip
+        versions = [
+            ModelVersion(
+                project_id=project_id, version=n, task_type="bi_encoder", base_model="m",
+                artifacts={"model": {"path": "model.onnx"}},
+                metrics={"ndcg@10": 0.6 + n / 10, "mrr@10": 0.5, "loss": 0.3},
+                baselines={"bm25": {"ndcg@10": 0.41, "mrr@10": 0.33}, "zero_shot": {"ndcg@10": 0.52}},
+            )
+            for n in (1, 2)
+        ]  # fmt: skip
+        session.add_all([job, *versions])
+        await session.commit()
+    owner = await browsers.signed_in("owner")
+
+    page = await owner.get(f"/ui/jobs/{job.id}")
+    assert page.status_code == 200, page.text
+    assert 'value="40"' in page.text and "1 min 15 s" in page.text and "loading data" in page.text
+    assert f'data-stream="/ui/jobs/{job.id}/events"' in page.text  # followed live while it runs
+    assert page.text.count("<polyline") == 1
+    loss = await owner.get(f"/ui/jobs/{job.id}/loss")
+    assert loss.status_code == 200 and loss.text.startswith('<svg class="chart" id="loss-chart"')
+    assert 'action="/ui/jobs/' in page.text and "Cancel job" in page.text
+
+    page = await owner.get(f"/ui/model-versions/{versions[1].id}")
+    assert page.status_code == 200, page.text
+    headers = re.findall(r'<th scope="col">([^<]+)</th>', page.text.split('id="metrics"')[1])
+    assert headers[:4] == ["Metric", "v2", "bm25", "zero-shot"]
+    assert "<title>bm25: 0.41</title>" in page.text and "Promote to production" in page.text
+
+    compare = await owner.get(f"/ui/projects/search-a/compare?a={versions[0].id}&b={versions[1].id}")
+    assert compare.status_code == 200 and "+0.1000" in compare.text
+
+    viewer = await browsers.signed_in("viewer")
+    page = await viewer.get(f"/ui/model-versions/{versions[1].id}")
+    assert page.status_code == 200 and "Promote to production" not in page.text
+    page = await viewer.get(f"/ui/jobs/{job.id}")
+    assert "Cancel job" not in page.text
+
+
+async def test_a_dataset_version_page_shows_stats_lineage_and_import_errors(browsers: Browsers) -> None:
+    world = browsers.world
+    owner = await browsers.signed_in("owner")
+    page = await owner.get("/ui/projects/search-a/data")
+    csrf = csrf_of(page)
+    bad = await owner.post(
+        "/ui/projects/search-a/data",
+        files={"file": ("judgments.csv", b"query,product_id,grade\ndrill,p1,lots\n")},
+        data={"csrf_token": csrf, "kind": "relevance"},
+    )
+    assert bad.status_code == 422 and "judgments.csv row 1: " in bad.text  # the bad row, named
+    forged = await owner.post(
+        "/ui/projects/search-a/data",
+        files={"file": ("judgments.csv", b"query,product_id,grade\ndrill,p1,1\n")},
+        data={"kind": "relevance"},
+    )
+    assert forged.status_code == 403
+    good = await owner.post(
+        "/ui/projects/search-a/data",
+        files={"file": ("judgments.csv", b"query,product_id,grade\ndrill,p1,1\nsaw,p2,3\nsaw,p1,0\n")},
+        data={"csrf_token": csrf, "kind": "relevance"},
+    )
+    assert good.status_code == 303, good.text
+    version = await owner.get(good.headers["location"])
+    assert version.status_code == 200 and "stored as version 1" in version.text
+    assert "Nothing has trained on it yet." in version.text
+    data = await owner.get("/ui/projects/search-a/data")
+    assert "rejected" in data.text and "created" in data.text
+    listed = await world.call("owner", "GET", "/api/v1/projects/search-a/datasets")
+    assert [d["name"] for d in listed.json()["items"]] == ["judgments"]
+
+
+def test_a_run_page_shows_steps_gate_figures_and_the_judges_looks() -> None:
+    from services.api.console.web import templates
+    from services.api.pipelines.schemas import RunRead
+
+    now = "2026-12-06T07:00:00+00:00"
+    run = RunRead.model_validate(
+        {
+            "id": uuid.uuid4(), "pipeline_id": uuid.uuid4(), "project_id": uuid.uuid4(), "number": 3,
+            "trigger": "manual", "status": "canary", "step": "canary",
+            "steps": [{"name": "gate", "status": "succeeded", "started_at": now, "finished_at": now,
+                       "detail": "passed"},
+                      {"name": "canary", "status": "running", "started_at": now}],
+            "links": {}, "outcome": None, "canary_started_at": now, "created_at": now, "updated_at": now,
+            "finished_at": None, "decided_by": None,
+            "gate": {"passed": True, "reason": "passed the gate", "checks": [
+                {"metric": "ndcg@10", "check": "max_drop", "passed": True, "reason": "ndcg@10 0.71 >= 0.70",
+                 "candidate": 0.71, "production": 0.705}]},
+            "judge": {"looks": [{"look": 1, "decision": "wait", "p_better": 0.03, "p_worse": 0.9, "level": 0.0125,
+                                 "candidate": {"requests": 600, "rate": 1.5}, "primary": {"requests": 610, "rate": 1.4}}],
+                      "latest": {"decision": "wait", "reason": "no difference at 0.0125 yet (p=0.03)"}},
+        }
+    )  # fmt: skip
+
+    class Ctx:
+        project = type("P", (), {"slug": "search-a", "name": "Search"})()
+        role = None
+
+    html = templates.get_template("run.html").render(
+        user=None, csrf="", flash=None, title="run", ctx=Ctx(), can={}, run=run, pipeline=None,
+        waiting=False, going=True, section="loop",
+    )  # fmt: skip
+    assert "ndcg@10 0.71 &gt;= 0.70" in html and "0.705" in html
+    assert "610 / 600" in html and "no difference at 0.0125 yet" in html
+
+
+def test_charts_cover_their_data_and_escape_their_text() -> None:
+    from services.api.console import charts
+
+    line = charts.line_chart(
+        [charts.Series("<v1>", [(1.0, 2.41), (2.0, 2.2), (3.0, 1.7)])],
+        title="loss & more",
+        y_label="loss",
+        limits=[(0.5, "goal")],
+    )
+    ticks = [float(t) for t in re.findall(r'class="tick">([-\d.]+)</text>', str(line))]
+    assert max(ticks) >= 2.41 and min(ticks) <= 0  # the axis holds every point
+    assert "&lt;v1&gt;" in line and "loss &amp; more" in line and "<v1>" not in line
+    empty = charts.line_chart([], title="nothing", y_label="x")
+    assert "No data yet" in empty
+    bars = charts.bar_chart([("ndcg@10", [("v1", 0.7), ("bm25", 0.4)])], title="t")
+    assert bars.count("<rect") == 4  # two legend keys, two bars

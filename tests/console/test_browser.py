@@ -1,0 +1,290 @@
+"""The web console in a real browser (Debian's Chromium, driven by Playwright) against a whole stack
+(`recforge up`: api, worker, inference on embedded PostgreSQL and Redis), as the project's people use it:
+
+1. An owner signs in, proposes a project, adds a member, creates a task and moves it across the board
+   (an illegal move shows the API's 409 message in the page), imports a catalog and graded judgments,
+   starts a fine-tune and watches its progress bar advance live (server-sent events, no reload), finds
+   the new version's metrics beside the BM25 and zero-shot baselines, and promotes it.
+2. A viewer signs in and finds no edit control on any page; a POST forged with the viewer's own session
+   and CSRF token is refused, and nothing changed.
+3. Signing out ends the session: the pages send the browser back to the sign-in form.
+
+Each page is saved as a screenshot (RECFORGE_SCREENSHOTS, default artifacts/console/) and checked with
+axe-core: no critical violation on any page."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.data import shop_data
+from tests.support.models import tiny_bert
+from tests.support.stack import Stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CHROMIUM = os.environ.get("RECFORGE_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("RECFORGE_SCREENSHOTS", Path(__file__).parents[2] / "artifacts" / "console"))
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium package")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+axe_module = pytest.importorskip("axe_playwright_python.sync_playwright")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("console"))
+    try:
+        yield running.up()
+    finally:
+        running.down()
+
+
+@pytest.fixture(scope="module")
+def people(stack: Stack) -> dict[str, dict[str, str]]:
+    """Three people with a key each, made by the admin (as `recforge users create` and `keys create` do)."""
+    found = {}
+    for name in ("olivia", "vic", "ana"):
+        user = stack.api(
+            "POST", "/users", expect=201, json={"name": name.title(), "email": f"{name}@example.com"}
+        )
+        key = stack.api("POST", "/keys", expect=201, json={"user_id": user.json()["id"], "name": "browser"})
+        found[name] = {"id": user.json()["id"], "key": key.json()["key"], "email": f"{name}@example.com"}
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Visitor:
+    """One person's browser tab: pages by path, a screenshot and an axe-core check of each page seen."""
+
+    def __init__(self, browser: Any, base: str, checked: dict[str, list[str]]):
+        self.context = browser.new_context(base_url=base, viewport={"width": 1360, "height": 900})
+        self.page = self.context.new_page()
+        self.checked = checked
+
+    def go(self, path: str) -> Any:
+        response = self.page.goto(path)
+        assert response is not None
+        return response
+
+    def look(self, name: str) -> None:
+        """Save the page as ``name``.png and run axe-core on it."""
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        results = axe_module.Axe().run(self.page)
+        violations = results.response["violations"]
+        self.checked[name] = [f"{v['impact']}: {v['id']} ({len(v['nodes'])})" for v in violations]
+
+    def sign_in(self, key: str) -> None:
+        self.go("/ui/")
+        assert "/ui/login" in self.page.url
+        self.page.get_by_label("API key").fill(key)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.wait_for_url(re.compile(r".*/ui/$"))
+
+    def forms(self) -> list[str]:
+        return list(
+            self.page.eval_on_selector_all("form[method=post]", "fs => fs.map(f => f.getAttribute('action'))")
+        )
+
+
+@pytest.fixture(scope="module")
+def checked() -> Iterator[dict[str, list[str]]]:
+    seen: dict[str, list[str]] = {}
+    yield seen
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "axe.json").write_text(json.dumps(seen, indent=2))
+    critical = {page: [v for v in found if v.startswith("critical")] for page, found in seen.items()}
+    assert not any(critical.values()), f"axe-core found critical violations: {critical}"
+
+
+def test_an_owner_runs_a_project_from_the_browser(
+    stack: Stack,
+    people: dict[str, dict[str, str]],
+    browser: Any,
+    checked: dict[str, list[str]],
+    tmp_path: Path,
+) -> None:
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
+    olivia = Visitor(browser, stack.api_url, checked)
+    page = olivia.page
+    olivia.go("/ui/")
+    olivia.look("sign-in")
+    olivia.sign_in(people["olivia"]["key"])
+
+    # a project
+    page.get_by_label("Name", exact=True).fill("Hardware search")
+    page.get_by_label("Slug").fill("hardware")
+    page.get_by_label("Goal metric").fill("ndcg@10")
+    page.get_by_label("Goal value").fill("0.5")
+    page.get_by_role("button", name="Create project").click()
+    page.wait_for_url(re.compile(r".*/ui/projects/hardware$"))
+    assert "Project Hardware search created." in page.content()
+
+    # people: a member and a viewer, by email
+    for who, role in (("ana", "member"), ("vic", "viewer")):
+        page.get_by_label("Email or user id").fill(people[who]["email"])
+        page.get_by_label("Role").select_option(role)
+        with page.expect_navigation():
+            page.get_by_role("button", name="Add member").click()
+        assert f"{who.title()} joined as {role}." in page.content()
+
+    # a task across the board: todo -> in progress -> (illegal) done -> in review
+    page.locator("summary", has_text="New task").click()
+    page.locator("#t-title").fill("Label 300 queries")
+    page.locator("#t-assignee").select_option(label="Ana")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Create task").click()
+    task = page.locator("li.task", has_text="Label 300 queries")
+    assert task.locator("xpath=ancestor::section[1]").get_attribute("aria-labelledby") == "col-todo"
+
+    def move(to: str) -> None:
+        card = page.locator("li.task", has_text="Label 300 queries")
+        card.get_by_role("combobox").select_option(to)
+        card.get_by_role("combobox").press("Tab")  # the keyboard reaches the Move button
+        page.keyboard.press("Enter")
+
+    move("in_progress")
+    page.wait_for_selector("#col-in_progress ~ ul li.task:has-text('Label 300 queries')")
+    olivia.look("board")
+    move("done")  # in progress -> done skips review: the API's 409, shown in the page
+    alert = page.locator("#alert")
+    alert.wait_for(state="visible")
+    assert "409: a task cannot move from in_progress to done" in alert.inner_text()
+    olivia.look("board-refused-move")
+    move("in_review")
+    page.wait_for_selector("#col-in_review ~ ul li.task:has-text('Label 300 queries')")
+
+    # milestones and the audit log
+    page.locator("#ms-title").fill("First model live")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add milestone").click()
+    olivia.go("/ui/projects/hardware/audit")
+    assert "task.update" in page.content() and "member.add" in page.content()
+    olivia.look("audit")
+
+    # data: a catalog, then graded judgments
+    catalog, judgments = shop_data()
+    for name, body, kind in (("catalog.csv", catalog, "catalog"), ("judgments.csv", judgments, "relevance")):
+        olivia.go("/ui/projects/hardware/data")
+        page.locator("summary", has_text="Import data").click()
+        file = tmp_path / name
+        file.write_text(body)
+        page.get_by_label("File (CSV, JSON lines or Parquet)").set_input_files(str(file))
+        page.get_by_label("Kind").select_option(kind)
+        page.get_by_role("button", name="Import").click()
+        page.wait_for_url(re.compile(r".*/ui/dataset-versions/.*"))
+        assert "stored as version 1" in page.content()
+    olivia.look("dataset-version")
+    olivia.go("/ui/projects/hardware/data")
+    olivia.look("data")
+
+    # training, followed live
+    tiny = tiny_bert(stack.root / "tiny")
+    olivia.go("/ui/projects/hardware/training")
+    page.get_by_label("Model", exact=True).select_option("bi_encoder")
+    page.get_by_label("Training data").select_option(label="judgments v1 (relevance)")
+    page.get_by_label("Base model").fill(str(tiny))
+    page.get_by_label("Epochs").fill("100")
+    page.get_by_label("At most steps").fill("400")
+    page.get_by_label("Batch size").fill("16")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_url(re.compile(r".*/ui/jobs/.*"))
+    page.evaluate("window.__samePage = true")  # gone if the page reloads
+    seen: list[float] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        value, total, same = page.evaluate(
+            "(() => { const bar = document.getElementById('job-progress');"
+            " return bar ? [bar.value, bar.max, window.__samePage === true] : [0, 0, false]; })()"
+        )
+        if not same:
+            break
+        if 0 < value < total and value not in seen:
+            seen.append(value)
+            if len(seen) == 3:
+                olivia.look("job-running")
+        time.sleep(0.2)
+    if len(seen) < 2:
+        page.screenshot(path=str(SHOTS / "job-not-live.png"), full_page=True)
+    jobs = stack.api("GET", "/projects/hardware/training-jobs", expect=200).json()["items"]
+    assert len(seen) >= 2 and seen == sorted(seen), f"the progress bar did not advance live: {seen}, {jobs}"
+    page.wait_for_selector("#job-status.succeeded", timeout=240_000)
+    olivia.look("job-done")
+    assert page.locator("#job-phases li").count() >= 3  # loading data, train, evaluate, export ...
+    assert page.locator("#loss-chart polyline").count() == 1
+
+    # the version beside its baselines, then promoted
+    page.get_by_role("link", name="The model version it made").click()
+    page.wait_for_url(re.compile(r".*/ui/model-versions/.*"))
+    headers = page.locator("#metrics thead th").all_inner_texts()
+    assert headers[1] == "v1" and "bm25" in headers and "zero-shot" in headers, headers
+    olivia.look("model-version")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Promote to production").click()
+    assert "This version is the retriever in production." in page.content()
+    olivia.go("/ui/projects/hardware/models")
+    assert "serving" in page.content()
+    olivia.look("models")
+    for name, path in (("projects", "/ui/"), ("project", "/ui/projects/hardware"), ("training", "/ui/projects/hardware/training"),
+                       ("loop", "/ui/projects/hardware/loop"), ("online", "/ui/projects/hardware/online")):  # fmt: skip
+        olivia.go(path)
+        olivia.look(name)
+    olivia.context.close()
+
+
+def test_a_viewer_sees_no_edit_control_and_a_forged_post_is_refused(
+    stack: Stack, people: dict[str, dict[str, str]], browser: Any, checked: dict[str, list[str]]
+) -> None:
+    vic = Visitor(browser, stack.api_url, checked)
+    vic.sign_in(people["vic"]["key"])
+    pages = ["", "/data", "/training", "/models", "/loop", "/online"]
+    for path in pages:
+        vic.go(f"/ui/projects/hardware{path}")
+        assert vic.forms() == ["/ui/logout"], (path, vic.forms())
+        assert (
+            vic.page.locator("button", has_text=re.compile("Move|Promote|Cancel|Import|Start")).count() == 0
+        )
+    vic.go("/ui/projects/hardware")
+    vic.look("project-as-viewer")
+    csrf = vic.page.locator("input[name=csrf_token]").first.get_attribute("value")
+    task_id = stack.api("GET", "/projects/hardware/tasks", expect=200).json()["items"][0]["id"]
+    forged = vic.page.request.post(
+        f"{stack.api_url}/ui/tasks/{task_id}/move", form={"csrf_token": csrf or "", "status": "todo"}
+    )
+    assert forged.status == 403 and "may not create or change tasks" in forged.text()
+    assert stack.api("GET", f"/tasks/{task_id}", expect=200).json()["status"] == "in_review"
+    version = stack.api("GET", "/projects/hardware/model-versions", expect=200).json()["items"][0]["id"]
+    promote = vic.page.request.post(
+        f"{stack.api_url}/ui/model-versions/{version}/promote", form={"csrf_token": csrf or ""}
+    )
+    assert promote.status == 403
+
+    # signing out ends the session
+    vic.page.get_by_role("button", name="Sign out").click()
+    vic.page.wait_for_url(re.compile(r".*/ui/login$"))
+    vic.go("/ui/projects/hardware")
+    assert "/ui/login" in vic.page.url
+    vic.context.close()
