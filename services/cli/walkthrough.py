@@ -427,7 +427,8 @@ class Walkthrough:
             )
         api, inference = self.o.api_url, self.o.inference_url
         self.console.print(
-            f"\n  API docs        {api}/docs   (schema {api}/openapi.json)\n"
+            f"\n  Web console     {api}/ui/projects/{slug}   (sign in with an API key)\n"
+            f"  API docs        {api}/docs   (schema {api}/openapi.json)\n"
             f"  Inference docs  {inference}/docs   (schema {inference}/openapi.json)\n"
             f"  Project         {api}/api/v1/projects/{slug}\n\n"
             "  Try it:\n"

@@ -348,7 +348,7 @@ async def remove_member(session: AsyncSession, ctx: ProjectContext, user_id: uui
 # -- progress ----------------------------------------------------------------------------------
 
 
-def _work(tasks: list[Task], today: dt.date) -> dict[str, Any]:
+def _work(tasks: list[repository.TaskFigures], today: dt.date) -> dict[str, Any]:
     counts = StatusCount()
     total = done = 0.0
     unestimated = overdue = 0
