@@ -146,7 +146,7 @@ def test_an_owner_runs_a_project_from_the_browser(
     # people: a member and a viewer, by email
     for who, role in (("ana", "member"), ("vic", "viewer")):
         page.get_by_label("Email or user id").fill(people[who]["email"])
-        page.get_by_label("Role").select_option(role)
+        page.get_by_label("Role", exact=True).select_option(role)
         with page.expect_navigation():
             page.get_by_role("button", name="Add member").click()
         assert f"{who.title()} joined as {role}." in page.content()

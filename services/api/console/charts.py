@@ -109,8 +109,9 @@ def line_chart(
         )
     for i in range(5):
         x = x_low + (x_high - x_low) * i / 4
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"  # the ends stay inside the chart
         parts.append(
-            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tick">'
+            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="{anchor}" class="tick">'
             f"{escape(_x_label(x, as_time, x_high - x_low))}</text>"
         )
     parts.append(
@@ -164,7 +165,8 @@ def bar_chart(
     high = max([*values, 1e-9])
     plot_w = width - label_w - 70
     parts = [
-        f'<svg class="chart bars" id="{uid}" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{uid}-t">',
+        f'<svg class="chart bars" id="{uid}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-labelledby="{uid}-t">',
         f'<title id="{uid}-t">{escape(title)}</title>',
     ]
     x = label_w

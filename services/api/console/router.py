@@ -49,7 +49,7 @@ from services.api.pipelines import controller
 from services.api.pipelines import service as pipelines_service
 from services.api.projects import service as projects_service
 from services.api.projects.permissions import Action
-from services.api.projects.schemas import Budget, MemberAdd, ProjectCreate
+from services.api.projects.schemas import Budget, MemberAdd, MemberUpdate, ProjectCreate
 from services.api.streams import event_stream
 from services.api.tasks import service as tasks_service
 from services.api.tasks.schemas import TaskCreate, TaskUpdate
@@ -249,21 +249,26 @@ async def project_page(request: Request, ref: str, session: SessionDep, user: Us
         names=names,
         milestones=milestones,
         roles=[r.value for r in ProjectRole],
-        burn=_burn_chart(spent, progress.budget.cpu_hours, progress.budget.gpu_hours),
+        burn=_burn_chart(spent, ctx.project.created_at, progress.budget.cpu_hours, progress.budget.gpu_hours),
         section="board",
     )
 
 
-def _burn_chart(spent: list[tuple[dt.datetime, str, float]], cpu_budget: float, gpu_budget: float) -> Any:
+def _burn_chart(
+    spent: list[tuple[dt.datetime, str, float]], since: dt.datetime, cpu_budget: float, gpu_budget: float
+) -> Any:
+    """Compute used since the project began, as a step line per device, against each budget."""
+    now = dt.datetime.now(dt.UTC)
     series: dict[str, charts.Series] = {}
     totals: dict[str, float] = {}
     for at, device, hours in spent:
         kind = "gpu" if device == "cuda" else "cpu"
-        line = series.setdefault(kind, charts.Series(f"{kind.upper()} hours used"))
-        if not line.points:
-            line.points.append((at - dt.timedelta(seconds=1), 0.0))
+        line = series.setdefault(kind, charts.Series(f"{kind.upper()} hours used", [(since, 0.0)]))
+        line.points.append((at, round(totals.get(kind, 0.0), 4)))  # flat until the job's hours count
         totals[kind] = totals.get(kind, 0.0) + hours
         line.points.append((at, round(totals[kind], 4)))
+    for kind, line in series.items():
+        line.points.append((max(now, line.points[-1][0]), round(totals[kind], 4)))
     limits = [(cpu_budget, f"CPU budget {cpu_budget:g} h")]
     if gpu_budget:
         limits.append((gpu_budget, f"GPU budget {gpu_budget:g} h"))
@@ -382,6 +387,31 @@ async def add_member(request: Request, ref: str, session: SessionDep, user: Post
         await session.rollback()
         return error_page(request, user, exc, back=here)
     return redirect(request, here, f"{member.name} joined as {member.role.value}.")
+
+
+@router.post("/projects/{ref}/members/{user_id}")
+async def change_member(
+    request: Request, ref: str, user_id: uuid.UUID, session: SessionDep, user: Poster
+) -> Response:
+    """A member's new role, or (role "remove") their leaving the project."""
+    form = await form_of(request)
+    ctx = await _project(session, user, ref)
+    here = f"{PREFIX}/projects/{ctx.project.slug}#members"
+    try:
+        if form.get("role") == "remove":
+            await projects_service.remove_member(session, ctx, user_id)
+            said = "Member removed; their tasks are unassigned."
+        else:
+            try:
+                data = MemberUpdate.model_validate({"role": form.get("role", "")})
+            except ValidationError as exc:
+                raise _invalid(exc) from None
+            member = await projects_service.change_member(session, ctx, user_id, data)
+            said = f"{member.name} is now {member.role.value}."
+    except AppError as exc:
+        await session.rollback()
+        return error_page(request, user, exc, back=here)
+    return redirect(request, here, said)
 
 
 @router.post("/projects/{ref}/milestones")

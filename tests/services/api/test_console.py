@@ -4,6 +4,7 @@ pages. The same flows in a real browser are tests/console/test_browser.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.models import ModelVersion, TrainingJob
+from shared.models import Event, Impression, ModelVersion, TrainingJob
 from tests.support.world import World
 
 PAGES = ["", "/data", "/training", "/models", "/loop", "/online", "/audit", "/tasks?status=todo"]
@@ -374,3 +375,54 @@ def test_charts_cover_their_data_and_escape_their_text() -> None:
     assert "No data yet" in empty
     bars = charts.bar_chart([("ndcg@10", [("v1", 0.7), ("bm25", 0.4)])], title="t")
     assert bars.count("<rect") == 4  # two legend keys, two bars
+
+
+async def test_the_online_page_draws_each_versions_metrics_from_impressions_and_events(
+    browsers: Browsers, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    project_id = uuid.UUID(browsers.world.projects["search-a"]["id"])
+    now = dt.datetime.now(dt.UTC)
+    async with sessionmaker() as session:
+        versions = [
+            ModelVersion(project_id=project_id, version=n, task_type="bi_encoder", base_model="m")
+            for n in (1, 2)
+        ]
+        session.add_all(versions)
+        await session.flush()
+        for i in range(40):
+            version = versions[i % 2]
+            served = now - dt.timedelta(hours=i % 3 + 1)
+            session.add(
+                Impression(project_id=project_id, request_id=f"r{i}", endpoint="recommend",
+                           model_version_id=version.id, query="drill", product_ids=["p1", "p2", "p3"],
+                           latency_ms=12.0 + i, served_at=served)
+            )  # fmt: skip
+            if i % 4 == 0:
+                session.add(
+                    Event(project_id=project_id, model_version_id=version.id, request_id=f"r{i}",
+                          event_type="click", product_id="p2", position=2, occurred_at=served)
+                )  # fmt: skip
+        await session.commit()
+    owner = await browsers.signed_in("owner")
+    page = await owner.get("/ui/projects/search-a/online?bucket=hour&days=1")
+    assert page.status_code == 200, page.text
+    assert page.text.count('data-series="v1"') == 3 and page.text.count('data-series="v2"') == 3  # 3 charts
+    rows = re.findall(r"<tr><td>[^<]+UTC</td><td>(v\d)</td><td>(\d+)</td>", page.text)
+    assert sum(int(n) for _, n in rows) == 40 and {v for v, _ in rows} == {"v1", "v2"}
+
+
+async def test_a_member_role_is_changed_and_the_last_owner_kept(browsers: Browsers) -> None:
+    world = browsers.world
+    owner = await browsers.signed_in("owner")
+    csrf = csrf_of(await owner.get("/ui/projects/search-a"))
+    changed = await owner.post(
+        f"/ui/projects/search-a/members/{world.users['member']}",
+        data={"csrf_token": csrf, "role": "maintainer"},
+    )
+    assert changed.status_code == 303
+    members = (await world.call("owner", "GET", "/api/v1/projects/search-a/members")).json()
+    assert {m["email"]: m["role"] for m in members}["member@example.com"] == "maintainer"
+    last = await owner.post(
+        f"/ui/projects/search-a/members/{world.users['owner']}", data={"csrf_token": csrf, "role": "viewer"}
+    )
+    assert last.status_code == 409 and "owner" in last.text
