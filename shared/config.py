@@ -169,6 +169,11 @@ class Settings(BaseSettings):
                 "RECFORGE_SECRET_KEY is the development default, which anyone can read in RecForge's "
                 "source: set a private value before any key leaves this machine"
             )
+        if self.env == Environment.production and not self.console_secure_cookie:
+            found.append(
+                "RECFORGE_CONSOLE_SECURE_COOKIE is off: the web console's session cookie is marked Secure "
+                "only on requests that reach the api as HTTPS; behind a proxy that ends TLS, set it to true"
+            )
         return found
 
     @property

@@ -79,6 +79,13 @@ def on_rollback(session: AsyncSession, callback: Callable[[], None]) -> None:
     session.info.setdefault("on_rollback", []).append(callback)
 
 
+async def abandon(session: AsyncSession) -> None:
+    """Roll the unit of work back by hand (a request that answers an error page instead of raising):
+    its after-commit steps are dropped and its rollback hooks run, as when the block raises."""
+    await session.rollback()
+    _run_rollback_hooks(session)
+
+
 def _run_rollback_hooks(session: AsyncSession) -> None:
     session.info.pop("after_commit", None)
     for hook in session.info.pop("on_rollback", []):

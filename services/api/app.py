@@ -43,7 +43,8 @@ log = logging.getLogger("recforge.api")
 API_PREFIX = "/api/v1"
 
 
-_UPLOAD = re.compile(rf"{API_PREFIX}/projects/[^/]+/datasets")
+# the API's dataset upload and the console's import form
+_UPLOAD = re.compile(rf"{API_PREFIX}/projects/[^/]+/datasets|/ui/projects/[^/]+/data")
 
 
 def _is_upload(scope: Scope) -> bool:

@@ -38,10 +38,12 @@ def event_stream(
     current: Callable[[AsyncSession], Awaitable[Read]],
     ended: Callable[[Read], bool],
     poll: str,
+    also: Callable[[AsyncSession], Awaitable[str | None]] | None = None,
 ) -> StreamingResponse:
     """``first`` at once, then ``current`` (read in a session of its own) on each message on
     ``channel`` or after KEEPALIVE_S of silence, until ``ended``; an ``end`` event says why a stream
-    stopped early. ``poll`` names what to poll instead when too many streams are open."""
+    stopped early. ``poll`` names what to poll instead when too many streams are open. ``also``: one more
+    reason the caller may no longer follow (a console session that ended), checked with the key's."""
     streams = resources.event_streams
     if streams.available_tokens < 1:
         raise TooManyRequests(
@@ -53,7 +55,10 @@ def event_stream(
     async def now() -> tuple[Read, str | None]:
         """The row as it is now, and why the caller's key may no longer follow it (or None)."""
         async with resources.sessionmaker() as fresh:
-            return await current(fresh), await still_valid(fresh, principal)
+            refusal = await still_valid(fresh, principal)
+            if refusal is None and also is not None:
+                refusal = await also(fresh)
+            return await current(fresh), refusal
 
     async def stream() -> AsyncIterator[bytes]:
         # taken here, where the finally below is sure to give it back (a stream that never starts

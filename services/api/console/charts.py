@@ -74,6 +74,8 @@ def line_chart(
 ) -> Markup:
     """Lines of ``series`` (x: numbers or datetimes) with dashed horizontal ``limits`` (value, label)."""
     uid = chart_id or f"chart{next(_ids)}"
+    # a diverged loss (inf, nan) has no place on an axis: such points are left out
+    series = [Series(s.name, [(x, y) for x, y in s.points if math.isfinite(y)]) for s in series]
     left, right, top, bottom = 56, 16, 12, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [_x_value(x) for s in series for x, _ in s.points]
@@ -161,6 +163,7 @@ def bar_chart(
     label_w, bar_h, gap = 150, 14, 12
     rows = sum(len(bars) for _, bars in groups)
     height = 28 + rows * bar_h + len(groups) * gap
+    groups = [(metric, [(n, v) for n, v in bars if math.isfinite(v)]) for metric, bars in groups]
     values = [v for _, bars in groups for _, v in bars]
     high = max([*values, 1e-9])
     plot_w = width - label_w - 70

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.models import ApiKey, ConsoleSession, TrainingJob, User
+from shared.models import ApiKey, ConsoleSession, ModelVersion, TrainingJob, User
 
 
 async def add_session(
@@ -65,3 +65,13 @@ async def compute_spent(session: AsyncSession, project_id: uuid.UUID) -> list[tu
         .order_by(when)
     )
     return [(at, device, float(hours)) for at, device, hours in rows.tuples()]
+
+
+async def version_numbers(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, int]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(wanted))
+    )
+    return {version_id: number for version_id, number in rows.tuples()}

@@ -57,6 +57,7 @@ from services.api.tasks.service import TRANSITIONS
 from services.api.training import repository as training_repository
 from services.api.training import service as training_service
 from services.api.training.schemas import JobCreate, JobRead, ModelVersionRead
+from shared.db import abandon
 from shared.errors import AppError, Forbidden, NotFound, ValidationFailed
 from shared.jobs import progress_channel
 from shared.models import Dataset as _Dataset
@@ -121,8 +122,10 @@ async def login(request: Request, session: SessionDep, resources: ResourcesDep) 
         if not service.csrf_ok(expected, form.get("login_token")):
             raise ValidationFailed("the sign-in form is out of date: it was reloaded, please sign in again")
         token, expires = await service.sign_in(session, resources.settings, form.get("api_key", ""))
+        if request.cookies.get(COOKIE):  # a browser signing in again: its previous session ends
+            await service.sign_out(session, resources.settings, request.cookies[COOKIE])
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         fresh = secrets.token_urlsafe(24)
         response = render(
             request,
@@ -205,7 +208,7 @@ async def create_project(
         defaults = Budget(cpu_hours=settings.default_cpu_hours, gpu_hours=settings.default_gpu_hours)
         project = await projects_service.create_project(session, user.principal, data, defaults)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=PREFIX + "/")
     return redirect(request, f"{PREFIX}/projects/{project.slug}", f"Project {project.name} created.")
 
@@ -339,7 +342,7 @@ async def create_task(request: Request, ref: str, session: SessionDep, user: Pos
             raise _invalid(exc) from None
         task = await tasks_service.create(session, ctx, data)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, here + "#board", f"Task “{task.title}” created.")
 
@@ -357,7 +360,7 @@ async def move_task(request: Request, task_id: uuid.UUID, session: SessionDep, u
             raise _invalid(exc) from None
         moved = await tasks_service.update(session, ctx, task, data)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=back)
     return redirect(request, back, f"“{moved.title}” moved to {moved.status.value.replace('_', ' ')}.")
 
@@ -384,7 +387,7 @@ async def add_member(request: Request, ref: str, session: SessionDep, user: Post
             raise _invalid(exc) from None
         member = await projects_service.add_member(session, ctx, data)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, here, f"{member.name} joined as {member.role.value}.")
 
@@ -409,7 +412,7 @@ async def change_member(
             member = await projects_service.change_member(session, ctx, user_id, data)
             said = f"{member.name} is now {member.role.value}."
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, here, said)
 
@@ -428,7 +431,7 @@ async def add_milestone(request: Request, ref: str, session: SessionDep, user: P
             raise _invalid(exc) from None
         milestone = await milestones_service.create(session, ctx, data)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, here, f"Milestone “{milestone.title}” added.")
 
@@ -578,6 +581,7 @@ async def training_page(
         job_types=[t.value for t in FINE_TUNES],
         datasets=await _dataset_choices(session, ctx, user) if ctx.can(Action.run_jobs) else [],
         default_base_model=DEFAULT_BASE_MODEL,
+        idempotency_key=secrets.token_urlsafe(16),  # a form sent twice (a double click) queues one job
         section="training",
     )
 
@@ -611,7 +615,7 @@ async def submit_job(
             session, resources, ctx, data, form.get("idempotency_key") or None
         )
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, f"{PREFIX}/jobs/{submitted.job.id}", "Job queued.")
 
@@ -667,10 +671,15 @@ async def job_events(
             raise NotFound("training job not found")
         return await training_service.get(fresh, found)
 
+    async def signed_out(fresh: AsyncSession) -> str | None:
+        still = await service.current(fresh, resources.settings, user.token)
+        return None if still is not None else "signed out of the console"
+
     return event_stream(
         request,
         resources,
         user.principal,
+        also=signed_out,
         event="job",
         first=await training_service.get(session, row),
         channel=progress_channel(job_id),
@@ -699,7 +708,7 @@ async def job_action(
         else:
             await training_service.retry(session, resources, ctx, row)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, here, "Cancelling the job." if action == "cancel" else "Job queued again.")
 
@@ -832,7 +841,7 @@ async def promote(
             raise _invalid(exc) from None
         deployment = await deployments_service.promote(session, resources, user.principal, version_id, data)
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     words = (
         f"serves {deployment.canary_percent}% of the {deployment.role.value}'s traffic as a canary"
@@ -921,7 +930,7 @@ async def decide_run(
                 reason=form.get("reason", "")[:500],
             )
     except AppError as exc:
-        await session.rollback()
+        await abandon(session)
         return error_page(request, user, exc, back=here)
     return redirect(request, here, f"Run {run.number}: {run.status.replace('_', ' ')}.")
 
@@ -954,10 +963,7 @@ async def online_page(
         k=10,
         version=None,
     )
-    versions = await training_service.list_model_versions(
-        session, ctx, task_type=None, status=None, cursor=None, limit=100
-    )
-    number = {v.id: v.version for v in versions.items}
+    number = await repository.version_numbers(session, {r.model_version_id for r in online.rows})
 
     def label(version_id: uuid.UUID | None) -> str:
         return f"v{number[version_id]}" if version_id in number else "a deleted version"

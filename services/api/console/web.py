@@ -12,8 +12,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy.exc
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Undefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -206,7 +207,7 @@ def error_page(request: Request, user: SignedIn | None, exc: AppError, back: str
         status_code=exc.status_code,
         error=exc,
         detail=_detail_lines(exc.detail),
-        back=back or request.headers.get("referer") or PREFIX + "/",
+        back=back or PREFIX + "/",
         title=f"{exc.status_code}: {exc.error.replace('_', ' ')}",
     )
 
@@ -261,6 +262,20 @@ def install(app: FastAPI) -> None:
         to = PREFIX + "/login" + ("?" + urllib.parse.urlencode({"next": exc.back}) if exc.back else "")
         return secured(RedirectResponse(to, status_code=303))
 
+    json_database_error = app.exception_handlers.get(sqlalchemy.exc.DBAPIError)
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        assert json_database_error is not None
+        answer = await _answer(json_database_error(request, exc))
+        if not request.url.path.startswith(PREFIX) or not isinstance(answer, JSONResponse):
+            return answer
+        body = json.loads(bytes(answer.body))  # text PostgreSQL cannot store (a NUL in a field)
+        error = AppError(str(body.get("message", "the request could not be stored")))
+        error.status_code, error.error = answer.status_code, str(body.get("error", "invalid"))
+        return error_page(request, None, error, back=PREFIX + "/")
+
+    if json_database_error is not None:
+        app.add_exception_handler(sqlalchemy.exc.DBAPIError, database_error)
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(SignInRequired, sign_in_required)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.config import Settings
 from shared.models import Event, Impression, ModelVersion, TrainingJob
 from tests.support.world import World
 
@@ -426,3 +427,82 @@ async def test_a_member_role_is_changed_and_the_last_owner_kept(browsers: Browse
         f"/ui/projects/search-a/members/{world.users['owner']}", data={"csrf_token": csrf, "role": "viewer"}
     )
     assert last.status_code == 409 and "owner" in last.text
+
+
+async def test_signing_in_again_ends_the_browsers_previous_session(browsers: Browsers) -> None:
+    browser = await browsers.signed_in("owner")
+    first = browser.cookies.get("recforge_session")
+    page = await browser.get("/ui/login")  # a signed-in browser is sent home, not to the form
+    assert page.status_code == 303
+    browser.cookies.delete("recforge_session")
+    browser.cookies.set("recforge_session", str(first), path="/ui")
+    form = await browsers.new().get("/ui/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+    again = await browser.post(
+        "/ui/login",
+        data={"api_key": browsers.world.keys["owner"], "login_token": token},
+        headers={"Cookie": f"recforge_session={first}; recforge_login={token}"},
+    )
+    assert again.status_code == 303
+    replay = browsers.new()
+    old = await replay.get("/ui/", headers={"Cookie": f"recforge_session={first}"})
+    assert old.status_code == 303 and old.headers["location"].startswith("/ui/login")
+
+
+async def test_console_uploads_take_files_past_the_json_body_limit(
+    browsers: Browsers, settings: Settings
+) -> None:
+    owner = await browsers.signed_in("owner")
+    csrf = csrf_of(await owner.get("/ui/projects/search-a/data"))
+    rows = ["query,product_id,grade"]
+    size = 0
+    q = 0
+    while size < settings.max_body_bytes + 100_000:
+        line = f"a rather long query about cordless drills number {q},p{q % 50},{q % 4}"
+        rows.append(line)
+        size += len(line) + 1
+        q += 1
+    body = ("\n".join(rows) + "\n").encode()
+    made = await owner.post(
+        "/ui/projects/search-a/data",
+        files={"file": ("big.csv", body)},
+        data={"csrf_token": csrf, "kind": "relevance"},
+    )
+    assert made.status_code == 303, made.text[:500]
+
+
+async def test_text_the_database_cannot_store_is_an_error_page(browsers: Browsers) -> None:
+    owner = await browsers.signed_in("owner")
+    csrf = csrf_of(await owner.get("/ui/projects/search-a"))
+    refused = await owner.post(
+        "/ui/projects/search-a/tasks", data={"csrf_token": csrf, "title": "nul\x00here"}
+    )
+    assert refused.status_code == 422 and refused.headers["content-type"].startswith("text/html")
+
+
+def test_a_diverged_loss_is_left_off_the_chart() -> None:
+    from services.api.console import charts
+
+    drawn = charts.line_chart(
+        [charts.Series("loss", [(1.0, 2.0), (2.0, float("inf")), (3.0, float("nan")), (4.0, 1.5)])],
+        title="loss",
+        y_label="loss",
+    )
+    assert drawn.count(",") == 2  # two points in the polyline
+
+
+async def test_abandoning_a_unit_of_work_drops_its_notices_and_runs_its_undo(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    from shared.db import abandon, after_commit, on_rollback, unit_of_work
+
+    happened: list[str] = []
+
+    async def notice() -> None:
+        happened.append("notice")
+
+    async with unit_of_work(sessionmaker) as session:
+        after_commit(session, notice)
+        on_rollback(session, lambda: happened.append("undone"))
+        await abandon(session)
+    assert happened == ["undone"]

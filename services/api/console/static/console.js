@@ -85,7 +85,8 @@ function followJob(section) {
     if (p.loss_curve && now - lastChart > 3000) {
       lastChart = now;
       const reply = await fetch(`/ui/jobs/${section.dataset.job}/loss`, { credentials: "same-origin" });
-      if (reply.ok) document.getElementById("loss-figure").innerHTML = await reply.text();
+      const chart = reply.ok && !reply.redirected ? await reply.text() : "";
+      if (chart.startsWith("<svg")) document.getElementById("loss-figure").innerHTML = chart;
     }
     if (["succeeded", "failed", "cancelled"].includes(job.status)) {
       source.close();
