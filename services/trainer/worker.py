@@ -52,7 +52,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx[CONTEXT_KEY] = wc
     if settings.trainer_port:
-        server = BackgroundHealthServer(health_app(engine, wc.redis), settings.host, settings.trainer_port)
+        server = BackgroundHealthServer(
+            health_app(engine, wc.redis, settings), settings.host, settings.trainer_port
+        )
         await server.start()
         wc.health_server = server
     await sweep_disk(wc)  # what runs killed before this worker started left behind
