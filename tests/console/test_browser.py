@@ -35,7 +35,7 @@ CHROMIUM = os.environ.get("RECFORGE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("RECFORGE_SCREENSHOTS", Path(__file__).parents[2] / "artifacts" / "console"))
 
 if not Path(CHROMIUM).exists():
-    if os.environ.get("RECFORGE_REQUIRE_BROWSER"):
+    if os.environ.get("RECFORGE_REQUIRE_TOOLS"):
         raise RuntimeError(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium package")
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
