@@ -40,23 +40,47 @@ def _status_table(status: dict[str, str]) -> Table:
     return table
 
 
-def _urls(settings: Settings) -> None:
+def _urls(settings: Settings, running: list[supervisor.RunningService] | None = None) -> None:
     host = settings.host
-    console.print(f"  API        http://{host}:{settings.api_port}   (docs: /docs, schema: /openapi.json)")
+    ports: dict[str, list[int]] = {}
+    for service in running or []:
+        ports.setdefault(service.name.split("-")[0], []).append(service.port)
+
+    def where(service: str, port: int, suffix: str = "") -> str:
+        found = ports.get(service) or [port]
+        return ", ".join(f"http://{host}:{p}{suffix}" for p in found)
+
+    console.print(f"  API        {where('api', settings.api_port)}   (docs: /docs, schema: /openapi.json)")
+    console.print(f"  Console    {where('api', settings.api_port, '/ui/')}")
     console.print(
-        f"  Inference  http://{host}:{settings.inference_port}   (docs: /docs, schema: /openapi.json)"
+        f"  Inference  {where('inference', settings.inference_port)}   (docs: /docs, schema: /openapi.json)"
     )
-    console.print(f"  Trainer    http://{host}:{settings.trainer_port}/readyz")
+    console.print(f"  Trainer    {where('trainer', settings.trainer_port, '/readyz')}")
     console.print(f"  Logs       {settings.data_dir.resolve() / 'logs'}")
 
 
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once everything is ready.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = READY_TIMEOUT_S,
+    api_replicas: Annotated[
+        int, typer.Option(min=1, max=16, help="api processes (replica n on the api port + 10 x (n - 1)).")
+    ] = 1,
+    inference_replicas: Annotated[
+        int, typer.Option(min=1, max=16, help="inference processes (on the inference port + 10 x (n - 1)).")
+    ] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, max=16, help="trainer workers (health on the trainer port + 10 x (n - 1)).")
+    ] = 1,
 ) -> None:
-    """Start everything: embedded Postgres and Redis (unless URLs are set), migrations, api, inference
-    and one trainer worker."""
+    """Start everything: embedded Postgres and Redis (unless URLs are set), migrations, then the api,
+    inference and trainer processes (one of each unless told more), all on the same database, Redis and
+    data directory, as replicas in a cluster are."""
     settings = load_settings()
+    replicas = supervisor.Replicas(api=api_replicas, inference=inference_replicas, workers=workers)
+    try:
+        supervisor.service_specs(settings, replicas)
+    except ValueError as exc:
+        fail(str(exc))
     alive = [s.name for s in supervisor.read_services(settings) if s.process() is not None]
     if alive:
         fail(f"already running ({', '.join(alive)}); see `recforge status`, or `recforge down` first")
@@ -70,7 +94,7 @@ def up(
     except BaseException:
         supervisor.stop_infra(settings)
         raise
-    running = supervisor.spawn_services(settings, urls)
+    running = supervisor.spawn_services(settings, urls, replicas)
     try:
         with Live(
             _status_table({s.name: "starting" for s in running}), console=console, transient=True
@@ -90,7 +114,7 @@ def up(
         supervisor.stop_infra(settings)
         fail(f"{', '.join(not_ready)} did not become ready within {timeout:.0f} s")
     console.print("[bold green]RecForge is up.[/]")
-    _urls(settings)
+    _urls(settings, running)
     if detach:
         console.print("Stop it with `recforge down`.")
         return

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from services.cli import embedded
 from shared.config import Settings, read_embedded_state, to_async_url
 
 STOP_TIMEOUT_S = 20.0
+REPLICA_PORT_STEP = 10  # replica n of a service listens on the first one's port + 10 x (n - 1)
 
 
 @dataclass
@@ -28,6 +29,18 @@ class ServiceSpec:
     name: str
     args: list[str]
     port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """How many processes of each service `recforge up` runs, all on the same database, Redis and data
+    directory: api replicas (each runs the loop's controller too: its ticks fire once whatever the
+    count), inference replicas and trainer workers."""
+
+    api: int = 1
+    inference: int = 1
+    workers: int = 1
 
 
 @dataclass
@@ -65,13 +78,31 @@ def read_services(settings: Settings) -> list[RunningService]:
         return []
 
 
-def service_specs(settings: Settings) -> list[ServiceSpec]:
+def service_specs(settings: Settings, replicas: Replicas | None = None) -> list[ServiceSpec]:
+    """The processes to run: the first of each service keeps its name and port (api, inference,
+    trainer); replica n is `<service>-n` on the first's port + REPLICA_PORT_STEP x (n - 1)."""
+    replicas = replicas or Replicas()
     cli = [sys.executable, "-m", "services.cli"]
-    return [
-        ServiceSpec("api", [*cli, "api"], settings.api_port),
-        ServiceSpec("inference", [*cli, "inference"], settings.inference_port),
-        ServiceSpec("trainer", [*cli, "worker"], settings.trainer_port),
-    ]
+    specs: list[ServiceSpec] = []
+    for service, command, count, port in (
+        ("api", "api", replicas.api, settings.api_port),
+        ("inference", "inference", replicas.inference, settings.inference_port),
+        ("trainer", "worker", replicas.workers, settings.trainer_port),
+    ):
+        for index in range(count):
+            name = service if index == 0 else f"{service}-{index + 1}"
+            at = port + REPLICA_PORT_STEP * index if port else 0
+            if command == "worker":  # the worker's health port comes from its settings
+                specs.append(ServiceSpec(name, [*cli, command], at, {"RECFORGE_TRAINER_PORT": str(at)}))
+            else:
+                specs.append(ServiceSpec(name, [*cli, command, "--port", str(at)], at))
+    ports = [spec.port for spec in specs if spec.port]
+    if len(set(ports)) != len(ports) or max(ports, default=0) > 65535:
+        raise ValueError(
+            f"the replicas' ports collide or pass 65535 ({sorted(ports)}): choose api, inference and trainer "
+            f"ports that are not {REPLICA_PORT_STEP} apart, or fewer replicas"
+        )
+    return specs
 
 
 def start_infra(settings: Settings) -> dict[str, str]:
@@ -92,7 +123,9 @@ def start_infra(settings: Settings) -> dict[str, str]:
     return {"database_url": to_async_url(database_url), "redis_url": redis_url}
 
 
-def spawn_services(settings: Settings, urls: dict[str, str]) -> list[RunningService]:
+def spawn_services(
+    settings: Settings, urls: dict[str, str], replicas: Replicas | None = None
+) -> list[RunningService]:
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -107,12 +140,16 @@ def spawn_services(settings: Settings, urls: dict[str, str]) -> list[RunningServ
         RECFORGE_TRAINER_PORT=str(settings.trainer_port),
     )
     running: list[RunningService] = []
-    for spec in service_specs(settings):
+    for spec in service_specs(settings, replicas):
         log_path = log_dir / f"{spec.name}.log"
         with open(log_path, "ab") as log_file:
             # A session of its own: Ctrl-C in the terminal reaches `up`, which stops the children in order.
             proc = subprocess.Popen(
-                spec.args, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                spec.args,
+                env={**env, **spec.env},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         running.append(
             RunningService(

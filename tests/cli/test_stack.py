@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.processes import stack_env, wait_ready
+from tests.support.processes import free_port, stack_env, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +140,84 @@ def test_ctrl_c_while_the_services_start_leaves_nothing_behind(tmp_path: Path) -
     time.sleep(0.5)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
     assert _processes_mentioning(str(data_dir)) == []
+
+
+def _free_run(width: int) -> int:
+    """A port p with p .. p + width all free now."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        if base + width > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + width + 1):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError("no run of free ports")
+
+
+def test_up_runs_replicas_of_each_service_on_one_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stack"
+    env, _ = stack_env(data_dir)
+    base = _free_run(12)
+    env.update(
+        RECFORGE_API_PORT=str(base),
+        RECFORGE_INFERENCE_PORT=str(base + 1),
+        RECFORGE_TRAINER_PORT=str(base + 2),
+    )
+    cli = [sys.executable, "-m", "services.cli"]
+    collide = subprocess.run(
+        [*cli, "up", "--detach", "--api-replicas", "2"],
+        env={**env, "RECFORGE_INFERENCE_PORT": str(base + 10)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert collide.returncode == 1 and "collide" in collide.stderr
+    try:
+        up = subprocess.run(
+            [*cli, "up", "--detach", "--api-replicas", "2", "--inference-replicas", "2", "--workers", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{base}, http://127.0.0.1:{base + 10}" in up.stdout
+        services = {s["name"]: s for s in json.loads((data_dir / "run" / "services.json").read_text())}
+        assert set(services) == {"api", "api-2", "inference", "inference-2", "trainer", "trainer-2"}
+        assert services["api-2"]["port"] == base + 10 and services["trainer-2"]["port"] == base + 12
+        pids = [s["pid"] for s in services.values()]
+        for service in services.values():
+            ready = httpx.get(f"http://127.0.0.1:{service['port']}/readyz", timeout=5)
+            assert ready.status_code == 200, (service["name"], ready.text)
+
+        key = subprocess.run(
+            [*cli, "keys", "create", "--role", "admin"], env=env, capture_output=True, text=True, timeout=60
+        )
+        headers = {"Authorization": f"Bearer {key.stdout.strip()}"}
+        made = httpx.post(
+            f"http://127.0.0.1:{base + 10}/api/v1/projects",
+            json={"slug": "tools", "name": "Tools"},
+            headers=headers,
+            timeout=10,
+        )
+        assert made.status_code == 201, made.text
+        seen = httpx.get(f"http://127.0.0.1:{base}/api/v1/projects/tools", headers=headers, timeout=10)
+        assert seen.status_code == 200  # one database behind both replicas
+        status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and "trainer-2" in status.stdout, status.stdout
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=90)
+    assert down.returncode == 0, down.stderr
+    time.sleep(0.5)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
