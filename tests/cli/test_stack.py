@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.processes import free_port, stack_env, wait_ready
+from tests.support.processes import free_port_run, stack_env, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -142,33 +142,10 @@ def test_ctrl_c_while_the_services_start_leaves_nothing_behind(tmp_path: Path) -
     assert _processes_mentioning(str(data_dir)) == []
 
 
-def _free_run(width: int) -> int:
-    """A port p with p .. p + width all free now."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        if base + width > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + width + 1):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError("no run of free ports")
-
-
 def test_up_runs_replicas_of_each_service_on_one_database(tmp_path: Path) -> None:
     data_dir = tmp_path / "stack"
     env, _ = stack_env(data_dir)
-    base = _free_run(12)
+    base = free_port_run(12)
     env.update(
         RECFORGE_API_PORT=str(base),
         RECFORGE_INFERENCE_PORT=str(base + 1),

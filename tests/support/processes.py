@@ -70,3 +70,26 @@ def wait_ready(url: str, process: subprocess.Popen[str] | None = None, timeout: 
             raise AssertionError(f"the process exited: {process.stderr.read() if process.stderr else ''}")
         time.sleep(0.2)
     return False
+
+
+def free_port_run(width: int) -> int:
+    """A port p with p .. p + width all free now: room for replicas on consecutive ports."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        if base + width > 65535:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + width + 1):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError("no run of free ports found")

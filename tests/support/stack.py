@@ -22,7 +22,7 @@ import httpx
 import psutil
 
 from services.cli import embedded
-from tests.support.processes import CLI, free_port, stack_env
+from tests.support.processes import CLI, free_port, free_port_run, stack_env
 from tests.support.world import bearer
 
 # Quick clocks so faults are noticed within seconds: a silent worker is presumed dead after 10 s (a
@@ -37,6 +37,9 @@ FAST = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+
+
+REPLICA_ROOM = 42  # ports for up to 4 replicas of each service
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.2) -> Any:
@@ -74,11 +77,21 @@ class Stack:
 
     # -- the stack ----------------------------------------------------------------------------------
 
-    def up(self, **extra_env: str) -> Stack:
+    def up(self, *args: str, **extra_env: str) -> Stack:
+        """`recforge up --detach` with ``args`` (replicas: ``--api-replicas 2`` ...); replica n of a
+        service is on its first port + 10 x (n - 1), so the ports are picked as one free run."""
         self.env, self.ports = stack_env(self.data_dir)
+        if args:
+            base = free_port_run(REPLICA_ROOM)
+            self.ports = {"api": base, "inference": base + 1, "trainer": base + 2}
+            self.env.update(
+                RECFORGE_API_PORT=str(base),
+                RECFORGE_INFERENCE_PORT=str(base + 1),
+                RECFORGE_TRAINER_PORT=str(base + 2),
+            )
         self.env.update(FAST, **extra_env)
         started = subprocess.run(
-            [*CLI, "up", "--detach"], env=self.env, capture_output=True, text=True, timeout=180
+            [*CLI, "up", "--detach", *args], env=self.env, capture_output=True, text=True, timeout=240
         )
         assert started.returncode == 0, started.stdout + started.stderr
         key = subprocess.run(
