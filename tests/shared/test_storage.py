@@ -1,0 +1,99 @@
+"""shared.storage against a folder and against a real S3-protocol server (moto's, in its own process):
+what is put is fetched whole and checked, no reader sees part of an object, a damaged object is refused,
+keys stay inside the store."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.storage import ObjectStore, StorageError, file_sha256
+from tests.support.s3 import s3_server
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "file":
+        return ObjectStore(f"file://{tmp_path / 'store'}", tmp_path / "cache")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"recforge-{uuid.uuid4().hex[:8]}"
+    made = ObjectStore(f"s3://{bucket}/prefix", tmp_path / "cache", endpoint_url=endpoint)
+    made.fs.mkdir(bucket)
+    return made
+
+
+def _file(tmp_path: Path, name: str, body: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(body)
+    return path
+
+
+def test_what_is_put_is_fetched_whole_and_checked(store: ObjectStore, tmp_path: Path) -> None:
+    body = os.urandom(3 * 1024 * 1024 + 17)  # several chunks
+    stored = store.put(_file(tmp_path, "data.parquet", body), "datasets/p/d/v1/data.parquet")
+    assert stored.size == len(body) and stored.sha256 == file_sha256(tmp_path / "data.parquet")
+    assert store.exists("datasets/p/d/v1/data.parquet")
+    fetched = store.fetch("datasets/p/d/v1/data.parquet", stored.sha256)
+    assert fetched.read_bytes() == body
+    again = store.fetch("datasets/p/d/v1/data.parquet", stored.sha256)
+    assert again == fetched  # cached (or the folder's own file)
+    store.delete("datasets/p/d/v1/data.parquet")
+    store.delete("datasets/p/d/v1/data.parquet")  # gone already: nothing to do
+    assert not store.exists("datasets/p/d/v1/data.parquet")
+    with pytest.raises(StorageError, match="is not in"):
+        store.fetch("datasets/p/d/v1/missing.parquet", "1" * 64)
+
+
+def test_a_replaced_object_is_never_seen_in_part(store: ObjectStore, tmp_path: Path) -> None:
+    first = store.put(_file(tmp_path, "a", b"first version" * 1000), "artifacts/m/model.onnx")
+    second = store.put(_file(tmp_path, "b", b"second" * 5000), "artifacts/m/model.onnx")
+    assert store.fetch("artifacts/m/model.onnx", second.sha256).read_bytes() == b"second" * 5000
+    assert first.sha256 != second.sha256
+    if store.is_local:  # no temporary file is left beside the key
+        assert [p.name for p in Path(store.root, "artifacts/m").iterdir()] == ["model.onnx"]
+
+
+def test_an_object_changed_after_it_was_stored_is_refused(s3_endpoint: str, tmp_path: Path) -> None:
+    bucket = f"recforge-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore(f"s3://{bucket}", tmp_path / "cache", endpoint_url=s3_endpoint)
+    store.fs.mkdir(bucket)
+    stored = store.put(_file(tmp_path, "x", b"the real index" * 100), "indexes/p/index.usearch")
+    store.fs.pipe_file(f"{bucket}/indexes/p/index.usearch", b"tampered")
+    with pytest.raises(StorageError, match="does not match its recorded digest"):
+        store.fetch("indexes/p/index.usearch", stored.sha256)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing of it is kept
+
+
+def test_one_content_under_two_keys_is_cached_once(s3_endpoint: str, tmp_path: Path) -> None:
+    bucket = f"recforge-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore(f"s3://{bucket}/x", tmp_path / "cache", endpoint_url=s3_endpoint)
+    store.fs.mkdir(bucket)
+    source = _file(tmp_path, "same", b"shared bytes" * 64)
+    a, b = store.put(source, "k/a"), store.put(source, "k/b")
+    assert store.fetch("k/a", a.sha256) == store.fetch("k/b", b.sha256)
+    assert len([p for p in (tmp_path / "cache").rglob("*") if p.is_file()]) == 1
+
+
+@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "", "a\\b"])
+def test_keys_stay_inside_the_store(key: str, tmp_path: Path) -> None:
+    store = ObjectStore(f"file://{tmp_path}", tmp_path / "cache")
+    with pytest.raises(ValueError, match="not a storage key"):
+        store.put(_file(tmp_path, "f", b"x"), key)
+
+
+def test_a_storage_url_of_another_kind_says_what_is_taken(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"file:///path .* or s3://bucket/prefix"):
+        ObjectStore("gs://bucket/x", tmp_path)
+    with pytest.raises(ConfigurationError, match="names no bucket"):
+        ObjectStore("s3:///x", tmp_path)
