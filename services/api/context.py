@@ -21,7 +21,7 @@ from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action, allows
 from shared.db import unit_of_work
 from shared.errors import UNKNOWN_KEY, Forbidden, NotFound, Unauthorized
-from shared.models import Project
+from shared.models import ApiKey, Project
 from shared.models.enums import KeyRole, ProjectRole
 from shared.security import hash_api_key, key_refusal
 
@@ -107,6 +107,11 @@ async def authenticate(
         raise Unauthorized(refusal)
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         api_key.last_used_at = now
+    return principal_of(api_key, request_id)
+
+
+def principal_of(api_key: ApiKey, request_id: str | None = None) -> Principal:
+    """Who a key speaks for (its refusals checked by the caller)."""
     return Principal(
         key_id=api_key.id,
         user_id=api_key.user_id,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.audit import repository as audit_repository
@@ -26,8 +26,8 @@ from services.api.console.web import (
     User,
     back_to,
     clear_cookie,
-    error_page,
     form_of,
+    on_error_back_to,
     redirect,
     render,
     secured,
@@ -65,6 +65,7 @@ from shared.models.enums import DatasetKind, JobStatus, JobType, ProjectRole, Ru
 from shared.models.pipelines import ACTIVE_RUN
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+Form = TypeVar("Form", bound=BaseModel)
 
 PAGE = 25  # rows per page of every long list
 BOARD_COLUMN = 30  # tasks shown per board column; the column links to all of them
@@ -77,9 +78,13 @@ def _can(ctx: ProjectContext) -> dict[str, bool]:
     return {action.value: ctx.can(action) for action in Action}
 
 
-def _invalid(exc: ValidationError) -> ValidationFailed:
-    detail = [{"loc": list(map(str, e["loc"])), "msg": e["msg"]} for e in exc.errors()]
-    return ValidationFailed("some fields are not valid", detail=detail)
+def _parse(model: type[Form], data: dict[str, Any]) -> Form:
+    """A form's fields as the API's request model, or 422 naming each field that is not valid."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = [{"loc": list(map(str, e["loc"])), "msg": e["msg"]} for e in exc.errors()]
+        raise ValidationFailed("some fields are not valid", detail=detail) from None
 
 
 def _optional(value: str | None) -> str | None:
@@ -184,32 +189,27 @@ async def create_project(
     request: Request, session: SessionDep, resources: ResourcesDep, user: Poster
 ) -> Response:
     form = await form_of(request)
-    try:
-        goal = None
-        if _optional(form.get("goal_metric")):
-            goal = {
-                "metric": form["goal_metric"].strip(),
-                "operator": form.get("goal_operator", ">="),
-                "value": form.get("goal_value") or 0,
-            }
-        try:
-            data = ProjectCreate.model_validate(
-                {
-                    "slug": form.get("slug", "").strip(),
-                    "name": form.get("name", "").strip(),
-                    "description": form.get("description", ""),
-                    "goal": goal,
-                    "status": form.get("status", "active"),
-                }
-            )
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        settings = resources.settings
-        defaults = Budget(cpu_hours=settings.default_cpu_hours, gpu_hours=settings.default_gpu_hours)
-        project = await projects_service.create_project(session, user.principal, data, defaults)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=PREFIX + "/")
+    on_error_back_to(request, PREFIX + "/")
+    goal = None
+    if _optional(form.get("goal_metric")):
+        goal = {
+            "metric": form["goal_metric"].strip(),
+            "operator": form.get("goal_operator", ">="),
+            "value": form.get("goal_value") or 0,
+        }
+    data = _parse(
+        ProjectCreate,
+        {
+            "slug": form.get("slug", "").strip(),
+            "name": form.get("name", "").strip(),
+            "description": form.get("description", ""),
+            "goal": goal,
+            "status": form.get("status", "active"),
+        },
+    )
+    settings = resources.settings
+    defaults = Budget(cpu_hours=settings.default_cpu_hours, gpu_hours=settings.default_gpu_hours)
+    project = await projects_service.create_project(session, user.principal, data, defaults)
     return redirect(request, f"{PREFIX}/projects/{project.slug}", f"Project {project.name} created.")
 
 
@@ -326,42 +326,30 @@ async def create_task(request: Request, ref: str, session: SessionDep, user: Pos
     form = await form_of(request)
     ctx = await _project(session, user, ref)
     here = f"{PREFIX}/projects/{ctx.project.slug}"
-    try:
-        try:
-            data = TaskCreate.model_validate(
-                {
-                    "title": form.get("title", "").strip(),
-                    "description": form.get("description") or None,
-                    "assignee_id": _optional(form.get("assignee_id")),
-                    "milestone_id": _optional(form.get("milestone_id")),
-                    "estimate_hours": _optional(form.get("estimate_hours")),
-                    "due_date": _optional(form.get("due_date")),
-                }
-            )
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        task = await tasks_service.create(session, ctx, data)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    data = _parse(
+        TaskCreate,
+        {
+            "title": form.get("title", "").strip(),
+            "description": form.get("description") or None,
+            "assignee_id": _optional(form.get("assignee_id")),
+            "milestone_id": _optional(form.get("milestone_id")),
+            "estimate_hours": _optional(form.get("estimate_hours")),
+            "due_date": _optional(form.get("due_date")),
+        },
+    )
+    task = await tasks_service.create(session, ctx, data)
     return redirect(request, here + "#board", f"Task “{task.title}” created.")
 
 
 @router.post("/tasks/{task_id}/move")
 async def move_task(request: Request, task_id: uuid.UUID, session: SessionDep, user: Poster) -> Response:
     form = await form_of(request)
-    back = PREFIX + "/"
-    try:
-        ctx, task = await tasks_service.load(session, user.principal, task_id, for_update=True)
-        back = back_to(form, f"{PREFIX}/projects/{ctx.project.slug}#board")
-        try:
-            data = TaskUpdate.model_validate({"status": form.get("status", "")})
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        moved = await tasks_service.update(session, ctx, task, data)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=back)
+    ctx, task = await tasks_service.load(session, user.principal, task_id, for_update=True)
+    back = back_to(form, f"{PREFIX}/projects/{ctx.project.slug}#board")
+    on_error_back_to(request, back)
+    data = _parse(TaskUpdate, {"status": form.get("status", "")})
+    moved = await tasks_service.update(session, ctx, task, data)
     return redirect(request, back, f"“{moved.title}” moved to {moved.status.value.replace('_', ' ')}.")
 
 
@@ -370,25 +358,19 @@ async def add_member(request: Request, ref: str, session: SessionDep, user: Post
     form = await form_of(request)
     ctx = await _project(session, user, ref)
     here = f"{PREFIX}/projects/{ctx.project.slug}#members"
+    on_error_back_to(request, here)
+    who = form.get("user", "").strip()
     try:
-        who = form.get("user", "").strip()
-        try:
-            user_id = uuid.UUID(who)
-        except ValueError:
-            found = await repository.user_by_email(session, who) if "@" in who else None
-            if found is None:
-                raise ValidationFailed(
-                    f"no user with the email or id {who!r}: an admin adds people with `recforge users create`"
-                ) from None
-            user_id = found.id
-        try:
-            data = MemberAdd.model_validate({"user_id": user_id, "role": form.get("role", "member")})
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        member = await projects_service.add_member(session, ctx, data)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+        user_id = uuid.UUID(who)
+    except ValueError:
+        found = await repository.user_by_email(session, who) if "@" in who else None
+        if found is None:
+            raise ValidationFailed(
+                f"no user with the email or id {who!r}: an admin adds people with `recforge users create`"
+            ) from None
+        user_id = found.id
+    data = _parse(MemberAdd, {"user_id": user_id, "role": form.get("role", "member")})
+    member = await projects_service.add_member(session, ctx, data)
     return redirect(request, here, f"{member.name} joined as {member.role.value}.")
 
 
@@ -400,20 +382,14 @@ async def change_member(
     form = await form_of(request)
     ctx = await _project(session, user, ref)
     here = f"{PREFIX}/projects/{ctx.project.slug}#members"
-    try:
-        if form.get("role") == "remove":
-            await projects_service.remove_member(session, ctx, user_id)
-            said = "Member removed; their tasks are unassigned."
-        else:
-            try:
-                data = MemberUpdate.model_validate({"role": form.get("role", "")})
-            except ValidationError as exc:
-                raise _invalid(exc) from None
-            member = await projects_service.change_member(session, ctx, user_id, data)
-            said = f"{member.name} is now {member.role.value}."
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    if form.get("role") == "remove":
+        await projects_service.remove_member(session, ctx, user_id)
+        said = "Member removed; their tasks are unassigned."
+    else:
+        data = _parse(MemberUpdate, {"role": form.get("role", "")})
+        member = await projects_service.change_member(session, ctx, user_id, data)
+        said = f"{member.name} is now {member.role.value}."
     return redirect(request, here, said)
 
 
@@ -422,17 +398,11 @@ async def add_milestone(request: Request, ref: str, session: SessionDep, user: P
     form = await form_of(request)
     ctx = await _project(session, user, ref)
     here = f"{PREFIX}/projects/{ctx.project.slug}#milestones"
-    try:
-        try:
-            data = MilestoneCreate.model_validate(
-                {"title": form.get("title", "").strip(), "due_date": _optional(form.get("due_date"))}
-            )
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        milestone = await milestones_service.create(session, ctx, data)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    data = _parse(
+        MilestoneCreate, {"title": form.get("title", "").strip(), "due_date": _optional(form.get("due_date"))}
+    )
+    milestone = await milestones_service.create(session, ctx, data)
     return redirect(request, here, f"Milestone “{milestone.title}” added.")
 
 
@@ -507,14 +477,12 @@ async def upload_data(
     ctx.require(Action.write_datasets)
     here = f"{PREFIX}/projects/{ctx.project.slug}/data"
     await session.commit()  # no connection held while the upload streams to disk and is checked
-    try:
-        async with staged_upload(request, resources.settings) as upload:
-            # multipart: the CSRF token is a field of the form, checked before anything is imported
-            if not service.csrf_ok(user.csrf_token, upload.fields.pop("csrf_token", None)):
-                raise Forbidden(CSRF_REFUSED)
-            result = await datasets_service.import_dataset(resources, ctx, upload, _parse_form(upload.fields))
-    except AppError as exc:
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    async with staged_upload(request, resources.settings) as upload:
+        # multipart: the CSRF token is a field of the form, checked before anything is imported
+        if not service.csrf_ok(user.csrf_token, upload.fields.pop("csrf_token", None)):
+            raise Forbidden(CSRF_REFUSED)
+        result = await datasets_service.import_dataset(resources, ctx, upload, _parse_form(upload.fields))
     words = "stored as" if result.created else "was already stored as"
     return redirect(
         request,
@@ -593,30 +561,25 @@ async def submit_job(
     form = await form_of(request)
     ctx = await _project(session, user, ref)
     here = f"{PREFIX}/projects/{ctx.project.slug}/training"
-    try:
-        hyperparameters = {
-            name: form[name]
-            for name in ("epochs", "max_steps", "batch_size", "learning_rate")
-            if _optional(form.get(name))
-        }
-        try:
-            data = JobCreate.model_validate(
-                {
-                    "job_type": form.get("job_type", ""),
-                    "dataset_version_id": _optional(form.get("dataset_version_id")),
-                    "base_model": _optional(form.get("base_model")),
-                    "hyperparameters": hyperparameters,
-                    "compute_limit_hours": form.get("compute_limit_hours") or 1,
-                }
-            )
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        submitted = await training_service.submit(
-            session, resources, ctx, data, form.get("idempotency_key") or None
-        )
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    hyperparameters = {
+        name: form[name]
+        for name in ("epochs", "max_steps", "batch_size", "learning_rate")
+        if _optional(form.get(name))
+    }
+    data = _parse(
+        JobCreate,
+        {
+            "job_type": form.get("job_type", ""),
+            "dataset_version_id": _optional(form.get("dataset_version_id")),
+            "base_model": _optional(form.get("base_model")),
+            "hyperparameters": hyperparameters,
+            "compute_limit_hours": form.get("compute_limit_hours") or 1,
+        },
+    )
+    submitted = await training_service.submit(
+        session, resources, ctx, data, form.get("idempotency_key") or None
+    )
     return redirect(request, f"{PREFIX}/jobs/{submitted.job.id}", "Job queued.")
 
 
@@ -699,17 +662,14 @@ async def job_action(
     user: Poster,
 ) -> Response:
     here = f"{PREFIX}/jobs/{job_id}"
-    try:
-        if action not in ("cancel", "retry"):
-            raise NotFound("no such action: cancel or retry")
-        ctx, row = await training_service.job_context(session, user.principal, job_id, for_update=True)
-        if action == "cancel":
-            await training_service.cancel(session, resources, ctx, row)
-        else:
-            await training_service.retry(session, resources, ctx, row)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    if action not in ("cancel", "retry"):
+        raise NotFound("no such action: cancel or retry")
+    ctx, row = await training_service.job_context(session, user.principal, job_id, for_update=True)
+    if action == "cancel":
+        await training_service.cancel(session, resources, ctx, row)
+    else:
+        await training_service.retry(session, resources, ctx, row)
     return redirect(request, here, "Cancelling the job." if action == "cancel" else "Job queued again.")
 
 
@@ -833,16 +793,10 @@ async def promote(
 ) -> Response:
     form = await form_of(request)
     here = f"{PREFIX}/model-versions/{version_id}"
-    try:
-        percent = _optional(form.get("canary_percent")) if form.get("mode") == "canary" else None
-        try:
-            data = PromoteRequest.model_validate({"canary_percent": percent})
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        deployment = await deployments_service.promote(session, resources, user.principal, version_id, data)
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    percent = _optional(form.get("canary_percent")) if form.get("mode") == "canary" else None
+    data = _parse(PromoteRequest, {"canary_percent": percent})
+    deployment = await deployments_service.promote(session, resources, user.principal, version_id, data)
     words = (
         f"serves {deployment.canary_percent}% of the {deployment.role.value}'s traffic as a canary"
         if deployment.canary_model_version_id
@@ -914,24 +868,21 @@ async def decide_run(
 ) -> Response:
     form = await form_of(request)
     here = f"{PREFIX}/pipeline-runs/{run_id}"
-    try:
-        if decision not in ("approve", "reject", "cancel"):
-            raise NotFound("no such decision: approve, reject or cancel")
-        ctx, run = await pipelines_service.load_run(session, user.principal, run_id, for_update=True)
-        if decision == "cancel":
-            run = await controller.cancel(session, resources, ctx, run)
-        else:
-            run = await controller.decide(
-                session,
-                resources,
-                ctx,
-                run,
-                approve=decision == "approve",
-                reason=form.get("reason", "")[:500],
-            )
-    except AppError as exc:
-        await abandon(session)
-        return error_page(request, user, exc, back=here)
+    on_error_back_to(request, here)
+    if decision not in ("approve", "reject", "cancel"):
+        raise NotFound("no such decision: approve, reject or cancel")
+    ctx, run = await pipelines_service.load_run(session, user.principal, run_id, for_update=True)
+    if decision == "cancel":
+        run = await controller.cancel(session, resources, ctx, run)
+    else:
+        run = await controller.decide(
+            session,
+            resources,
+            ctx,
+            run,
+            approve=decision == "approve",
+            reason=form.get("reason", "")[:500],
+        )
     return redirect(request, here, f"Run {run.number}: {run.status.replace('_', ' ')}.")
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.console import repository
-from services.api.context import Principal, authenticate
+from services.api.context import Principal, authenticate, principal_of
 from shared.config import Settings
 from shared.errors import Forbidden, Unauthorized
-from shared.models.enums import KeyRole
 from shared.security import hash_api_key, key_refusal
 
 
@@ -73,15 +72,7 @@ async def current(
         revoked_at=key.revoked_at, expires_at=key.expires_at, user_active=user.is_active, now=now
     ):
         return None
-    principal = Principal(
-        key_id=key.id,
-        user_id=user.id,
-        role=KeyRole(key.role),
-        project_id=key.project_id,
-        scopes=frozenset(key.scopes),
-        request_id=request_id,
-        expires_at=key.expires_at,
-    )
+    principal = principal_of(key, request_id)
     return SignedIn(principal=principal, user_name=user.name, csrf_token=row.csrf_token, token=token)
 
 

@@ -114,6 +114,13 @@ def secured(response: Response) -> Response:
     return response
 
 
+def on_error_back_to(request: Request, back: str) -> None:
+    """Where the error page of what the route does next links back to. A route simply raises: the
+    request's unit of work rolls back (its notices dropped, its undo run) and the error is shown as a
+    page with the signed-in person's menu and this link."""
+    request.state.console_back = back
+
+
 async def signed_in(request: Request, session: SessionDep, resources: ResourcesDep) -> SignedIn:
     """The person signed in with this browser; pages without one send it to the sign-in page."""
     found = await service.current(
@@ -125,6 +132,7 @@ async def signed_in(request: Request, session: SessionDep, resources: ResourcesD
     if found is None:
         back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInRequired(back if request.method == "GET" else PREFIX + "/")
+    request.state.console_user = found  # the error page, should the route fail, shows who is signed in
     return found
 
 
@@ -197,6 +205,12 @@ def back_to(form: dict[str, str], default: str) -> str:
     return target if target.startswith(PREFIX + "/") and not target.startswith("//") else default
 
 
+def _failed_in(request: Request) -> tuple[SignedIn | None, str]:
+    """Who was signed in, and where the failed route's error page links back to."""
+    user = getattr(request.state, "console_user", None)
+    return user, getattr(request.state, "console_back", PREFIX + "/")
+
+
 def error_page(request: Request, user: SignedIn | None, exc: AppError, back: str | None = None) -> Response:
     if exc.status_code >= 500:
         log.error("console request failed: %s", exc.message, extra={"path": request.url.path})
@@ -244,7 +258,8 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, AppError)
         if not request.url.path.startswith(PREFIX):
             return await _answer(json_app_error(request, exc))
-        return error_page(request, None, exc, back=PREFIX + "/")
+        user, back = _failed_in(request)
+        return error_page(request, user, exc, back)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -272,7 +287,8 @@ def install(app: FastAPI) -> None:
         body = json.loads(bytes(answer.body))  # text PostgreSQL cannot store (a NUL in a field)
         error = AppError(str(body.get("message", "the request could not be stored")))
         error.status_code, error.error = answer.status_code, str(body.get("error", "invalid"))
-        return error_page(request, None, error, back=PREFIX + "/")
+        user, back = _failed_in(request)
+        return error_page(request, user, error, back)
 
     if json_database_error is not None:
         app.add_exception_handler(sqlalchemy.exc.DBAPIError, database_error)

@@ -183,6 +183,8 @@ async def test_an_illegal_move_shows_the_apis_409_message(browsers: Browsers) ->
     illegal = await owner.post(f"/ui/tasks/{task_id}/move", data={"csrf_token": csrf, "status": "done"})
     assert illegal.status_code == 409
     assert "a task cannot move from todo to done" in illegal.text
+    assert "Sign out" in illegal.text  # the error page keeps the person's menu
+    assert '<a href="/ui/projects/search-a#board">Back</a>' in illegal.text
     legal = await owner.post(f"/ui/tasks/{task_id}/move", data={"csrf_token": csrf, "status": "in_progress"})
     assert legal.status_code == 303
     moved = await owner.get(legal.headers["location"].split("#")[0])
