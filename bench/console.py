@@ -24,16 +24,14 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg
 import httpx
 from asgi_lifespan import LifespanManager
-from sqlalchemy.engine import make_url
+from scratch import scratch_database  # bench/scratch.py, beside this script
 
 from services.api.app import create_app
 from services.api.auth.service import ensure_user, issue_key
 from shared.config import Settings, to_async_url
 from shared.db import create_engine, create_sessionmaker
-from shared.migrate import upgrade
 from shared.models import AuditLog, Deployment, Milestone, ModelVersion, Task, TrainingJob
 from shared.models.enums import KeyRole
 
@@ -150,15 +148,8 @@ async def seed(client: httpx.AsyncClient, admin: str, settings: Settings) -> dic
 
 
 async def run(args: argparse.Namespace) -> None:
-    url = make_url(args.database_url)
-    admin_url = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"recforge_bench_{uuid.uuid4().hex[:8]}"
-    connection = await asyncpg.connect(admin_url)
-    await connection.execute(f'CREATE DATABASE "{name}"')
-    await connection.close()
-    try:
-        database_url = to_async_url(url.set(database=name).render_as_string(hide_password=False))
-        await asyncio.to_thread(upgrade, database_url)
+    async with scratch_database(args.database_url) as scratch:
+        database_url = to_async_url(scratch.render_as_string(hide_password=False))
         settings = Settings(
             database_url=database_url,
             redis_url=args.redis_url,
@@ -216,10 +207,6 @@ async def run(args: argparse.Namespace) -> None:
                           f"{len(page.content) / 1024:>6.0f} KiB")  # fmt: skip
                     worst = max(worst, median)
                 print(f"slowest median: {worst * 1000:.0f} ms ({args.runs} runs a page)")
-    finally:
-        connection = await asyncpg.connect(admin_url)
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.close()
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
 
 

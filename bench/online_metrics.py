@@ -21,13 +21,12 @@ import uuid
 from types import SimpleNamespace
 
 import asyncpg
-from sqlalchemy.engine import make_url
+from scratch import scratch_database  # bench/scratch.py, beside this script
 
 from services.api.feedback import repository, service
 from services.api.feedback.schemas import Bucket, OnlineRole
-from shared.config import Settings, to_async_url
+from shared.config import Settings
 from shared.db import create_engine, create_sessionmaker
-from shared.migrate import upgrade
 
 FILL = """
 WITH p AS (
@@ -95,16 +94,7 @@ async def fill(dsn: str, impressions: int, start: dt.datetime) -> tuple[uuid.UUI
 
 
 async def run(args: argparse.Namespace) -> None:
-    url = make_url(args.database_url)
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"recforge_bench_{uuid.uuid4().hex[:8]}"
-    scratch = url.set(database=name)
-    connection = await asyncpg.connect(admin)
-    await connection.execute(f'CREATE DATABASE "{name}"')
-    await connection.close()
-    try:
-        # alembic runs its own event loop: in a thread, beside this one
-        await asyncio.to_thread(upgrade, to_async_url(scratch.render_as_string(hide_password=False)))
+    async with scratch_database(args.database_url, keep=args.keep) as scratch:
         start = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
         began = time.perf_counter()
         project_id, _ = await fill(scratch.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -139,13 +129,6 @@ async def run(args: argparse.Namespace) -> None:
                 )
         finally:
             await engine.dispose()
-    finally:
-        if args.keep:
-            print(f"kept the database {name}")
-        else:
-            connection = await asyncpg.connect(admin)
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await connection.close()
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
 
 

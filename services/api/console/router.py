@@ -44,7 +44,7 @@ from services.api.feedback import service as feedback_service
 from services.api.feedback.schemas import Bucket, OnlineRole
 from services.api.milestones import service as milestones_service
 from services.api.milestones.schemas import MilestoneCreate
-from services.api.pagination import decode_int_cursor, encode_cursor
+from services.api.pagination import Page, decode_int_cursor, encode_cursor
 from services.api.pipelines import controller
 from services.api.pipelines import service as pipelines_service
 from services.api.projects import service as projects_service
@@ -52,7 +52,7 @@ from services.api.projects.permissions import Action
 from services.api.projects.schemas import Budget, MemberAdd, MemberUpdate, ProjectCreate
 from services.api.streams import event_stream
 from services.api.tasks import service as tasks_service
-from services.api.tasks.schemas import TaskCreate, TaskUpdate
+from services.api.tasks.schemas import TaskCreate, TaskRead, TaskUpdate
 from services.api.tasks.service import TRANSITIONS
 from services.api.training import repository as training_repository
 from services.api.training import service as training_service
@@ -90,6 +90,23 @@ def _parse(model: type[Form], data: dict[str, Any]) -> Form:
 def _optional(value: str | None) -> str | None:
     value = (value or "").strip()
     return value or None
+
+
+async def _tasks_in(
+    session: AsyncSession, ctx: ProjectContext, status: TaskStatus, cursor: str | None, limit: int
+) -> Page[TaskRead]:
+    """One board column's tasks, a page of them."""
+    return await tasks_service.list_tasks(
+        session, ctx, assignee=None, statuses=[status], label=None, due_before=None, milestone_id=None,
+        cursor=cursor, limit=limit,
+    )  # fmt: skip
+
+
+def _project_page(
+    request: Request, template: str, user: Any, ctx: ProjectContext, section: str, **context: Any
+) -> Response:
+    """A page of one project: its menu, and what the person's role may do there."""
+    return render(request, template, user, ctx=ctx, can=_can(ctx), section=section, **context)
 
 
 async def _project(session: AsyncSession, user: Any, ref: str) -> ProjectContext:
@@ -222,27 +239,17 @@ async def project_page(request: Request, ref: str, session: SessionDep, user: Us
     columns = []
     counts = progress.work.tasks.model_dump()
     for status in BOARD:
-        page = await tasks_service.list_tasks(
-            session,
-            ctx,
-            assignee=None,
-            statuses=[status],
-            label=None,
-            due_before=None,
-            milestone_id=None,
-            cursor=None,
-            limit=BOARD_COLUMN,
-        )
+        page = await _tasks_in(session, ctx, status, None, BOARD_COLUMN)
         columns.append({"status": status, "tasks": page.items, "count": counts[status.value]})
     milestones = await milestones_service.list_milestones(session, ctx)
     spent = await repository.compute_spent(session, ctx.project.id)
-    return render(
+    return _project_page(
         request,
         "project.html",
         user,
+        ctx,
+        "board",
         title=ctx.project.name,
-        ctx=ctx,
-        can=_can(ctx),
         project=projects_service.to_read(ctx.project, ctx.role),
         progress=progress,
         columns=columns,
@@ -253,7 +260,6 @@ async def project_page(request: Request, ref: str, session: SessionDep, user: Us
         milestones=milestones,
         roles=[r.value for r in ProjectRole],
         burn=_burn_chart(spent, ctx.project.created_at, progress.budget.cpu_hours, progress.budget.gpu_hours),
-        section="board",
     )
 
 
@@ -293,31 +299,20 @@ async def tasks_page(
     cursor: str | None = None,
 ) -> Response:
     ctx = await _project(session, user, ref)
-    page = await tasks_service.list_tasks(
-        session,
-        ctx,
-        assignee=None,
-        statuses=[status],
-        label=None,
-        due_before=None,
-        milestone_id=None,
-        cursor=cursor,
-        limit=PAGE * 4,
-    )
+    page = await _tasks_in(session, ctx, status, cursor, PAGE * 4)
     members = await projects_service.list_members(session, ctx)
-    return render(
+    return _project_page(
         request,
         "tasks.html",
         user,
+        ctx,
+        "board",
         title=f"{ctx.project.name}: {status.value.replace('_', ' ')}",
-        ctx=ctx,
-        can=_can(ctx),
         status=status,
         tasks=page.items,
         next_cursor=page.next_cursor,
         statuses=[s.value for s in BOARD],
         names={m.user_id: m.name for m in members},
-        section="board",
     )
 
 
@@ -423,17 +418,16 @@ async def audit_page(
     entries = [AuditEntry.model_validate(r) for r in rows[: PAGE * 2]]
     next_cursor = encode_cursor([rows[PAGE * 2 - 1].id]) if len(rows) > PAGE * 2 else None
     names = await repository.user_names(session, [e.actor_user_id for e in entries])
-    return render(
+    return _project_page(
         request,
         "audit.html",
         user,
+        ctx,
+        "audit",
         title=f"{ctx.project.name}: audit log",
-        ctx=ctx,
-        can=_can(ctx),
         entries=entries,
         names=names,
         next_cursor=next_cursor,
-        section="audit",
     )
 
 
@@ -453,19 +447,18 @@ async def data_page(
             await datasets_service.list_versions(session, found[1], cursor=None, limit=5)
         ).items
     imports = await datasets_service.list_imports(session, ctx, status=None, cursor=None, limit=10)
-    return render(
+    return _project_page(
         request,
         "data.html",
         user,
+        ctx,
+        "data",
         title=f"{ctx.project.name}: data",
-        ctx=ctx,
-        can=_can(ctx),
         datasets=datasets.items,
         versions=versions,
         next_cursor=datasets.next_cursor,
         imports=imports.items,
         kinds=[k.value for k in DatasetKind],
-        section="data",
     )
 
 
@@ -497,19 +490,18 @@ async def dataset_version_page(
 ) -> Response:
     ctx, version = await datasets_service.version_context(session, user.principal, version_id)
     dataset = await datasets_service.get_dataset(session, await session.get_one(_Dataset, version.dataset_id))
-    return render(
+    return _project_page(
         request,
         "dataset_version.html",
         user,
+        ctx,
+        "data",
         title=f"{dataset.name} v{version.version}",
-        ctx=ctx,
-        can=_can(ctx),
         dataset=dataset,
         version=version,
         stats=datasets_service.stats(version),
         report=await datasets_service.version_report(session, version),
         lineage=await datasets_service.lineage(session, version),
-        section="data",
     )
 
 
@@ -537,20 +529,19 @@ async def training_page(
     jobs = await training_service.list_jobs(
         session, ctx, statuses=None, job_type=None, cursor=cursor, limit=PAGE
     )
-    return render(
+    return _project_page(
         request,
         "training.html",
         user,
+        ctx,
+        "training",
         title=f"{ctx.project.name}: training",
-        ctx=ctx,
-        can=_can(ctx),
         jobs=jobs.items,
         next_cursor=jobs.next_cursor,
         job_types=[t.value for t in FINE_TUNES],
         datasets=await _dataset_choices(session, ctx, user) if ctx.can(Action.run_jobs) else [],
         default_base_model=DEFAULT_BASE_MODEL,
         idempotency_key=secrets.token_urlsafe(16),  # a form sent twice (a double click) queues one job
-        section="training",
     )
 
 
@@ -599,18 +590,17 @@ def _loss_chart(job: JobRead) -> Any:
 async def job_page(request: Request, job_id: uuid.UUID, session: SessionDep, user: User) -> Response:
     ctx, row = await training_service.job_context(session, user.principal, job_id)
     job = await training_service.get(session, row)
-    return render(
+    return _project_page(
         request,
         "job.html",
         user,
+        ctx,
+        "training",
         title=f"{job.job_type.value} job",
-        ctx=ctx,
-        can=_can(ctx),
         job=job,
         loss=_loss_chart(job),
         ended=JobStatus(job.status) in training_service.TERMINAL,
         retryable=job.status in (JobStatus.failed, JobStatus.cancelled),
-        section="training",
     )
 
 
@@ -713,20 +703,19 @@ async def models_page(
     )
     deployments = await deployments_service.list_deployments(session, ctx, history=True)
     numbers = {v.id: v.version for v in versions.items}
-    return render(
+    return _project_page(
         request,
         "models.html",
         user,
+        ctx,
+        "models",
         title=f"{ctx.project.name}: models",
-        ctx=ctx,
-        can=_can(ctx),
         versions=versions.items,
         headline={v.id: _headline(v) for v in versions.items},
         numbers=_numbers,
         next_cursor=versions.next_cursor,
         deployments=deployments,
         version_numbers=numbers,
-        section="models",
     )
 
 
@@ -736,19 +725,18 @@ async def model_version_page(
 ) -> Response:
     ctx, row = await training_service.model_version_context(session, user.principal, version_id)
     version = ModelVersionRead.model_validate(row)
-    return render(
+    return _project_page(
         request,
         "model_version.html",
         user,
+        ctx,
+        "models",
         title=f"Model version {version.version}",
-        ctx=ctx,
-        can=_can(ctx),
         version=version,
         chart=_baseline_chart(version),
         metrics=_numbers(version.metrics),
         baselines={k: _numbers(v) for k, v in version.baselines.items() if isinstance(v, dict)},
         promotable="model" in version.artifacts,
-        section="models",
     )
 
 
@@ -773,17 +761,16 @@ async def compare_page(
         }
         for m in sorted(set(left) | set(right))
     ]
-    return render(
+    return _project_page(
         request,
         "compare.html",
         user,
+        ctx,
+        "models",
         title=f"Version {pair[0].version} against version {pair[1].version}",
-        ctx=ctx,
-        can=_can(ctx),
         a=pair[0],
         b=pair[1],
         rows=rows,
-        section="models",
     )
 
 
@@ -817,18 +804,17 @@ async def loop_page(
     runs = await pipelines_service.list_runs(
         session, ctx, pipeline_id=None, statuses=None, cursor=cursor, limit=PAGE
     )
-    return render(
+    return _project_page(
         request,
         "loop.html",
         user,
+        ctx,
+        "loop",
         title=f"{ctx.project.name}: the loop",
-        ctx=ctx,
-        can=_can(ctx),
         pipelines=pipelines,
         pipeline_names={p.id: p.name for p in pipelines},
         runs=runs.items,
         next_cursor=runs.next_cursor,
-        section="loop",
     )
 
 
@@ -842,18 +828,17 @@ async def run_page(request: Request, run_id: uuid.UUID, session: SessionDep, use
         pipelines_service.require_approver(ctx, pipeline)
     except AppError:
         may_decide = False
-    return render(
+    return _project_page(
         request,
         "run.html",
         user,
+        ctx,
+        "loop",
         title=f"{pipeline.name}: run {run.number}",
-        ctx=ctx,
-        can=_can(ctx),
         run=run,
         pipeline=pipelines_service.to_read(pipeline),
         waiting=run.status == RunStatus.awaiting_approval and may_decide,
         going=run.status.value in ACTIVE_RUN,
-        section="loop",
     )
 
 
@@ -928,13 +913,13 @@ async def online_page(
             )
         return list(series.values())
 
-    return render(
+    return _project_page(
         request,
         "online.html",
         user,
+        ctx,
+        "online",
         title=f"{ctx.project.name}: online metrics",
-        ctx=ctx,
-        can=_can(ctx),
         online=online,
         label=label,
         role=role.value,
@@ -945,5 +930,4 @@ async def online_page(
             lines("requests"), title="Requests answered per version", y_label="requests"
         ),
         latency=charts.line_chart(lines("latency_p99_ms"), title="p99 latency per version", y_label="ms"),
-        section="online",
     )
