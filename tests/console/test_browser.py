@@ -216,10 +216,13 @@ def test_an_owner_runs_a_project_from_the_browser(
     seen: list[float] = []
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        value, total, same = page.evaluate(
-            "(() => { const bar = document.getElementById('job-progress');"
-            " return bar ? [bar.value, bar.max, window.__samePage === true] : [0, 0, false]; })()"
-        )
+        try:
+            value, total, same = page.evaluate(
+                "(() => { const bar = document.getElementById('job-progress');"
+                " return bar ? [bar.value, bar.max, window.__samePage === true] : [0, 0, false]; })()"
+            )
+        except sync_api.Error:  # the page is reloading itself: the job has ended
+            break
         if not same:
             break
         if 0 < value < total and value not in seen:
@@ -231,7 +234,9 @@ def test_an_owner_runs_a_project_from_the_browser(
         page.screenshot(path=str(SHOTS / "job-not-live.png"), full_page=True)
     jobs = stack.api("GET", "/projects/hardware/training-jobs", expect=200).json()["items"]
     assert len(seen) >= 2 and seen == sorted(seen), f"the progress bar did not advance live: {seen}, {jobs}"
-    page.wait_for_selector("#job-status.succeeded", timeout=240_000)
+    # the page reloads itself once the job ends: the reloaded one no longer follows a stream
+    page.wait_for_selector("#job:not([data-stream]) #job-status.succeeded", timeout=240_000)
+    page.wait_for_load_state()
     olivia.look("job-done")
     assert page.locator("#job-phases li").count() >= 3  # loading data, train, evaluate, export ...
     assert page.locator("#loss-chart polyline").count() == 1
