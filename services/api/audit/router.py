@@ -4,13 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.api.audit import repository
+from services.api.audit import service
 from services.api.audit.schemas import AuditEntry
 from services.api.context import ProjectDep
 from services.api.deps import SessionDep
 from services.api.errors import ERRORS
-from services.api.pagination import CursorQuery, LimitQuery, Page, decode_int_cursor, encode_cursor
-from services.api.projects.permissions import Action
+from services.api.pagination import CursorQuery, LimitQuery, Page
 
 router = APIRouter(tags=["audit"])
 
@@ -29,15 +28,6 @@ async def list_audit(
     action: Annotated[str | None, Query(max_length=100, examples=["task.update"])] = None,
     entity_type: Annotated[str | None, Query(max_length=50, examples=["task"])] = None,
 ) -> Page[AuditEntry]:
-    ctx.require(Action.read_audit)
-    rows = await repository.list_entries(
-        session,
-        ctx.project.id,
-        before_id=decode_int_cursor(cursor),
-        action=action,
-        entity_type=entity_type,
-        limit=limit + 1,
+    return await service.list_entries(
+        session, ctx, cursor=cursor, limit=limit, action=action, entity_type=entity_type
     )
-    items = [AuditEntry.model_validate(r) for r in rows[:limit]]
-    next_cursor = encode_cursor([rows[limit - 1].id]) if len(rows) > limit else None
-    return Page(items=items, next_cursor=next_cursor)

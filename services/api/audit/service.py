@@ -9,7 +9,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.api.audit import repository
+from services.api.audit.schemas import AuditEntry
 from services.api.context import ProjectContext
+from services.api.pagination import Page, decode_int_cursor, encode_cursor
+from services.api.projects.permissions import Action
 from shared.models import AuditLog
 
 
@@ -62,3 +66,27 @@ async def audit_change(
         request_id=ctx.principal.request_id,
         **ctx.actor,
     )
+
+
+async def list_entries(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    *,
+    cursor: str | None,
+    limit: int,
+    action: str | None = None,
+    entity_type: str | None = None,
+) -> Page[AuditEntry]:
+    """The project's audit log, newest first, a page of it (roles that may read it)."""
+    ctx.require(Action.read_audit)
+    rows = await repository.list_entries(
+        session,
+        ctx.project.id,
+        before_id=decode_int_cursor(cursor),
+        action=action,
+        entity_type=entity_type,
+        limit=limit + 1,
+    )
+    items = [AuditEntry.model_validate(r) for r in rows[:limit]]
+    next_cursor = encode_cursor([rows[limit - 1].id]) if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)

@@ -14,8 +14,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.audit import repository as audit_repository
-from services.api.audit.schemas import AuditEntry
+from services.api.audit import service as audit_service
 from services.api.console import charts, repository, service
 from services.api.console.web import (
     COOKIE,
@@ -44,7 +43,7 @@ from services.api.feedback import service as feedback_service
 from services.api.feedback.schemas import Bucket, OnlineRole
 from services.api.milestones import service as milestones_service
 from services.api.milestones.schemas import MilestoneCreate
-from services.api.pagination import Page, decode_int_cursor, encode_cursor
+from services.api.pagination import Page
 from services.api.pipelines import controller
 from services.api.pipelines import service as pipelines_service
 from services.api.projects import service as projects_service
@@ -406,17 +405,8 @@ async def audit_page(
     request: Request, ref: str, session: SessionDep, user: User, cursor: str | None = None
 ) -> Response:
     ctx = await _project(session, user, ref)
-    ctx.require(Action.read_audit)
-    rows = await audit_repository.list_entries(
-        session,
-        ctx.project.id,
-        before_id=decode_int_cursor(cursor),
-        action=None,
-        entity_type=None,
-        limit=PAGE * 2 + 1,
-    )
-    entries = [AuditEntry.model_validate(r) for r in rows[: PAGE * 2]]
-    next_cursor = encode_cursor([rows[PAGE * 2 - 1].id]) if len(rows) > PAGE * 2 else None
+    page = await audit_service.list_entries(session, ctx, cursor=cursor, limit=PAGE * 2)
+    entries, next_cursor = page.items, page.next_cursor
     names = await repository.user_names(session, [e.actor_user_id for e in entries])
     return _project_page(
         request,
