@@ -24,6 +24,7 @@ from shared.datasets import storage
 from shared.datasets.formats import DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
+from shared.storage import folder_store
 
 
 def _files(path: Path) -> list[Path]:
@@ -36,7 +37,7 @@ def pipeline(files: list[Path], fmt: DataFormat, repeats: int) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             prepared = prepare(files, ImportOptions(fmt), SplitSpec())
-            storage.write_version(Path(tmp), "v", prepared.tables)
+            storage.write_version(folder_store(Path(tmp)), "v", prepared.tables)
             times.append(time.perf_counter() - started)
     print(
         f"rows {prepared.row_count:,}; tables "

@@ -24,6 +24,7 @@ from shared.datasets.formats import FORMAT_KIND, DataFormat, ImportOptions
 from shared.datasets.pipeline import prepare
 from shared.datasets.splits import SplitSpec
 from shared.models.enums import JobType
+from shared.storage import folder_store
 from shared.training import DEFAULT_BASE_MODEL, Hyperparameters
 
 
@@ -61,8 +62,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        manifest = storage.write_version(root, "data", prepared.tables)
-        examples = load(root, FORMAT_KIND[args.format], manifest, None)
+        manifest = storage.write_version(folder_store(root), "data", prepared.tables)
+        examples = load(folder_store(root), FORMAT_KIND[args.format], manifest, None)
         spec = FineTuneSpec(
             args.job_type,
             args.base_model,

@@ -63,6 +63,7 @@ from shared.datasets.examples import Examples, load  # noqa: E402
 from shared.metrics import CATALOG_DEPTH, ranking_metrics  # noqa: E402
 from shared.models.enums import DatasetKind, KeyRole  # noqa: E402
 from shared.search import dense_top_k  # noqa: E402
+from shared.storage import object_store  # noqa: E402
 
 console = Console()
 K = 10
@@ -284,7 +285,7 @@ def from_feedback(bench: Bench, slug: str, version: dict[str, Any], examples: Ex
         bench.recommend_run(slug, key, _with(asks, retrieval="dense"), "zero-shot dense"), examples
     )
     bench.call("PATCH", f"/projects/{slug}", json={"exploration_percent": args.explore})
-    train = read_table(bench.settings.data_dir, version["tables"], "relevance", split="train")
+    train = read_table(object_store(bench.settings), version["tables"], "relevance", split="train")
     judged: dict[str, dict[str, float]] = {}
     for query, product, grade in zip(
         train["query"].to_pylist(), train["product_id"].to_pylist(), train["grade"].to_pylist(), strict=True
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         datasets = bench.call("GET", f"/projects/{slug}/datasets")["items"]
         catalog = next(d for d in datasets if d["kind"] == "catalog")
         catalog_tables = bench.call("GET", f"/dataset-versions/{catalog['latest_version']['id']}")["tables"]
-    examples = load(bench.settings.data_dir, kind, version["tables"], catalog_tables)
+    examples = load(object_store(bench.settings), kind, version["tables"], catalog_tables)
     run: Callable[[Bench, str, dict[str, Any], Examples], dict[str, Any]]
     run = sequences if kind == DatasetKind.sequences else from_feedback if args.feedback else relevance
     results = run(bench, slug, version, examples)

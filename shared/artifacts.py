@@ -1,7 +1,8 @@
-"""Where a model version's files live: `DATA_DIR/artifacts/<project>/<version>/`.
+"""Where a model version's files live: the object store's `artifacts/<project>/<version>/`.
 
-Registry rows store each file's path relative to DATA_DIR, so any machine that mounts the data
-directory finds it; code that writes or reads the files works relative to the version's folder."""
+Registry rows store each file's key (its path relative to the store's root, which is also its path in
+each machine's workspace: see shared.storage) with its sha256; code that writes or reads the files
+works relative to the version's folder."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ Entries = dict[str, dict[str, Any]]
 
 
 def version_folder(project_id: uuid.UUID, version_id: uuid.UUID) -> Path:
-    """The version's folder, relative to DATA_DIR."""
+    """The version's folder, relative to the store's root."""
     return Path("artifacts") / str(project_id) / str(version_id)
 
 
 def rooted(entries: Entries, folder: Path) -> Entries:
-    """File entries with paths relative to the version folder -> relative to DATA_DIR."""
+    """File entries with paths relative to the version folder -> relative to the store's root."""
     return {name: {**entry, "path": str(folder / entry["path"])} for name, entry in entries.items()}
 
 
 def unrooted(entries: dict[str, Any], folder: Path) -> Entries:
-    """File entries with paths relative to DATA_DIR -> relative to the version folder; entries that
+    """File entries with paths relative to the store's root -> relative to the version folder; entries that
     are not files (no "path") are left out."""
     prefix = f"{folder}/"
     return {
@@ -31,3 +32,15 @@ def unrooted(entries: dict[str, Any], folder: Path) -> Entries:
         for name, entry in entries.items()
         if isinstance(entry, dict) and "path" in entry
     }
+
+
+def stored_files(artifacts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file entry a version's artifacts name (with their store keys), the catalog index's too."""
+    found: list[dict[str, Any]] = []
+    for entry in artifacts.values():
+        if not isinstance(entry, dict):
+            continue
+        if "path" in entry:
+            found.append(entry)
+        found.extend(stored_files(entry.get("files") or {}))
+    return found

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path("./.recforge")
+    # Where datasets, checkpoints, model artifacts and catalog indexes are stored: file:///path (a folder
+    # every machine mounts) or s3://bucket/prefix (AWS S3, MinIO, Ceph; credentials and region from
+    # botocore's chain). Unset: the data directory itself.
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None  # an S3-compatible server other than AWS (MinIO, Ceph)
+    # This process's cache of stored objects and recomputable results. Unset: DATA_DIR/cache. On a bucket,
+    # each pod (or each process `recforge up` starts) keeps its own.
+    local_cache_dir: Path | None = None
 
     host: str = "127.0.0.1"
     api_port: Port = 8000
@@ -181,21 +189,47 @@ class Settings(BaseSettings):
         return self.data_dir / "run"
 
     @property
+    def storage_location(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve()}"
+
+    @property
+    def workspace(self) -> Path:
+        """The local folder where a stored object's key is a relative path: the store's own folder, or
+        for a bucket this machine's mirror of the objects it reads and writes (see shared.storage)."""
+        location = self.storage_location
+        if location.startswith("file://"):
+            return Path(location.removeprefix("file://")).resolve()
+        if "://" not in location:
+            return Path(location).resolve()
+        return self.cache_dir / "store"
+
+    @property
+    def on_bucket(self) -> bool:
+        return self.storage_location.startswith("s3://")
+
+    @property
+    def shares_data_dir(self) -> bool:
+        """Whether the store is this data directory (checkpoints then need no copy of their own)."""
+        return self.workspace == self.data_dir.resolve()
+
+    @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.workspace / "artifacts"
 
     @property
     def datasets_dir(self) -> Path:
-        return self.data_dir / "datasets"
+        return self.workspace / "datasets"
 
     @property
     def jobs_dir(self) -> Path:
-        return self.data_dir / "jobs"
+        """Running fine-tunes' work folders (checkpoints: copied to a store that is not DATA_DIR)."""
+        return self.local_cache_dir / "jobs" if self.local_cache_dir else self.data_dir / "jobs"
 
     @property
     def cache_dir(self) -> Path:
-        """Results that can be recomputed (baseline scores per dataset version and base model)."""
-        return self.data_dir / "cache"
+        """Results that can be recomputed (baseline scores per dataset version and base model) and, on a
+        bucket, this machine's copies of stored objects."""
+        return self.local_cache_dir or self.data_dir / "cache"
 
     @property
     def uploads_dir(self) -> Path:

@@ -1,16 +1,21 @@
 """Object storage for datasets, checkpoints, artifacts and catalog indexes: a folder (``file:///path``)
 or an S3-compatible bucket (``s3://bucket/prefix``: AWS S3, MinIO, Ceph), through fsspec (s3fs for S3).
 
-Objects are addressed by a key (a relative path such as ``datasets/<project>/<dataset>/v3/data.parquet``)
+Objects are addressed by a key (a relative path such as ``datasets/<project>/<version>/catalog.parquet``)
 and verified by their sha256, which the database row that names them records.
 
-- ``put`` publishes a local file under a key so that no reader ever sees part of it: into a folder it
-  writes a temporary file beside the key and renames it; into S3 the object appears only when its
-  upload completes (a multipart upload too). The row that names the key is committed after ``put``
-  returns, so a reader that finds the row finds the whole object.
-- ``fetch`` gives a local path to read: a folder's own file, or for S3 a copy in the local cache
-  (``<cache>/objects/<sha256[:2]>/<sha256>``) downloaded once, checked against the digest, and shared by
-  every key with that content. A download that does not match its digest is refused and not kept.
+Each process works on files in its *workspace*, a local folder where key ``K`` lives at
+``<workspace>/K``. For a folder store the workspace is the folder itself, so writing a file there is
+storing it. For a bucket the workspace is a local mirror (``DATA_DIR/cache/store``) backed by a cache
+keyed by content (``DATA_DIR/cache/objects/<sha256[:2]>/<sha256>``): ``fetch`` downloads an object once,
+checks it against its digest, and links it into the workspace under its key (so a model's tokenizer files
+sit beside its graph); ``publish`` uploads what a job wrote into the workspace.
+
+- No reader ever sees part of an object: into a folder ``put`` writes a temporary file beside the key and
+  renames it; into S3 an object appears only when its upload completes (a multipart upload too). The row
+  that names a key is committed after ``put``/``publish`` returns, so a reader that finds the row finds
+  the whole object.
+- A download that does not match its digest is refused and not kept.
 
 S3 settings come from the usual places: ``RECFORGE_S3_ENDPOINT_URL`` (MinIO, Ceph, a test server) and
 botocore's own chain for the region and the credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -19,10 +24,12 @@ botocore's own chain for the region and the credentials (``AWS_ACCESS_KEY_ID``, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,9 +37,11 @@ from urllib.parse import urlparse
 
 import fsspec
 
+from shared.config import Settings
 from shared.errors import AppError, ConfigurationError
+from shared.files import sha256_file
 
-CHUNK = 1 << 20
+log = logging.getLogger("recforge.storage")
 
 
 class StorageError(AppError):
@@ -48,14 +57,10 @@ class Stored:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
-def _checked_key(key: str) -> str:
+def checked_key(key: str) -> str:
     """A relative key without '..' or an absolute part: nothing outside the store's root."""
     path = PurePosixPath(key)
     if not key or path.is_absolute() or ".." in path.parts or "\\" in key:
@@ -63,10 +68,26 @@ def _checked_key(key: str) -> str:
     return str(path)
 
 
-class ObjectStore:
-    """One store: a folder or a bucket with a prefix, and this process's local cache of its objects."""
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes ``source``'s content in one rename (a hard link where the filesystem allows)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
-    def __init__(self, url: str, cache_dir: Path, *, endpoint_url: str | None = None) -> None:
+
+class ObjectStore:
+    """One store: a folder, or a bucket with a prefix and this process's workspace and cache of it."""
+
+    def __init__(
+        self, url: str, cache_dir: Path, *, endpoint_url: str | None = None, workspace: Path | None = None
+    ) -> None:
         parsed = urlparse(url)
         self.url = url
         self.cache_dir = cache_dir
@@ -74,6 +95,7 @@ class ObjectStore:
         if self.is_local:
             self.root = str(Path(parsed.path if parsed.scheme else url).resolve())
             self.fs: Any = fsspec.filesystem("file")
+            self.workspace = Path(self.root)
         elif parsed.scheme == "s3":
             if not parsed.netloc:
                 raise ConfigurationError(f"RECFORGE_STORAGE_URL {url!r} names no bucket: s3://bucket/prefix")
@@ -81,17 +103,37 @@ class ObjectStore:
             options: dict[str, Any] = (
                 {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
             )
-            self.fs = fsspec.filesystem("s3", **options)
+            # a fresh client per store (s3fs's instance cache would share one across event loops), and no
+            # cached listings: other machines add and remove keys
+            self.fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **options)
+            self.workspace = workspace or cache_dir / "store"
         else:
             raise ConfigurationError(
                 f"RECFORGE_STORAGE_URL {url!r}: use file:///path (a folder) or s3://bucket/prefix"
             )
 
-    def _path(self, key: str) -> str:
-        return f"{self.root}/{_checked_key(key)}"
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
 
-    def put(self, local: Path, key: str) -> Stored:
-        """Publish ``local`` as ``key`` (replacing what the key held): readers see all of it or none."""
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{checked_key(key)}"
+
+    def local(self, key: str) -> Path:
+        """Where ``key`` lives in this process's workspace (it may not be there yet: see ``fetch``)."""
+        return self.workspace / checked_key(key)
+
+    def key_of(self, path: Path) -> str:
+        """The key of a file in the workspace."""
+        return path.resolve().relative_to(self.workspace.resolve()).as_posix()
+
+    def _cached(self, sha256: str) -> Path:
+        return self.cache_dir / "objects" / sha256[:2] / sha256
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def put(self, local: Path, key: str, *, cache: bool = True) -> Stored:
+        """Publish ``local`` as ``key`` (replacing what the key held): readers see all of it or none.
+        A bucket's object is also kept in this process's cache unless ``cache`` is False."""
         sha256, size = file_sha256(local), local.stat().st_size
         target = self._path(key)
         try:
@@ -106,23 +148,44 @@ class ObjectStore:
                         Path(partial).unlink(missing_ok=True)
             else:
                 self.fs.put_file(str(local), target)  # S3: the object appears when the upload completes
+                cached = self._cached(sha256)
+                if cache and not cached.exists():  # this process need not download what it wrote
+                    _link_or_copy(local, cached)
         except OSError as exc:
             raise StorageError(f"could not store {key} in {self.url}: {exc}") from exc
         return Stored(key=key, sha256=sha256, size=size)
 
-    def fetch(self, key: str, sha256: str) -> Path:
-        """A local path holding the object ``key`` with content ``sha256``: the folder's own file (checked
-        once), or the cache's copy of the bucket's object."""
+    def publish(self, keys: Iterable[str]) -> None:
+        """Store the workspace's files of ``keys``: for a folder they are stored already; for a bucket
+        each is uploaded (before the row that names them is committed)."""
         if self.is_local:
-            path = Path(self._path(key))
-            if not path.exists():
+            return
+        for key in keys:
+            self.put(self.local(key), key)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def fetch(self, key: str, sha256: str | None) -> Path:
+        """The workspace's path of ``key`` holding content ``sha256``: a folder's own file, or the
+        bucket's object, downloaded once into the cache, checked against the digest, linked in."""
+        target = self.local(key)
+        if self.is_local:
+            if not target.exists():
                 raise StorageError(f"{key} is not in {self.url}")
-            return path
-        cached = self.cache_dir / "objects" / sha256[:2] / sha256
-        if cached.exists():
-            return cached
+            return target
+        if sha256 is None:
+            raise StorageError(f"{key} has no recorded digest: objects in {self.url} are read by digest")
+        cached = self._cached(sha256)
+        if target.exists() and cached.exists() and os.path.samefile(target, cached):
+            return target
+        if not cached.exists():
+            self._download(key, sha256, cached)
+        _link_or_copy(cached, target)
+        return target
+
+    def _download(self, key: str, sha256: str, cached: Path) -> None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(f"{sha256}.partial-{uuid.uuid4().hex}")
+        partial = cached.with_name(f".{sha256}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             self.fs.get_file(self._path(key), str(partial))
             found = file_sha256(partial)
@@ -132,18 +195,85 @@ class ObjectStore:
                     f"expected {sha256[:12]}...): it was changed or damaged after it was stored"
                 )
             os.replace(partial, cached)  # concurrent fetches of one object: the last rename wins, same bytes
+            log.info("fetched an object", extra={"key": key, "bytes": cached.stat().st_size})
         except FileNotFoundError as exc:
             raise StorageError(f"{key} is not in {self.url}") from exc
         except OSError as exc:
             raise StorageError(f"could not read {key} from {self.url}: {exc}") from exc
         finally:
             partial.unlink(missing_ok=True)
-        return cached
+
+    def fetch_all(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Fetch every file entry (``{"path": key, "sha256": ...}``) into the workspace."""
+        for entry in entries:
+            self.fetch(str(entry["path"]), entry.get("sha256"))
+
+    def forget(self, key: str, sha256: str) -> None:
+        """Drop this machine's copies of an object (the workspace's and the cache's), not the object."""
+        if not self.is_local:
+            self.local(key).unlink(missing_ok=True)
+            self._cached(sha256).unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """A small object's content (None if there is none), for pointers such as a checkpoint's."""
+        try:
+            data: bytes = self.fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            return None
+        return data
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a folder of keys; "" for all)."""
+        return sorted(self.modified(prefix))
+
+    def modified(self, prefix: str) -> dict[str, float]:
+        """Every key under ``prefix`` with the time it was stored (seconds since the epoch)."""
+        try:
+            base = self._path(prefix) if prefix else self.root
+            found: dict[str, dict[str, Any]] = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        root = f"{self.root}/"
+        return {str(path).removeprefix(root): _stored_at(info) for path, info in found.items()}
+
+    # -- removing -----------------------------------------------------------------------------------
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (nothing if it is gone already); cached copies stay until the cache is swept."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
+        if not self.is_local:
+            self.local(key).unlink(missing_ok=True)
+
+    def delete_tree(self, prefix: str) -> None:
+        """Remove every key under ``prefix``, and the workspace's copies."""
+        local = self.local(prefix)
+        if local.is_dir():
+            shutil.rmtree(local, ignore_errors=True)
+        if not self.is_local:
+            for key in self.keys(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(self._path(key))
+
+
+def _stored_at(info: dict[str, Any]) -> float:
+    when = info.get("LastModified") or info.get("mtime") or info.get("created") or 0.0
+    return float(when.timestamp()) if hasattr(when, "timestamp") else float(when)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(url: str, cache_dir: Path, endpoint_url: str | None) -> ObjectStore:
+    return ObjectStore(url, cache_dir, endpoint_url=endpoint_url)
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    """The store the settings name (``RECFORGE_STORAGE_URL``; unset: the data directory itself)."""
+    return _store(settings.storage_location, settings.cache_dir, settings.s3_endpoint_url)
+
+
+def folder_store(path: Path) -> ObjectStore:
+    """A store in a local folder (benchmarks and tools that work outside the services)."""
+    return ObjectStore(f"file://{path.resolve()}", path / ".cache")

@@ -142,11 +142,14 @@ def spawn_services(
     running: list[RunningService] = []
     for spec in service_specs(settings, replicas):
         log_path = log_dir / f"{spec.name}.log"
+        own: dict[str, str] = {}
+        if settings.on_bucket and settings.local_cache_dir is None:  # a cache of its own, as a pod has
+            own["RECFORGE_LOCAL_CACHE_DIR"] = str(data_dir / "cache" / spec.name)
         with open(log_path, "ab") as log_file:
             # A session of its own: Ctrl-C in the terminal reaches `up`, which stops the children in order.
             proc = subprocess.Popen(
                 spec.args,
-                env={**env, **spec.env},
+                env={**env, **own, **spec.env},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.inference.batching import MicroBatcher
 from services.inference.catalog import CatalogIndex, category_path, load_vectors
 from services.inference.merchandising import Rule
-from shared.artifacts import unrooted, version_folder
+from shared.artifacts import stored_files, unrooted, version_folder
 from shared.config import Settings
 from shared.datasets.catalog import catalog_text, latest_catalog_version
 from shared.errors import NotFound, ServiceUnavailable
@@ -38,6 +38,7 @@ from shared.models import Deployment, MerchandisingRule, ModelVersion, Project
 from shared.models.enums import DeploymentRole, ModelTaskType, RuleAction
 from shared.onnxmodel import OnnxTextModel, providers
 from shared.projects import as_id
+from shared.storage import object_store
 
 log = logging.getLogger("recforge.inference")
 
@@ -233,8 +234,18 @@ class ModelRegistry:
         """Blocking: the version's ONNX session and, for a retriever, its catalog index."""
         settings = self.settings
         folder = version_folder(version.project_id, version.id)
-        directory = settings.data_dir / folder
+        store = object_store(settings)
+        directory = store.local(str(folder))
         model_file, wanted = _choose_file(version.artifacts, settings.prefer_gpu)
+        # from a bucket: the graph served, the tokenizer's files and the catalog index, not other graphs
+        store.fetch_all(
+            entry
+            for name, entry in version.artifacts.items()
+            if isinstance(entry, dict)
+            and "path" in entry
+            and (name == model_file or not name.startswith("model"))
+        )
+        store.fetch_all(stored_files((version.artifacts.get("catalog_index") or {}).get("files") or {}))
         # the graph served is the one the registry describes, byte for byte
         path = verify(directory, unrooted(version.artifacts, folder)[model_file])
         max_length = int(version.config.get("max_length") or 128)
@@ -291,9 +302,10 @@ class ModelRegistry:
         catalog: tuple[str, dict[str, Any]],
     ) -> CatalogIndex:
         catalog_id, tables = catalog
-        directory = self.settings.data_dir / folder
+        store = object_store(self.settings)
+        directory = store.local(str(folder))
         table = read_catalog_table(self.settings, tables)
-        texts = catalog_text(self.settings.data_dir, tables)
+        texts = catalog_text(store, tables)
         index = version.artifacts.get("catalog_index") or {}
 
         def vectors(ids: list[str]) -> np.ndarray:
@@ -493,5 +505,5 @@ def read_catalog_table(settings: Settings, tables: dict[str, Any]) -> Any:
     from shared.datasets.storage import read_table
 
     wanted = ["product_id", "title", "brand", "category", "price", "in_stock"]
-    table = read_table(settings.data_dir, tables, "catalog")
+    table = read_table(object_store(settings), tables, "catalog")
     return table.select([c for c in wanted if c in table.column_names])

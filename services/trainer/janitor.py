@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.trainer.store import JobStore
+import anyio
+
+from services.trainer.store import JobStore, LiveOutputs
 from shared.artifacts import version_folder
 from shared.config import Settings
+from shared.storage import ObjectStore, object_store
 
 log = logging.getLogger("recforge.trainer")
 
@@ -36,7 +39,11 @@ class Swept:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-        self.removed.append(str(path.relative_to(settings.data_dir)))
+        for root in (settings.workspace, settings.data_dir.resolve()):
+            if path.resolve().is_relative_to(root):
+                self.removed.append(str(path.resolve().relative_to(root)))
+                return
+        self.removed.append(str(path))
 
 
 def _as_id(name: str) -> uuid.UUID | None:
@@ -92,6 +99,11 @@ async def sweep(settings: Settings, store: JobStore) -> list[str]:
             for entry in _children(folder / "catalog"):
                 if entry.name.startswith(".") and _older_than(entry, moment):  # an index job's staging
                     swept.take(entry, settings)
+    objects = object_store(settings)
+    if not objects.is_local:
+        for key in await anyio.to_thread.run_sync(_unclaimed_objects, objects, live, moment):
+            await anyio.to_thread.run_sync(objects.delete, key)
+            swept.removed.append(f"{objects.url}/{key}")
     abandoned = time.time() - TEMPORARY_S
     for root in (settings.jobs_dir, settings.cache_dir):
         for temporary in root.rglob(".*.tmp") if root.exists() else ():
@@ -103,6 +115,25 @@ async def sweep(settings: Settings, store: JobStore) -> list[str]:
             extra={"removed": swept.removed[:50], "count": len(swept.removed)},
         )
     return swept.removed
+
+
+def _unclaimed_objects(store: ObjectStore, live: LiveOutputs, moment: float) -> list[str]:
+    """A bucket's objects no row names: a version folder's that was never registered (a run killed while
+    it uploaded), checkpoints of jobs that cannot resume; only objects stored before ``moment``."""
+    found = []
+    for key, stored_at in store.modified("artifacts").items():
+        parts = key.split("/")  # artifacts/<project>/<version>/...
+        version_id = _as_id(parts[2]) if len(parts) > 3 else None
+        if version_id is None or version_id in live.planned or stored_at >= moment:
+            continue
+        files = live.versions.get(version_id)
+        if files is None or (version_id not in live.busy and key not in files):
+            found.append(key)
+    for key, stored_at in store.modified("jobs").items():
+        job_id = _as_id(key.split("/")[1]) if key.count("/") >= 2 else None
+        if job_id is not None and job_id not in live.jobs and stored_at < moment:
+            found.append(key)
+    return found
 
 
 def _owner(project: Path) -> uuid.UUID:

@@ -17,13 +17,18 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.trainer import janitor
+import anyio
+
+from services.trainer import checkpoint_store, janitor
 from services.trainer.context import WorkerContext, worker_context
 from services.trainer.control import JobCancelled, JobControl, StopReason
 from services.trainer.store import Claimed, DatasetClash, NewDatasets, NewVersion, NotClaimed
+from shared.artifacts import stored_files
+from shared.config import Settings
 from shared.datasets import storage
 from shared.jobs import enqueue_training_job, progress_channel
 from shared.models.enums import JobStatus, JobType
+from shared.storage import object_store
 
 if TYPE_CHECKING:
     from services.trainer.jobs.base import Handler, JobRun
@@ -148,6 +153,12 @@ def _remove(path: Path | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _discard(work_dir: Path | None) -> None:
+    """A job's work folder and the checkpoints the store keeps of it (the job has ended)."""
+    if work_dir is not None:
+        checkpoint_store.discard(work_dir)
+
+
 async def _wake_waiting(wc: WorkerContext, project_id: uuid.UUID) -> None:
     """A job of the project left `running`: queue its waiting jobs again, each with its own priority.
     (A job that found its project full is not re-enqueued on a timer; the reaper also wakes jobs that
@@ -240,17 +251,17 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
         if control.reason == StopReason.compute_limit:
             error = f"stopped at its compute limit of {job.compute_limit_hours} h"
             if await _end(wc, claimed, JobStatus.failed, error=error):
-                _remove(work_dir)
+                _discard(work_dir)
             return "failed: compute limit"
         if await _end(wc, claimed, JobStatus.cancelled, progress={**control.progress, "phase": "cancelled"}):
-            _remove(work_dir)
+            _discard(work_dir)
         log.info("job cancelled", extra={"job_id": job_id})
         return "cancelled"
     except Exception as exc:
         _remove(job_run.out_dir if job_run else None)
         log.exception("job failed", extra={"job_id": job_id})
         if await _end(wc, claimed, JobStatus.failed, error=f"{type(exc).__name__}: {exc}"[:4000]):
-            _remove(job_run.work_dir if job_run else None)
+            _discard(job_run.work_dir if job_run else None)
         return "failed"
     finally:
         if heartbeat is not None:
@@ -258,24 +269,44 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
             await asyncio.gather(heartbeat, return_exceptions=True)
     if isinstance(outcome, NewDatasets):
         return await _record_datasets(wc, claimed, outcome)
+    try:  # a bucket gets the files before the row that names them is committed
+        await anyio.to_thread.run_sync(_publish, wc.settings, outcome.artifacts or {})
+    except Exception as exc:
+        _remove(job_run.out_dir)
+        log.exception("could not store the job's files", extra={"job_id": job_id})
+        if await _end(wc, claimed, JobStatus.failed, error=f"{type(exc).__name__}: {exc}"[:4000]):
+            _discard(job_run.work_dir)
+        return "failed"
     if isinstance(outcome, NewVersion):
         owned = await wc.store.register(claimed, outcome, control.history("done"))
     else:
         owned = await wc.store.complete(claimed, outcome)
-    if not isinstance(outcome, NewVersion):
-        for path in outcome.obsolete if owned else outcome.staged:  # the set of graphs left unused
-            path.unlink(missing_ok=True)
+    if not isinstance(outcome, NewVersion):  # the set of graphs left unused goes
+        unused = outcome.obsolete if owned else outcome.staged
+        await anyio.to_thread.run_sync(_unstore, wc.settings, unused)
     if not owned:  # taken over while it finished: the result is not this run's to record
         _remove(job_run.out_dir)
         log.warning("job taken over by another run: its result is dropped", extra={"job_id": job_id})
         return "superseded: the job is no longer this run's"
     await publish(wc, job.id, {"id": job_id, "status": JobStatus.succeeded.value})
-    _remove(job_run.work_dir)
+    _discard(job_run.work_dir)
     if isinstance(outcome, NewVersion):
         log.info("job succeeded", extra={"job_id": job_id, "model_version_id": str(outcome.id)})
         return f"succeeded: model version {outcome.id}"
     log.info("job succeeded", extra={"job_id": job_id})
     return "succeeded"
+
+
+def _publish(settings: Settings, artifacts: dict[str, Any]) -> None:
+    object_store(settings).publish(entry["path"] for entry in stored_files(artifacts))
+
+
+def _unstore(settings: Settings, paths: tuple[Path, ...]) -> None:
+    store = object_store(settings)
+    for path in paths:
+        path.unlink(missing_ok=True)
+        if not store.is_local:
+            store.delete(store.key_of(path))
 
 
 async def _record_datasets(wc: WorkerContext, claimed: Claimed, outcome: NewDatasets) -> str:
@@ -285,7 +316,7 @@ async def _record_datasets(wc: WorkerContext, claimed: Claimed, outcome: NewData
     def drop(keep: dict[uuid.UUID, bool]) -> None:
         for new in outcome.datasets:
             if not keep.get(new.version_id):
-                storage.remove_version(wc.settings.data_dir, new.storage_path)
+                storage.remove_version(object_store(wc.settings), new.storage_path)
 
     try:
         stored = await wc.store.record_datasets(claimed, outcome)

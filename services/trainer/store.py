@@ -20,6 +20,7 @@ from sqlalchemy import and_, func, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.artifacts import stored_files
 from shared.datasets.catalog import latest_catalog_version
 from shared.db import unit_of_work
 from shared.feedback import Action, Served
@@ -99,7 +100,7 @@ class NewVersion:
     id: uuid.UUID
     metrics: dict[str, Any]
     baselines: dict[str, Any]
-    artifacts: dict[str, Any]  # paths relative to DATA_DIR
+    artifacts: dict[str, Any]  # file entries with their store keys
     config: dict[str, Any]
     compute: dict[str, Any]
     library_versions: dict[str, str]
@@ -128,7 +129,7 @@ class NewDataset:
     name: str
     kind: DatasetKind
     version_id: uuid.UUID
-    storage_path: str  # relative to DATA_DIR
+    storage_path: str  # the version's folder of keys in the object store
     tables: dict[str, Any]  # the manifest
     row_count: int
     content_hash: str
@@ -173,17 +174,11 @@ class LiveOutputs:
     jobs: set[uuid.UUID]  # queued or running jobs: their work folders hold what a run resumes from
     planned: set[uuid.UUID]  # the version folders queued or running fine-tunes write
     busy: set[uuid.UUID]  # versions a queued or running export or index job writes into
-    versions: dict[uuid.UUID, set[str]]  # registered versions and their files, relative to DATA_DIR
+    versions: dict[uuid.UUID, set[str]]  # registered versions and their files' store keys
 
 
 def _paths(artifacts: dict[str, Any]) -> set[str]:
-    found = set()
-    for entry in artifacts.values():
-        if isinstance(entry, dict):
-            if isinstance(entry.get("path"), str):
-                found.add(entry["path"])
-            found |= _paths(entry.get("files") or {})
-    return found
+    return {str(entry["path"]) for entry in stored_files(artifacts)}
 
 
 class _CannotRun(Exception):

@@ -5,7 +5,6 @@ The trainer and the inference service call these to read products straight from 
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.config import Settings
 from shared.datasets.storage import read_table
 from shared.models import Dataset, DatasetVersion
+from shared.storage import ObjectStore, object_store
 
 
 async def latest_catalog_version(session: AsyncSession, project_id: uuid.UUID) -> DatasetVersion | None:
@@ -31,7 +31,7 @@ async def latest_catalog_version(session: AsyncSession, project_id: uuid.UUID) -
 
 def read_catalog(settings: Settings, version: DatasetVersion, columns: list[str] | None = None) -> pa.Table:
     """The catalog table of ``version`` (blocking: call it from a worker thread in async code)."""
-    return read_table(settings.data_dir, version.tables, "catalog", columns=columns)
+    return read_table(object_store(settings), version.tables, "catalog", columns=columns)
 
 
 def product_ids(settings: Settings, version: DatasetVersion) -> pa.Array:
@@ -39,9 +39,9 @@ def product_ids(settings: Settings, version: DatasetVersion) -> pa.Array:
     return pc.unique(ids)
 
 
-def catalog_text(data_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
+def catalog_text(store: ObjectStore, tables: dict[str, Any]) -> dict[str, str]:
     """Product id -> the text models see: the title, led by the brand when the title lacks it."""
-    catalog = read_table(data_dir, tables, "catalog", columns=["product_id", "title", "brand"])
+    catalog = read_table(store, tables, "catalog", columns=["product_id", "title", "brand"])
     ids = catalog["product_id"].to_pylist()
     titles = catalog["title"].to_pylist()
     brands = catalog["brand"].to_pylist()

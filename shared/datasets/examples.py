@@ -6,7 +6,6 @@ split, so the figures they print are measured on exactly what the trainer measur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
@@ -15,6 +14,7 @@ from shared.datasets.catalog import catalog_text, history_text
 from shared.datasets.storage import read_table
 from shared.errors import ValidationFailed
 from shared.models.enums import DatasetKind
+from shared.storage import ObjectStore
 
 
 @dataclass
@@ -50,23 +50,23 @@ class Examples:
 
 
 def load(
-    data_dir: Path, kind: DatasetKind, tables: dict[str, Any], catalog_tables: dict[str, Any] | None
+    store: ObjectStore, kind: DatasetKind, tables: dict[str, Any], catalog_tables: dict[str, Any] | None
 ) -> Examples:
     if kind == DatasetKind.labeled_text:
-        return _labeled(data_dir, tables)
+        return _labeled(store, tables)
     source = tables if "catalog" in tables else catalog_tables
     if source is None:
         raise ValidationFailed("the project has no catalog: import one before training on this data")
-    products = catalog_text(data_dir, source)
+    products = catalog_text(store, source)
     if kind == DatasetKind.relevance:
-        return _relevance(data_dir, tables, products)
+        return _relevance(store, tables, products)
     if kind == DatasetKind.sequences:
-        return _sequences(data_dir, tables, products)
+        return _sequences(store, tables, products)
     raise ValidationFailed(f"cannot train on {kind.value} data")
 
 
-def _relevance(data_dir: Path, tables: dict[str, Any], products: dict[str, str]) -> Examples:
-    table = read_table(data_dir, tables, "relevance")
+def _relevance(store: ObjectStore, tables: dict[str, Any], products: dict[str, str]) -> Examples:
+    table = read_table(store, tables, "relevance")
     low = float(pc.min(table["grade"]).as_py())
     high = float(pc.max(table["grade"]).as_py())
     span = (high - low) or 1.0
@@ -90,8 +90,8 @@ def _relevance(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
     return Examples(DatasetKind.relevance, products, train, valid, (low, high))
 
 
-def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str]) -> Examples:
-    table = read_table(data_dir, tables, "sequences")
+def _sequences(store: ObjectStore, tables: dict[str, Any], products: dict[str, str]) -> Examples:
+    table = read_table(store, tables, "sequences")
     train: list[tuple[str, str, float]] = []
     exclude: dict[str, set[str]] = {}
     valid = Judged({}, {}, {})
@@ -117,8 +117,8 @@ def _sequences(data_dir: Path, tables: dict[str, Any], products: dict[str, str])
     return Examples(DatasetKind.sequences, products, train, valid, (0.0, 1.0), train_exclude=exclude)
 
 
-def _labeled(data_dir: Path, tables: dict[str, Any]) -> Examples:
-    table = read_table(data_dir, tables, "labeled_text")
+def _labeled(store: ObjectStore, tables: dict[str, Any]) -> Examples:
+    table = read_table(store, tables, "labeled_text")
     texts: dict[str, list[tuple[str, str]]] = {}
     for text, label, split in zip(
         table["text"].to_pylist(), table["label"].to_pylist(), table["split"].to_pylist(), strict=True

@@ -1,8 +1,10 @@
-"""Dataset versions on disk: one Parquet file per table under DATA_DIR/datasets/<project>/<version>/.
+"""Dataset versions in the object store: one Parquet file per table under
+``datasets/<project>/<version>/`` (shared.storage: a folder, or a bucket mirrored in each machine's
+workspace).
 
 The trainer and the inference service read these files directly (memory-mapped, column and split
-pruned) instead of pulling rows through the API. Paths stored in Postgres are relative to DATA_DIR,
-so a shared filesystem may be mounted at a different place on each machine."""
+pruned) instead of pulling rows through the API. Postgres stores each table's key and sha256, so a
+folder may be mounted at a different place on each machine, and a bucket's copy is checked when fetched."""
 
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ import pyarrow.parquet as pq
 
 from shared.errors import NotFound
 from shared.files import sha256_file
+from shared.storage import ObjectStore, StorageError
 
 
 def version_dir(project_id: uuid.UUID, version_id: uuid.UUID) -> str:
     return f"datasets/{project_id}/{version_id}"
 
 
-def write_version(data_dir: Path, relative: str, tables: dict[str, pa.Table]) -> dict[str, Any]:
-    """Write every table, then move the folder into place in one rename. Returns the tables' manifest."""
-    final = data_dir / relative
+def write_version(store: ObjectStore, relative: str, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    """Write every table, move the folder into place in one rename, and store it (a bucket: upload each
+    file). Returns the tables' manifest; the row that names them is committed after this returns."""
+    final = store.local(relative)
     staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True, exist_ok=False)
     try:
@@ -45,15 +49,33 @@ def write_version(data_dir: Path, relative: str, tables: dict[str, pa.Table]) ->
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        store.publish(entry["path"] for entry in manifest.values())
+    except BaseException:
+        remove_version(store, relative)
+        raise
     return manifest
 
 
-def remove_version(data_dir: Path, relative: str) -> None:
-    shutil.rmtree(data_dir / relative, ignore_errors=True)
+def remove_version(store: ObjectStore, relative: str) -> None:
+    store.delete_tree(relative)
+
+
+def table_path(store: ObjectStore, tables: dict[str, Any], name: str) -> Path:
+    """A local path of one table of a version (fetched into the workspace if the store is a bucket)."""
+    entry = tables.get(name)
+    if entry is None:
+        raise NotFound(f"this dataset version has no {name} table (it has: {', '.join(tables) or 'none'})")
+    try:
+        return store.fetch(entry["path"], entry.get("sha256"))
+    except StorageError as exc:
+        if "is not in" in str(exc):
+            raise NotFound(f"the {name} table of this dataset version is missing from {store.url}") from exc
+        raise
 
 
 def read_table(
-    data_dir: Path,
+    store: ObjectStore,
     tables: dict[str, Any],
     name: str,
     *,
@@ -61,11 +83,6 @@ def read_table(
     split: str | None = None,
 ) -> pa.Table:
     """One table of a version (``DatasetVersion.tables``), optionally only some columns or one split."""
-    entry = tables.get(name)
-    if entry is None:
-        raise NotFound(f"this dataset version has no {name} table (it has: {', '.join(tables) or 'none'})")
-    path = data_dir / entry["path"]
-    if not path.exists():
-        raise NotFound(f"the {name} table of this dataset version is missing from {path}")
+    path = table_path(store, tables, name)
     filters = pc.field("split") == split if split is not None else None
     return pq.read_table(path, columns=columns, filters=filters, memory_map=True)

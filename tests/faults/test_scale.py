@@ -1,5 +1,6 @@
 """Replicas, as in a cluster, on one machine: `recforge up --api-replicas 2 --inference-replicas 2
---workers 3` on one database, Redis and data directory. 30 fine-tunes are submitted across both APIs
+--workers 3` on one database, Redis and object store: an S3 bucket on a real S3-protocol server (moto's,
+in its own process), each process with a local cache of its own as a pod has. 30 fine-tunes are submitted across both APIs
 while shoppers' /recommend requests are spread over both inference replicas; mid-way one worker (in the
 middle of a job) and one inference replica are killed with SIGKILL. Every job ends `succeeded` exactly
 once (one model version each, none twice), and the only failed searches are those the killed replica
@@ -8,16 +9,19 @@ had in flight or was sent before the others noticed, each of which succeeds when
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import httpx
 import pytest
 
 from tests.support.models import tiny_bert
+from tests.support.s3 import CREDENTIALS, s3_server
 from tests.support.stack import Stack, new_project, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -27,11 +31,24 @@ JOBS = 30
 QUERIES = ["acme drill", "bolt hammer", "crest hose", "delta lamp", "ember saw", "forge paint", "ladder"]
 
 
+BUCKET = "recforge-scale"
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def s3() -> Iterator[str]:
+    with s3_server() as endpoint:
+        fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True).mkdir(
+            BUCKET
+        )
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Stack]:
     running = Stack(tmp_path_factory.mktemp("scale"))
+    on_s3 = {"RECFORGE_STORAGE_URL": f"s3://{BUCKET}/shop", "RECFORGE_S3_ENDPOINT_URL": s3, **CREDENTIALS}
     try:
-        yield running.up("--api-replicas", "2", "--inference-replicas", "2", "--workers", "3")
+        yield running.up("--api-replicas", "2", "--inference-replicas", "2", "--workers", "3", **on_s3)
     finally:
         running.down()
 
@@ -72,7 +89,7 @@ class Shoppers:
             time.sleep(0.05)
 
 
-def test_jobs_end_once_and_searches_survive_kills_across_replicas(stack: Stack) -> None:
+def test_jobs_end_once_and_searches_survive_kills_across_replicas(stack: Stack, s3: str) -> None:
     dataset = new_project(stack, PROJECT, products=60, queries=120)
     stack.api("PATCH", f"/projects/{PROJECT}", expect=200, json={"max_concurrent_jobs": 8,
                                                                   "budget": {"cpu_hours": 200}})  # fmt: skip
@@ -139,6 +156,8 @@ def test_jobs_end_once_and_searches_survive_kills_across_replicas(stack: Stack) 
     assert [j["status"] for j in ended] == ["succeeded"] * JOBS, [j["error"] for j in ended if j["error"]]
     taken_over = stack.job(victim["id"])
     assert taken_over["attempts"] >= 2  # the killed run's job was run again by another worker
+    if taken_over["progress"].get("resumed_from_step"):  # from the checkpoint the killed run stored
+        assert taken_over["progress"].get("checkpoint_fetched"), taken_over["progress"]
     per_job = stack.sql(
         "SELECT training_job_id::text AS job, count(*) AS n FROM model_versions WHERE project_id = "
         "(SELECT id FROM projects WHERE slug = $1) GROUP BY training_job_id",
@@ -147,6 +166,20 @@ def test_jobs_end_once_and_searches_survive_kills_across_replicas(stack: Stack) 
     counts = {row["job"]: row["n"] for row in per_job}
     assert all(counts.get(job_id) == 1 for job_id in jobs), counts  # one version each, none twice
     assert sum(counts.values()) == JOBS + 1
+
+    # every version's files and the data are in the bucket, none in the shared data directory
+    bucket = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3}, skip_instance_cache=True)
+    stored = [path.removeprefix(f"{BUCKET}/shop/") for path in bucket.find(f"{BUCKET}/shop")]
+    artifacts = stack.sql(
+        "SELECT artifacts FROM model_versions WHERE project_id = (SELECT id FROM projects WHERE slug = $1)",
+        PROJECT,
+    )
+    keys = {entry["path"] for row in artifacts for entry in json.loads(row["artifacts"]).values()
+            if isinstance(entry, dict) and "path" in entry}  # fmt: skip
+    assert len(keys) > 3 * (JOBS + 1) and keys <= set(stored), sorted(keys - set(stored))[:5]
+    assert any(key.startswith("datasets/") for key in stored)
+    assert not (stack.data_dir / "artifacts").exists() and not (stack.data_dir / "datasets").exists()
+    assert not any(key.startswith("jobs/") for key in stored)  # ended jobs' checkpoints are gone
 
     # searches: every failure was on the killed replica, after its kill, and its retry succeeded
     failed = [s for s in shoppers.seen if s["outcome"] != 200]

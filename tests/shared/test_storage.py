@@ -70,9 +70,25 @@ def test_an_object_changed_after_it_was_stored_is_refused(s3_endpoint: str, tmp_
     store.fs.mkdir(bucket)
     stored = store.put(_file(tmp_path, "x", b"the real index" * 100), "indexes/p/index.usearch")
     store.fs.pipe_file(f"{bucket}/indexes/p/index.usearch", b"tampered")
+    reader = ObjectStore(f"s3://{bucket}", tmp_path / "reader", endpoint_url=s3_endpoint)  # another machine
     with pytest.raises(StorageError, match="does not match its recorded digest"):
-        store.fetch("indexes/p/index.usearch", stored.sha256)
-    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing of it is kept
+        reader.fetch("indexes/p/index.usearch", stored.sha256)
+    assert not [p for p in (tmp_path / "reader").rglob("*") if p.is_file()]  # nothing of it is kept
+
+
+def test_the_writer_reads_its_own_objects_without_downloading_them(s3_endpoint: str, tmp_path: Path) -> None:
+    bucket = f"recforge-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore(f"s3://{bucket}", tmp_path / "cache", endpoint_url=s3_endpoint)
+    store.fs.mkdir(bucket)
+    written = store.local("artifacts/p/v/model.onnx")
+    written.parent.mkdir(parents=True)
+    written.write_bytes(b"graph" * 100)
+    store.publish(["artifacts/p/v/model.onnx"])
+    assert store.keys("artifacts") == ["artifacts/p/v/model.onnx"]
+    store.fs.rm_file(f"{bucket}/artifacts/p/v/model.onnx")  # a download would now fail
+    assert store.fetch("artifacts/p/v/model.onnx", file_sha256(written)).read_bytes() == b"graph" * 100
+    store.delete_tree("artifacts/p")
+    assert not written.exists() and store.keys("artifacts") == []
 
 
 def test_one_content_under_two_keys_is_cached_once(s3_endpoint: str, tmp_path: Path) -> None:
@@ -80,9 +96,11 @@ def test_one_content_under_two_keys_is_cached_once(s3_endpoint: str, tmp_path: P
     store = ObjectStore(f"s3://{bucket}/x", tmp_path / "cache", endpoint_url=s3_endpoint)
     store.fs.mkdir(bucket)
     source = _file(tmp_path, "same", b"shared bytes" * 64)
-    a, b = store.put(source, "k/a"), store.put(source, "k/b")
-    assert store.fetch("k/a", a.sha256) == store.fetch("k/b", b.sha256)
-    assert len([p for p in (tmp_path / "cache").rglob("*") if p.is_file()]) == 1
+    a, b = store.put(source, "k/a", cache=False), store.put(source, "k/b", cache=False)
+    first, second = store.fetch("k/a", a.sha256), store.fetch("k/b", b.sha256)
+    assert first == store.local("k/a") and second == store.local("k/b")  # each under its key
+    assert first.read_bytes() == second.read_bytes() == source.read_bytes()
+    assert len([p for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file()]) == 1
 
 
 @pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "", "a\\b"])

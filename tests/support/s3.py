@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,11 +27,12 @@ CREDENTIALS = {
 def s3_server() -> Iterator[str]:
     """The server's endpoint URL while the block runs; the credentials are set in os.environ meanwhile."""
     port = free_port()
+    # its request log goes to a file: a pipe nobody reads would fill and stall the server
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed below, after the server has stopped)
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log,
     )
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
     os.environ.update(CREDENTIALS)
@@ -44,14 +46,18 @@ def s3_server() -> Iterator[str]:
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"moto_server did not start: {process.stderr.read() if process.stderr else ''}"
-                )
+                log.seek(0)
+                raise AssertionError(f"moto_server did not start: {log.read().decode(errors='replace')}")
             time.sleep(0.2)
         yield endpoint
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -10,11 +10,13 @@ import time
 import uuid
 from pathlib import Path
 
+import anyio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.config import Settings
 from shared.models import DatasetVersion
+from shared.storage import ObjectStore, object_store
 
 log = logging.getLogger("recforge.datasets")
 
@@ -55,6 +57,30 @@ async def sweep_imports(settings: Settings, sessionmaker: async_sessionmaker[Asy
             continue
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         removed.append(path)
+    store = object_store(settings)
+    if not store.is_local:  # a bucket: what an import killed between its upload and its commit stored
+        orphans = await anyio.to_thread.run_sync(_orphans, store, known, before)
+        for key in orphans:
+            await anyio.to_thread.run_sync(store.delete, key)
+        removed.extend(store.local(key) for key in orphans)
     if removed:
         log.info("removed what killed imports left", extra={"count": len(removed)})
-    return [str(p.relative_to(settings.data_dir)) for p in removed]
+    return [str(_shown(p, settings)) for p in removed]
+
+
+def _orphans(store: ObjectStore, known: set[uuid.UUID], before: float) -> list[str]:
+    found = []
+    for key, stored_at in store.modified("datasets").items():
+        parts = key.split("/")  # datasets/<project>/<version>/<table>.parquet
+        version_id = _as_id(parts[2]) if len(parts) > 3 else None
+        if version_id is not None and version_id not in known and stored_at < before:
+            found.append(key)
+    return found
+
+
+def _shown(path: Path, settings: Settings) -> Path:
+    """A removed path as logged: relative to the workspace (datasets) or the data directory (uploads)."""
+    for root in (settings.workspace, settings.data_dir.resolve()):
+        if path.resolve().is_relative_to(root):
+            return path.resolve().relative_to(root)
+    return path

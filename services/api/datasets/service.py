@@ -46,6 +46,7 @@ from shared.db import on_rollback, unit_of_work
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models import Dataset, DatasetImport, DatasetVersion
 from shared.models.enums import DatasetKind, ImportStatus
+from shared.storage import object_store
 
 log = logging.getLogger("recforge.datasets")
 
@@ -280,11 +281,11 @@ async def _store_version(
     spec: SplitSpec,
     digest: str,
 ) -> DatasetVersion:
-    data_dir = resources.settings.data_dir
+    store = object_store(resources.settings)
     version_id = uuid.uuid4()
     relative = storage.version_dir(ctx.project.id, version_id)
-    manifest = await anyio.to_thread.run_sync(storage.write_version, data_dir, relative, prepared.tables)
-    on_rollback(session, partial(storage.remove_version, data_dir, relative))
+    manifest = await anyio.to_thread.run_sync(storage.write_version, store, relative, prepared.tables)
+    on_rollback(session, partial(storage.remove_version, store, relative))
     version = DatasetVersion(
         id=version_id,
         dataset_id=dataset.id,

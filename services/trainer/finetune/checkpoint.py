@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from services.trainer import checkpoint_store
 from services.trainer.finetune.base import Task
 from shared.files import fsync_dir, fsync_tree
 
@@ -35,6 +36,7 @@ def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights
     staging.rename(final)
     fsync_dir(work)
     shutil.rmtree(old, ignore_errors=True)
+    checkpoint_store.upload(work)  # a work folder attached to an object store: a copy there too
 
 
 def recover_checkpoint(work: Path) -> None:

@@ -14,6 +14,7 @@ from services.trainer.control import JobControl
 from services.trainer.store import Claimed, JobStore, NewDatasets, NewVersion, VersionResult
 from shared.config import Settings
 from shared.datasets.examples import Examples, load
+from shared.storage import ObjectStore, object_store
 
 
 @dataclass
@@ -32,12 +33,17 @@ class JobRun:
     out_dir: Path | None = None
     store: JobStore | None = None  # what a feedback job reads the logs through
 
+    @property
+    def objects(self) -> ObjectStore:
+        """Where datasets, checkpoints and artifacts are stored (shared.storage)."""
+        return object_store(self.settings)
+
     async def examples(self) -> Examples:
         """The job's data as training and validation examples (parsed in a thread)."""
         claimed = self.claimed
         assert claimed.kind is not None
         return await anyio.to_thread.run_sync(
-            load, self.settings.data_dir, claimed.kind, claimed.tables, claimed.catalog_tables
+            load, self.objects, claimed.kind, claimed.tables, claimed.catalog_tables
         )
 
 

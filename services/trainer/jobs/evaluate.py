@@ -30,7 +30,7 @@ def evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
 
 
 async def run(job: JobRun) -> VersionResult:
-    spec = version_spec(job)
+    spec = await version_spec(job)
     row, version = job.claimed.job, job.claimed.model_version
     assert version is not None
     spec.examples = await job.examples()

@@ -59,7 +59,7 @@ def rebuild(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dic
 
 
 async def run(job: JobRun) -> VersionResult:
-    spec = version_spec(job)
+    spec = await version_spec(job)
     spec.examples = await job.examples()
     info, files = await in_thread(job.control, rebuild, spec, job.control)
     replaced = [

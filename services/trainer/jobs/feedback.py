@@ -23,6 +23,7 @@ from shared.datasets.schema import SPLIT_GROUP, schema_for
 from shared.errors import ValidationFailed
 from shared.feedback import Action, FeedbackOptions, Served, merge_judgments, relevance, sequences
 from shared.models.enums import DatasetKind
+from shared.storage import ObjectStore
 
 
 def _content_hash(kind: DatasetKind, table: pa.Table, options: FeedbackOptions) -> str:
@@ -42,10 +43,8 @@ def _split(kind: DatasetKind, table: pa.Table, spec: splits.SplitSpec) -> pa.Tab
     return table.cast(schema_for(kind))
 
 
-def _known_products(data_dir: Any, tables: dict[str, Any]) -> set[str]:
-    return set(
-        storage.read_table(data_dir, tables, "catalog", columns=["product_id"])["product_id"].to_pylist()
-    )
+def _known_products(store: ObjectStore, tables: dict[str, Any]) -> set[str]:
+    return set(storage.read_table(store, tables, "catalog", columns=["product_id"])["product_id"].to_pylist())
 
 
 def build(
@@ -102,7 +101,7 @@ def _write(
     claimed = job.claimed
     version_id = uuid.uuid4()
     relative = storage.version_dir(claimed.job.project_id, version_id)
-    manifest = storage.write_version(job.settings.data_dir, relative, {kind.value: table})
+    manifest = storage.write_version(job.objects, relative, {kind.value: table})
     group = SPLIT_GROUP[kind]
     spec = splits.SplitSpec(options.split_seed, options.valid_fraction, options.test_fraction)
     described = stats.compute({kind.value: table}, kind)
@@ -139,14 +138,13 @@ async def run(job: JobRun) -> NewDatasets:
     options = FeedbackOptions.model_validate(claimed.job.hyperparameters)
     job.control.report(phase="reading the logs")
     served, actions = await job.store.feedback_window(claimed.job.project_id, options.start, options.end)
-    settings = job.settings
     known = None
     if claimed.catalog_tables is not None:
-        known = await anyio.to_thread.run_sync(_known_products, settings.data_dir, claimed.catalog_tables)
+        known = await anyio.to_thread.run_sync(_known_products, job.objects, claimed.catalog_tables)
     base = None
     if claimed.tables:
         base = await anyio.to_thread.run_sync(
-            lambda: storage.read_table(settings.data_dir, claimed.tables, "relevance")
+            lambda: storage.read_table(job.objects, claimed.tables, "relevance")
         )
     tables, report = await in_thread(job.control, build, served, actions, options, known, base, job.control)
     job.control.report(phase="writing")

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import torch
 
-from services.trainer import evaluation
+from services.trainer import checkpoint_store, evaluation
 from services.trainer.control import JobControl, StopReason, in_thread
 from services.trainer.export import export_model, onnx_task, parity_examples
 from services.trainer.finetune.base import Task, resolve_base_model
@@ -169,7 +170,9 @@ async def run(job: JobRun) -> NewVersion:
         job.control.check()
     job.work_dir = settings.jobs_dir / str(row.id)
     job.out_dir = settings.artifacts_dir / str(row.project_id) / str(version_id)
-    job.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_store.attach(job.work_dir, settings, row.id)
+    if await anyio.to_thread.run_sync(checkpoint_store.restore, job.work_dir):
+        job.control.report(checkpoint_fetched=True)
     examples = await job.examples()
     hyperparameters = Hyperparameters.model_validate(row.hyperparameters)
     job_type = job.claimed.job_type

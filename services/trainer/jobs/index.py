@@ -63,8 +63,8 @@ def index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
 
 
 async def run(job: JobRun) -> VersionResult:
-    spec = version_spec(job)
-    spec.catalog = await anyio.to_thread.run_sync(catalog_text, job.settings.data_dir, job.claimed.tables)
+    spec = await version_spec(job)
+    spec.catalog = await anyio.to_thread.run_sync(catalog_text, job.objects, job.claimed.tables)
     spec.catalog_version_id = job.claimed.catalog_version_id
     found = await in_thread(job.control, index, spec, job.control)
     found["files"] = rooted(found["files"], spec.relative)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import torch
 
 from services.trainer.jobs.base import JobRun
-from shared.artifacts import unrooted, version_folder
+from shared.artifacts import stored_files, unrooted, version_folder
 from shared.datasets.examples import Examples
 from shared.models.enums import JobType
 from shared.onnxmodel import OnnxTextModel
@@ -20,7 +21,7 @@ from shared.onnxmodel import OnnxTextModel
 class VersionSpec:
     job_type: JobType  # the fine-tune that made it
     directory: Path  # its artifacts folder
-    relative: Path  # the same, relative to DATA_DIR (as the registry stores paths)
+    relative: Path  # the same, relative to the store's root (as the registry stores keys)
     artifacts: dict[str, dict[str, Any]]  # entries' paths relative to `directory`
     config: dict[str, Any]
     metrics: dict[str, Any]
@@ -45,13 +46,15 @@ class VersionSpec:
         return OnnxTextModel(self.directory / path, self.directory, max_length=self.max_length)
 
 
-def version_spec(job: JobRun) -> VersionSpec:
+async def version_spec(job: JobRun) -> VersionSpec:
+    """The job's version, its files fetched into this machine's workspace (and checked) first."""
     version = job.claimed.model_version
     assert version is not None
     relative = version_folder(version.project_id, version.id)
+    await anyio.to_thread.run_sync(job.objects.fetch_all, stored_files(version.artifacts))
     return VersionSpec(
         job_type=JobType(version.task_type),
-        directory=job.settings.data_dir / relative,
+        directory=job.objects.local(str(relative)),
         relative=relative,
         artifacts=unrooted(version.artifacts, relative),
         config=version.config,
