@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # This process's cache of stored objects and recomputable results. Unset: DATA_DIR/cache. On a bucket,
     # each pod (or each process `recforge up` starts) keeps its own.
     local_cache_dir: Path | None = None
+    # On a bucket: the most this process's copies of stored objects may take; the least recently used go
+    # first (keep it under a pod's emptyDir sizeLimit).
+    cache_max_gb: float = Field(default=20.0, gt=0)
 
     host: str = "127.0.0.1"
     api_port: Port = 8000

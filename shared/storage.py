@@ -177,6 +177,7 @@ class ObjectStore:
             raise StorageError(f"{key} has no recorded digest: objects in {self.url} are read by digest")
         cached = self._cached(sha256)
         if target.exists() and cached.exists() and os.path.samefile(target, cached):
+            os.utime(cached)  # the cache is trimmed least recently used first
             return target
         if not cached.exists():
             self._download(key, sha256, cached)
@@ -240,6 +241,40 @@ class ObjectStore:
         return {str(path).removeprefix(root): _stored_at(info) for path, info in found.items()}
 
     # -- removing -----------------------------------------------------------------------------------
+
+    def trim(self, max_bytes: int) -> int:
+        """Keep this machine's copies of a bucket's objects under ``max_bytes``: the least recently
+        fetched go first, with their workspace links (a model already loaded keeps its memory; a later
+        fetch downloads it again). Files a job wrote and has not stored yet are not the cache's and stay.
+        Returns the bytes freed. A folder store holds the data itself: never trimmed."""
+        if self.is_local:
+            return 0
+        paths: dict[int, list[Path]] = {}
+        objects: list[tuple[float, int, int]] = []  # (last used, inode, bytes)
+        for root in (self.cache_dir / "objects", self.workspace):  # objects first: only they are trimmed
+            for folder, _, names in os.walk(root):
+                for name in names:
+                    path = Path(folder, name)
+                    try:
+                        info = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    if root != self.workspace:
+                        objects.append((info.st_mtime, info.st_ino, info.st_size))
+                        paths[info.st_ino] = [path]
+                    elif info.st_ino in paths:  # a key linked to a cached object (not a job's new file)
+                        paths[info.st_ino].append(path)
+        total = sum(size for _, _, size in objects)
+        freed = 0
+        for _, inode, size in sorted(objects):
+            if total - freed <= max_bytes:
+                break
+            for path in paths[inode]:
+                path.unlink(missing_ok=True)
+            freed += size
+        if freed:
+            log.info("trimmed the object cache", extra={"freed_bytes": freed, "kept_bytes": total - freed})
+        return freed
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (nothing if it is gone already); cached copies stay until the cache is swept."""

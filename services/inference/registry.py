@@ -439,6 +439,9 @@ class ModelRegistry:
                 await gone.batcher.close()
                 if self._forget is not None and all(other.id != gone.id for other in self._versions.values()):
                     self._forget(str(gone.id), gone.batcher.name)
+            store = object_store(self.settings)
+            if not store.is_local:  # what retired versions left in the local cache goes, oldest first
+                await asyncio.to_thread(store.trim, int(self.settings.cache_max_gb * 2**30))
 
     async def _ensure(
         self,

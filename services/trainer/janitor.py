@@ -101,6 +101,7 @@ async def sweep(settings: Settings, store: JobStore) -> list[str]:
                     swept.take(entry, settings)
     objects = object_store(settings)
     if not objects.is_local:
+        await anyio.to_thread.run_sync(objects.trim, int(settings.cache_max_gb * 2**30))
         for key in await anyio.to_thread.run_sync(_unclaimed_objects, objects, live, moment):
             await anyio.to_thread.run_sync(objects.delete, key)
             swept.removed.append(f"{objects.url}/{key}")

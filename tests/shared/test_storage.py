@@ -5,6 +5,7 @@ keys stay inside the store."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,24 @@ def test_a_storage_url_of_another_kind_says_what_is_taken(tmp_path: Path) -> Non
         ObjectStore("gs://bucket/x", tmp_path)
     with pytest.raises(ConfigurationError, match="names no bucket"):
         ObjectStore("s3:///x", tmp_path)
+
+
+def test_the_cache_is_trimmed_least_recently_used_first(s3_endpoint: str, tmp_path: Path) -> None:
+    bucket = f"recforge-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore(f"s3://{bucket}", tmp_path / "cache", endpoint_url=s3_endpoint)
+    store.fs.mkdir(bucket)
+    stored = {
+        key: store.put(_file(tmp_path, key.replace("/", "-"), os.urandom(1000)), key, cache=False)
+        for key in ("v/old.onnx", "v/used.onnx", "v/new.onnx")
+    }
+    for key in stored:
+        store.fetch(key, stored[key].sha256)
+        time.sleep(0.05)
+    store.fetch("v/old.onnx", stored["v/old.onnx"].sha256)  # used again: now the newest
+    unstored = store.local("v/written-by-a-job.onnx")
+    unstored.write_bytes(b"x" * 5000)  # a job's file not stored yet: not the cache's to trim
+    assert store.trim(2000) == 1000
+    assert not store.local("v/used.onnx").exists()  # the least recently used, with its workspace link
+    assert store.local("v/old.onnx").exists() and store.local("v/new.onnx").exists() and unstored.exists()
+    assert store.fetch("v/used.onnx", stored["v/used.onnx"].sha256).exists()  # downloaded again
+    assert ObjectStore(f"file://{tmp_path / 'folder'}", tmp_path / "c").trim(0) == 0

@@ -286,6 +286,8 @@ async def _store_version(
     relative = storage.version_dir(ctx.project.id, version_id)
     manifest = await anyio.to_thread.run_sync(storage.write_version, store, relative, prepared.tables)
     on_rollback(session, partial(storage.remove_version, store, relative))
+    # on a bucket the files stay in this process's cache too: within its budget
+    await anyio.to_thread.run_sync(store.trim, int(resources.settings.cache_max_gb * 2**30))
     version = DatasetVersion(
         id=version_id,
         dataset_id=dataset.id,
