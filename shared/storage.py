@@ -105,12 +105,49 @@ class ObjectStore:
             )
             # a fresh client per store (s3fs's instance cache would share one across event loops), and no
             # cached listings: other machines add and remove keys
-            self.fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **options)
+            self.fs = fsspec.filesystem(
+                "s3",
+                skip_instance_cache=True,
+                use_listings_cache=False,
+                config_kwargs={"connect_timeout": 10, "retries": {"max_attempts": 3, "mode": "standard"}},
+                **options,
+            )
             self.workspace = workspace or cache_dir / "store"
         else:
             raise ConfigurationError(
                 f"RECFORGE_STORAGE_URL {url!r}: use file:///path (a folder) or s3://bucket/prefix"
             )
+
+    def check(self) -> None:
+        """Fail at start, saying what to do, when the store cannot be used: a bucket that does not exist
+        or that these credentials cannot read; a folder that cannot be made."""
+        if self.is_local:
+            try:
+                self.workspace.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"RECFORGE_STORAGE_URL {self.url!r}: cannot use the folder: {exc}"
+                ) from exc
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            self.fs.info(bucket)
+        except FileNotFoundError as exc:
+            raise ConfigurationError(
+                f"RECFORGE_STORAGE_URL {self.url!r}: the bucket {bucket!r} does not exist; create it "
+                f"(aws s3 mb s3://{bucket}, or mc mb) or name another"
+            ) from exc
+        except PermissionError as exc:
+            raise ConfigurationError(
+                f"RECFORGE_STORAGE_URL {self.url!r}: these credentials may not read the bucket {bucket!r}: "
+                f"{exc}"
+            ) from exc
+        except Exception as exc:  # credentials missing, endpoint unreachable
+            raise ConfigurationError(
+                f"RECFORGE_STORAGE_URL {self.url!r}: cannot reach the bucket ({type(exc).__name__}: "
+                f"{exc}); check RECFORGE_S3_ENDPOINT_URL and the credentials (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY or the machine's role)"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"

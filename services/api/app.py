@@ -37,6 +37,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.http import BodyLimit, Check, infra_checks, setup_common
 from shared.jobs import redis_settings
 from shared.logging import warn_about_settings
+from shared.storage import object_store
 
 VERSION = "0.1.0"
 log = logging.getLogger("recforge.api")
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ApiResources]]:
         warn_about_settings(settings, log)
+        await anyio.to_thread.run_sync(object_store(settings).check)  # fail at start, saying why
         engine = create_engine(settings)
         redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
         resources = ApiResources(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 
@@ -24,6 +25,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.http import BodyLimit, Check, NotReady, infra_checks, setup_common
 from shared.logging import warn_about_settings
 from shared.redis import create_redis
+from shared.storage import object_store
 
 VERSION = "0.1.0"
 log = logging.getLogger("recforge.inference")
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InferenceResources]]:
         warn_about_settings(settings, log)
+        await anyio.to_thread.run_sync(object_store(settings).check)  # fail at start, saying why
         engine = create_engine(settings)
         redis = create_redis(settings)
         sessionmaker = create_sessionmaker(engine)

@@ -9,6 +9,7 @@ import socket
 from datetime import timedelta
 from typing import Any, ClassVar
 
+import anyio
 from arq import func
 from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +25,7 @@ from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.jobs import RUN_TRAINING_JOB
 from shared.logging import warn_about_settings
+from shared.storage import object_store
 
 log = logging.getLogger("recforge.trainer")
 
@@ -42,6 +44,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     process's (tests pass their own)."""
     settings: Settings = ctx.get("settings") or get_settings()
     warn_about_settings(settings, log)
+    await anyio.to_thread.run_sync(object_store(settings).check)  # fail at start, saying why
     engine = create_engine(settings, pool_size=4)
     wc = WorkerContext(
         settings=settings,

@@ -137,3 +137,14 @@ def test_the_cache_is_trimmed_least_recently_used_first(s3_endpoint: str, tmp_pa
     assert store.local("v/old.onnx").exists() and store.local("v/new.onnx").exists() and unstored.exists()
     assert store.fetch("v/used.onnx", stored["v/used.onnx"].sha256).exists()  # downloaded again
     assert ObjectStore(f"file://{tmp_path / 'folder'}", tmp_path / "c").trim(0) == 0
+
+
+def test_a_store_that_cannot_be_used_stops_the_service_at_start(s3_endpoint: str, tmp_path: Path) -> None:
+    missing = ObjectStore(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", tmp_path, endpoint_url=s3_endpoint)
+    with pytest.raises(ConfigurationError, match="does not exist; create it"):
+        missing.check()
+    unreachable = ObjectStore("s3://bucket/x", tmp_path, endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(ConfigurationError, match="cannot reach the bucket"):
+        unreachable.check()
+    ObjectStore(f"file://{tmp_path / 'new'}", tmp_path / "cache").check()  # a folder is made
+    assert (tmp_path / "new").is_dir()
