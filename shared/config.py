@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -96,6 +97,11 @@ class Settings(BaseSettings):
     model_roots: str = ""
     # The int8 model is servable when its NDCG@10 (or accuracy) is within this of the fp32 model's.
     int8_tolerance: float = Field(default=0.01, ge=0, le=1)
+    # Multi-node fine-tunes (hyperparameter nodes > 1): the job's worker is node 0 and hosts torchrun's
+    # rendezvous on rdzv_host:rdzv_port, which the other nodes (`recforge train-node`) connect to. Unset
+    # host: the address this machine's hostname resolves to (on Kubernetes, give the pod's IP).
+    rdzv_host: str | None = None
+    rdzv_port: Port = 29400
 
     # Inference: each model coalesces concurrent requests into batches of at most max_batch items,
     # waiting at most batch_wait_ms for a batch to fill; at most max_queue items, and no more than
@@ -190,6 +196,21 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    @property
+    def rendezvous_host(self) -> str:
+        """Where the other nodes of a multi-node fine-tune reach this worker."""
+        if self.rdzv_host:
+            return self.rdzv_host
+        from shared.errors import ConfigurationError
+
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot tell the other nodes where this machine is ({exc}): set RECFORGE_RDZV_HOST to an "
+                "address of it they reach"
+            ) from exc
 
     @property
     def storage_location(self) -> str:

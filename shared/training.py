@@ -144,10 +144,38 @@ class Hyperparameters(BaseModel):
         description="With early stopping: optimiser steps between evaluations. Unset: once an epoch.",
     )
 
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Training processes on the worker's machine (torch.distributed, started by torchrun): "
+        "gloo on the CPU, NCCL on CUDA with one GPU per process. `batch_size` stays the global batch, each "
+        "process taking an equal share of it, and a bi-encoder's in-batch negatives are gathered from every "
+        "process, so the model trains as one process would on the same batches. 1: no torch.distributed.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Machines the training processes span, `processes` on each: the job's worker is the "
+        "first and hosts the rendezvous; each other one runs `recforge train-node`, which joins the job when "
+        "it starts training. `batch_size` is shared by all processes * nodes.",
+    )
+
     @model_validator(mode="after")
     def _evaluations_need_early_stopping(self) -> Self:
         if self.eval_every_steps is not None and self.early_stopping_patience is None:
             raise ValueError("eval_every_steps applies with early_stopping_patience; set both, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_shared_evenly(self) -> Self:
+        world = self.processes * self.nodes
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is the global batch, shared evenly by the {world} training "
+                f"processes: make it a multiple of {world}"
+            )
         return self
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import uuid
 from types import FrameType
 from typing import Annotated
 
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     app.command()(api)
     app.command()(inference)
     app.command()(worker)
+    app.command("train-node")(train_node)
 
 
 def _status_table(status: dict[str, str]) -> Table:
@@ -250,3 +252,32 @@ def worker(
         run(settings, burst=burst)
     except AppError as exc:
         app_error(exc)
+
+
+def train_node(
+    job: Annotated[
+        str | None, typer.Option("--job", help="Join only this job (its id); default: any multi-node job.")
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Exit after one job: 0 if its training ended well (or, with --job, it needs no more nodes).",
+        ),
+    ] = False,
+) -> None:
+    """Be one of the other machines of multi-node fine-tunes (hyperparameter nodes > 1): wait until a job's
+    worker starts training, join its torchrun as the next node, and train until the run ends."""
+    settings = load_settings()
+    job_id = None
+    if job is not None:
+        try:
+            job_id = uuid.UUID(job)
+        except ValueError:
+            fail(f"--job {job!r} is not a job id (a UUID, as `recforge jobs list` shows)")
+    configure_logging(settings, "trainer")
+    from services.trainer.node import serve
+
+    with database_errors():
+        code = serve(settings, job_id, once=once)
+    raise typer.Exit(code)

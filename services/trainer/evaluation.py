@@ -426,6 +426,19 @@ def validation_score(job_type: JobType, examples: Examples, scorer: Scorer, cont
     return headline(job_type, model_metrics(job_type, examples, scorer, control, "validation", catalog=False))
 
 
+def task_validation_score(
+    job_type: JobType,
+    examples: Examples,
+    max_length: int,
+    task: Task,
+    device: torch.device,
+    control: JobControl,
+) -> float:
+    """``validation_score`` of a task's model as it is in torch now: what a training process that only
+    has its task (one of several, see services.trainer.finetune.distributed) scores early stopping by."""
+    return validation_score(job_type, examples, torch_scorer(task, device, max_length), control)
+
+
 def int8_check(
     job_type: JobType,
     examples: Examples,

@@ -60,6 +60,13 @@ async def publish(wc: WorkerContext, job_id: uuid.UUID, payload: dict[str, Any])
         log.warning("could not publish progress", exc_info=True)
 
 
+def charge_scale(hyperparameters: dict[str, Any], gpu: bool) -> int:
+    """What an hour of a job costs its project, in hours: a distributed fine-tune holds every machine it
+    spans (``nodes``) and, on GPUs, one GPU per process."""
+    nodes = int(hyperparameters.get("nodes") or 1)
+    return nodes * int(hyperparameters.get("processes") or 1) if gpu else nodes
+
+
 async def _heartbeat(wc: WorkerContext, claimed: Claimed, control: JobControl, gpu: bool) -> None:
     """Every progress_interval_s: write progress, heartbeat and compute; turn a cancellation, a lost
     claim or the compute limit into the stop flag the training thread checks.
@@ -73,6 +80,7 @@ async def _heartbeat(wc: WorkerContext, claimed: Claimed, control: JobControl, g
     last_beat = time.monotonic()
     give_up_after = settings.job_heartbeat_timeout_s / 2
     limit_s = job.compute_limit_hours * 3600
+    scale = charge_scale(job.hyperparameters or {}, gpu)
     while True:
         asleep = time.monotonic()
         await asyncio.sleep(settings.progress_interval_s)
@@ -87,7 +95,7 @@ async def _heartbeat(wc: WorkerContext, claimed: Claimed, control: JobControl, g
         progress = control.progress
         used = claimed.compute_before + (now - control.started)
         try:
-            beat = await wc.store.heartbeat(claimed, progress, used, now - last_beat, gpu)
+            beat = await wc.store.heartbeat(claimed, progress, used, (now - last_beat) * scale, gpu)
         except Exception as exc:
             silent = now - last_beat
             if silent >= give_up_after:

@@ -11,7 +11,7 @@ from shared.models import ApiKey, AuditLog
 from shared.security import hash_api_key
 from tests.support.processes import cli_env, recforge
 
-COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["keys"],
+COMMANDS = [[], ["up"], ["down"], ["status"], ["migrate"], ["api"], ["inference"], ["worker"], ["train-node"], ["keys"],
             ["keys", "create"], ["data"], ["data", "import"], ["data", "list"], ["data", "stats"], ["data", "feedback"], ["simulate"],
             ["jobs"], ["jobs", "submit"], ["jobs", "watch"], ["jobs", "cancel"], ["projects"],
             ["projects", "create"], ["projects", "list"], ["projects", "show"], ["projects", "update"],

@@ -1,8 +1,9 @@
-"""deploy/k8s renders with `kubectl kustomize` (both overlays), every rendered object validates against
+"""deploy/k8s renders with `kubectl kustomize` (every overlay), every rendered object validates against
 the Kubernetes schema of a recent release (kubernetes-validate, strict: no unknown field) and the KEDA
 ScaledObject against KEDA's CRD (cloudcoil's generated models, with nothing of ours dropped), and the
 manifests hold together: probes and resources everywhere, PDBs and HPAs for the served Deployments, the
-autoscaler reading metrics the trainer really exports, GPUs where the GPU overlay says."""
+autoscaler reading metrics the trainer really exports, GPUs where the GPU overlay says, and the
+multi-node overlay's rendezvous and train-node Job."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 keda = pytest.importorskip("cloudcoil.models.keda.v1alpha1")
 
 KUBERNETES = "1.33.0"  # a recent release, in kubernetes-validate's schemas
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["cpu", "gpu", "multinode"]
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -123,13 +124,37 @@ def test_the_manifests_hold_together(overlay: str) -> None:
 
     trainer = deployments["recforge-trainer"]["spec"]["template"]["spec"]
     gpus = trainer["containers"][0]["resources"].get("limits", {}).get("nvidia.com/gpu")
-    if overlay == "gpu":
+    if overlay in ("gpu", "multinode"):
         assert gpus == 1 and trainer["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert scaled["spec"]["minReplicaCount"] == 0
         inference = deployments["recforge-inference"]["spec"]["template"]["spec"]["containers"][0]
         assert inference["resources"]["limits"]["nvidia.com/gpu"] == 1 and "-gpu:" in inference["image"]
     else:
         assert gpus is None and scaled["spec"]["minReplicaCount"] == 1
+    if overlay == "multinode":
+        _check_multinode(docs, trainer)
+
+
+def _check_multinode(docs: list[dict[str, Any]], trainer: dict[str, Any]) -> None:
+    """Node 0 (a trainer worker) hosts the rendezvous on its pod IP; the other nodes are an Indexed
+    Job of `recforge train-node --job JOB` pods, one GPU each, with the stack's settings."""
+    container = trainer["containers"][0]
+    assert {"name": "rendezvous", "containerPort": 29400} in container["ports"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RECFORGE_RDZV_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["RECFORGE_RDZV_PORT"]["value"] == "29400"
+    job = by_kind(docs, "Job")["recforge-train-node"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] >= 1
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
+    [node] = pod["containers"]
+    assert node["command"] == ["recforge", "train-node", "--job", "$(RECFORGE_JOB_ID)"]
+    assert node["image"] == container["image"]  # the trainer's image, from the registry
+    assert node["resources"]["limits"]["nvidia.com/gpu"] == 1
+    sources = {s.get("configMapRef", s.get("secretRef", {})).get("name") for s in node["envFrom"]}
+    assert sources == {"recforge-config", "recforge-secrets"}
+    job_id = {e["name"]: e for e in node["env"]}["RECFORGE_JOB_ID"]["valueFrom"]["configMapKeyRef"]
+    assert job_id["name"] in by_kind(docs, "ConfigMap")  # the generated one, by its hashed name
 
 
 def _exported_metric_names() -> set[str]:

@@ -104,6 +104,17 @@ class Task:
     def loss(self, batch: list[Any], device: torch.device) -> torch.Tensor:
         raise NotImplementedError
 
+    def shard_loss(self, batch: list[Any], device: torch.device, rank: int, world: int) -> torch.Tensor:
+        """Process ``rank``'s part of the loss of the global ``batch`` when ``world`` processes share it,
+        scaled so that the mean over the processes (what averaging their gradients trains on) is
+        ``loss(batch)``: right for a loss that is a mean over the batch's examples, as plain data
+        parallelism is. Each process takes every ``world``-th example: a batch is cut from examples sorted
+        by length, so each share pads to about the same width."""
+        share = batch[rank::world]
+        if not share:  # an epoch's last batch may be smaller than the world: the model still runs, for 0
+            return self.loss(batch[:1], device) * 0.0
+        return self.loss(share, device) * (len(share) * world / len(batch))
+
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

@@ -8,9 +8,11 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed.nn.functional as distributed_nn
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
@@ -97,6 +99,11 @@ class BiEncoderTask(PairTask):
             write_text_atomic(cache, json.dumps({"titles": titles, "negatives": picks}))
         self.negatives = {q: [titles[i] for i in row] for q, row in zip(queries, picks, strict=True)}
 
+    def use_negatives(self, negatives: dict[str, list[str]]) -> None:
+        """Take the negatives ``mine`` found in another process of the same job."""
+        self.texts.add([text for pool in negatives.values() for text in pool])
+        self.negatives = negatives
+
     @torch.no_grad()
     def _nearest(
         self,
@@ -128,34 +135,116 @@ class BiEncoderTask(PairTask):
         return picks
 
     def loss(self, batch: list[tuple[str, str, float]], device: torch.device) -> torch.Tensor:
+        drawn = self._draw_negatives(batch)
         queries = self.encode([q for q, _, _ in batch], device)
-        candidates = [t for _, t, _ in batch]
-        if self.hard_negatives:
-            for query, _, _ in batch:
-                pool = self.negatives.get(query, [])
-                candidates += self.rng.sample(pool, min(self.hard_negatives, len(pool)))
+        candidates = [t for _, t, _ in batch] + [n for negatives in drawn for n in negatives]
         products = self.encode(candidates, device)
+        scored = self._score(batch, queries, products, candidates, list(range(len(batch))))
+        loss: torch.Tensor = scored.weighted_sum() / scored.weights.sum()
+        return loss
+
+    def shard_loss(
+        self, batch: list[tuple[str, str, float]], device: torch.device, rank: int, world: int
+    ) -> torch.Tensor:
+        """Process ``rank``'s part of the global ``batch``'s loss, its in-batch negatives gathered from
+        every process: the mean over the processes is ``loss(batch)``."""
+        scored, total = self.shard_scores(batch, device, rank, world)
+        loss: torch.Tensor = scored.weighted_sum() * world / total
+        return loss
+
+    def shard_scores(
+        self, batch: list[tuple[str, str, float]], device: torch.device, rank: int, world: int
+    ) -> tuple[InBatch, torch.Tensor]:
+        """Process ``rank``'s queries (every ``world``-th pair of the global ``batch``) scored against every
+        process's products and mined negatives, gathered with a differentiable all-gather so the
+        gradient reaches the process that embedded them; and the global batch's total grade.
+
+        Each process draws the mined negatives of the whole batch, in order, as one process would, and
+        keeps its own pairs'. Processes embed different numbers of columns (mined pools differ in size,
+        an epoch's last batch may not share evenly), so each pads its columns with zero rows to the widest
+        and the padding is never a negative. A process the last batch leaves without pairs embeds the
+        first pair with no weight, its column dead: every process runs the model every step."""
+        drawn = self._draw_negatives(batch)
+        shares = [list(range(r, len(batch), world)) for r in range(world)]
+        columns = [
+            ([batch[i][1] for i in rows] if rows else [batch[0][1]]) + [n for i in rows for n in drawn[i]]
+            for rows in shares
+        ]
+        width = max(len(c) for c in columns)
+        texts: list[str] = []
+        dead: list[bool] = []
+        for rows, own in zip(shares, columns, strict=True):
+            texts += own + [""] * (width - len(own))
+            dead += [not rows] + [False] * (len(own) - 1) + [True] * (width - len(own))
+        pairs = [batch[i] for i in shares[rank]] or [(batch[0][0], batch[0][1], 0.0)]
+        queries = self.encode([q for q, _, _ in pairs], device)
+        products = self.encode(columns[rank], device)
+        products = torch.cat([products, products.new_zeros(width - len(products), products.shape[1])])
+        gathered = torch.cat(distributed_nn.all_gather(products))
+        targets = [rank * width + k for k in range(len(pairs))]
+        scored = self._score(pairs, queries, gathered, texts, targets, dead)
+        total = torch.tensor([g for _, _, g in batch], dtype=scored.weights.dtype, device=device).sum()
+        return scored, total
+
+    def _draw_negatives(self, batch: list[tuple[str, str, float]]) -> list[list[str]]:
+        """Each pair's mined negatives for this step (none without ``hard_negatives``), drawn in order."""
+        if not self.hard_negatives:
+            return [[] for _ in batch]
+        drawn = []
+        for query, _, _ in batch:
+            pool = self.negatives.get(query, [])
+            drawn.append(self.rng.sample(pool, min(self.hard_negatives, len(pool))))
+        return drawn
+
+    def _score(
+        self,
+        pairs: list[tuple[str, str, float]],
+        queries: torch.Tensor,
+        products: torch.Tensor,
+        columns: list[str],
+        targets: list[int],
+        dead: list[bool] | None = None,
+    ) -> InBatch:
+        """Each pair's query against every column (product text); its own product is column
+        ``targets[i]``. A ``dead`` column (padding) is no one's negative."""
+        device = queries.device
+        dead = dead or [False] * len(columns)
         logits = queries @ products.T * self.scale
         # never a negative: the pair's own product under another column (the same product twice in a
         # batch) or a product the query excludes
         blocked = torch.tensor(
             [
-                [j != i and (c == text or c in self.exclude.get(query, ())) for j, c in enumerate(candidates)]
-                for i, (query, text, _) in enumerate(batch)
+                [
+                    j != target and (dead[j] or c == text or c in self.exclude.get(query, ()))
+                    for j, c in enumerate(columns)
+                ]
+                for (query, text, _), target in zip(pairs, targets, strict=True)
             ],
             device=device,
         )
         if self.log_share:
             logits = logits - torch.tensor(
-                [self.log_share[c] for c in candidates], dtype=logits.dtype, device=device
+                [0.0 if dead[j] else self.log_share[c] for j, c in enumerate(columns)],
+                dtype=logits.dtype,
+                device=device,
             )
         logits = logits.masked_fill(blocked, -1e4)
-        weights = torch.tensor([g for _, _, g in batch], dtype=logits.dtype, device=device)
-        per_pair = nn.functional.cross_entropy(
-            logits, torch.arange(len(batch), device=device), reduction="none"
-        )
-        loss: torch.Tensor = (per_pair * weights).sum() / weights.sum()
-        return loss
+        weights = torch.tensor([g for _, _, g in pairs], dtype=logits.dtype, device=device)
+        return InBatch(logits, torch.tensor(targets, device=device), weights)
+
+
+@dataclass
+class InBatch:
+    """Queries scored against a batch's columns: ``logits`` (queries x columns, blocked entries at -1e4),
+    each query's own column (``targets``) and its grade (``weights``)."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+
+    def weighted_sum(self) -> torch.Tensor:
+        per_pair = nn.functional.cross_entropy(self.logits, self.targets, reduction="none")
+        return (per_pair * self.weights).sum()
 
 
 def _read_negatives(cache: Path, queries: int) -> tuple[list[str], list[list[int]]] | None:

@@ -1,5 +1,6 @@
 """The training loop every task type shares: length-bucketed batches, AdamW with linear warmup, mixed
-precision on CUDA, progress, checkpoints to resume from, and early stopping on the validation split."""
+precision on CUDA, progress, checkpoints to resume from, and early stopping on the validation split; in
+one process, or as one of several (``shard``, see services.trainer.finetune.shard)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 from services.trainer.control import JobControl
 from services.trainer.finetune.base import Task
 from services.trainer.finetune.checkpoint import Weights, load_checkpoint, save_checkpoint
+from services.trainer.finetune.shard import Shard
 from shared.training import Hyperparameters
 
 BUCKET_BATCHES = 50  # batches per sorted bucket: similar lengths together, order still shuffled
@@ -51,6 +53,7 @@ class TrainResult:
     pairs_per_s: float
     train_seconds: float
     resumed_from_step: int
+    processes: int = 1  # the processes that trained (torch.distributed's world size)
     # with early stopping: patience, eval_every_steps, evaluations [{step, score}], best_step,
     # best_score, stopped_early and seconds (spent evaluating, left out of train_seconds and the
     # rates); the model returned is the best one evaluated
@@ -59,12 +62,14 @@ class TrainResult:
 
 class _EarlyStopping:
     """Scores the model every ``every`` steps, counts evaluations without improvement, keeps the best
-    weights; ``exhausted`` once ``patience`` evaluations in a row have not improved on the best."""
+    weights; ``exhausted`` once ``patience`` evaluations in a row have not improved on the best. Only
+    ``keep_weights`` keeps them: of several processes, the one that saves the model."""
 
-    def __init__(self, patience: int, every: int, evaluate: Callable[[], float]):
+    def __init__(self, patience: int, every: int, evaluate: Callable[[], float], keep_weights: bool = True):
         self.patience = patience
         self.every = every
         self.evaluate = evaluate
+        self.keep_weights = keep_weights
         self.best = -math.inf
         self.best_step = 0
         self.stale = 0
@@ -76,7 +81,7 @@ class _EarlyStopping:
         self.best, self.stale = state["best"], state["stale"]
         self.best_step = state.get("best_step", 0)
         self.evaluations = list(state.get("evaluations", []))
-        self.weights = weights
+        self.weights = weights if self.keep_weights else None
 
     def state(self) -> dict[str, Any]:
         return {"best_step": self.best_step, "evaluations": self.evaluations}
@@ -94,7 +99,9 @@ class _EarlyStopping:
         self.evaluations.append({"step": step, "score": round(score, 6)})
         if score > self.best:
             self.best, self.best_step, self.stale = score, step, 0
-            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in task.model.state_dict().items()}
+            if self.keep_weights:
+                state = task.model.state_dict()
+                self.weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         else:
             self.stale += 1
         control.report(early_stopping={"best": self.best, "best_step": self.best_step, "stale": self.stale})
@@ -120,15 +127,21 @@ def fit(
     *,
     checkpoint_interval_s: float,
     evaluate: Callable[[], float] | None = None,
+    shard: Shard | None = None,
 ) -> TrainResult:
     """Train ``task`` for ``hp``; resume from ``work/checkpoint`` when a previous run left one.
 
     With ``hp.early_stopping_patience``, ``evaluate`` (the validation metric, higher is better) runs every
     ``hp.eval_every_steps`` steps (default: once an epoch) and at the end; training stops once that many
-    evaluations in a row have not improved on the best, and the best weights evaluated are kept."""
+    evaluations in a row have not improved on the best, and the best weights evaluated are kept.
+
+    With a ``shard`` this process is one of several: each takes its share of every global batch of
+    ``hp.batch_size``, the loss reported is the global batch's, only the leader (rank 0) writes
+    checkpoints, and ``evaluate`` must give every process the leader's score."""
     if not task.examples:
         raise ValueError("the training split has no usable examples")
-    torch.manual_seed(hp.seed)
+    leads = shard is None or shard.leader
+    torch.manual_seed(hp.seed + (shard.rank if shard else 0))  # the processes' dropout masks differ
     task.model.to(device)
     lengths = task.lengths()
     steps_per_epoch = math.ceil(len(task.examples) / hp.batch_size)
@@ -137,7 +150,7 @@ def fit(
     stopping = None
     if hp.early_stopping_patience is not None and evaluate is not None:
         stopping = _EarlyStopping(
-            hp.early_stopping_patience, hp.eval_every_steps or steps_per_epoch, evaluate
+            hp.early_stopping_patience, hp.eval_every_steps or steps_per_epoch, evaluate, keep_weights=leads
         )
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=hp.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total * hp.warmup_ratio), total)
@@ -166,7 +179,7 @@ def fit(
             control.check()
             batch = [task.examples[i] for i in batches[position]]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = task.loss(batch, device)
+                loss = task.loss(batch, device) if shard is None else shard.loss(task, batch, device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -176,7 +189,7 @@ def fit(
             scheduler.step()
             step += 1
             pairs += len(batch)
-            value = float(loss.detach())
+            value = float(loss.detach()) if shard is None else shard.mean(float(loss.detach()))
             ema = value if ema is None else 0.9 * ema + 0.1 * value
             elapsed = time.monotonic() - started - (stopping.seconds if stopping else 0.0)
             rate = pairs / elapsed if elapsed > 0 else 0.0
@@ -191,17 +204,24 @@ def fit(
                 stopping.step(task, step, control)
                 stopped_early = stopping.exhausted
             now = time.monotonic()
-            if now - last_checkpoint >= checkpoint_interval_s and step < total and not stopped_early:
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "best": stopping.best if stopping else -math.inf,
-                    "stale": stopping.stale if stopping else 0,
-                    "ema": ema,
-                    **(stopping.state() if stopping else {}),
-                }
-                save_checkpoint(work, task, state, stopping.weights if stopping else None)
+            due = now - last_checkpoint >= checkpoint_interval_s
+            if shard is not None:
+                due = shard.leaders(due)  # the leader's clock decides, so all processes agree
+            if due and step < total and not stopped_early:
+                if leads:  # the processes' models and optimisers are alike: the leader's stand for all
+                    state = {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                        "best": stopping.best if stopping else -math.inf,
+                        "stale": stopping.stale if stopping else 0,
+                        "ema": ema,
+                        **(stopping.state() if stopping else {}),
+                    }
+                    save_checkpoint(work, task, state, stopping.weights if stopping else None)
+                if shard is not None:
+                    # the others wait here for the leader's save, not inside the next step's all-reduce
+                    shard.barrier()
                 last_checkpoint = now
                 control.report(checkpoint_step=step)
             if step >= total or stopped_early:
@@ -222,5 +242,6 @@ def fit(
         pairs_per_s=round(pairs / elapsed, 1) if elapsed > 0 else 0.0,
         train_seconds=round(elapsed, 2),
         resumed_from_step=resumed_from,
+        processes=shard.world if shard else 1,
         early_stopping=early_stopping,
     )

@@ -3,10 +3,11 @@ check the int8 graph, and hand the result over as a new model version."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from services.trainer.finetune.bi_encoder import BiEncoderTask
 from services.trainer.finetune.checkpoint import checkpoint_model
 from services.trainer.finetune.classifier import ClassifierTask
 from services.trainer.finetune.cross_encoder import CrossEncoderTask
+from services.trainer.finetune.distributed import MultiNode, fit_distributed, multi_node
 from services.trainer.finetune.loop import TrainResult, fit, seed_everything
 from services.trainer.jobs.base import JobRun
 from services.trainer.provenance import git_commit, library_versions
@@ -44,6 +46,7 @@ class FineTuneSpec:
     checkpoint_interval_s: float
     int8_tolerance: float
     baselines_cache: Path | None = None
+    multi_node: MultiNode | None = None  # with hp.nodes > 1: the rendezvous and store for the other nodes
 
 
 @dataclass
@@ -96,15 +99,32 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
     def validation_score() -> float:
         return evaluation.validation_score(spec.job_type, spec.examples, scorer, control)
 
-    train = fit(
-        task,
-        hp,
-        spec.device,
-        control,
-        spec.work_dir,
-        checkpoint_interval_s=spec.checkpoint_interval_s,
-        evaluate=validation_score if hp.early_stopping_patience is not None else None,
-    )
+    if hp.processes * hp.nodes > 1:  # torchrun's processes train; the weights come back into task
+        validate = functools.partial(
+            evaluation.task_validation_score, spec.job_type, spec.examples, hp.max_length
+        )
+        train = fit_distributed(
+            task,
+            functools.partial(train_task, replace(spec, multi_node=None)),  # what the processes need
+            str(resume) if resume else base_dir,
+            hp,
+            spec.device,
+            control,
+            spec.work_dir,
+            checkpoint_interval_s=spec.checkpoint_interval_s,
+            validate=validate if hp.early_stopping_patience is not None else None,
+            multi_node=replace(spec.multi_node, resumed=resume is not None) if spec.multi_node else None,
+        )
+    else:
+        train = fit(
+            task,
+            hp,
+            spec.device,
+            control,
+            spec.work_dir,
+            checkpoint_interval_s=spec.checkpoint_interval_s,
+            evaluate=validation_score if hp.early_stopping_patience is not None else None,
+        )
     if train.early_stopping is not None:
         train.early_stopping["metric"] = evaluation.HEADLINE[spec.job_type]
     control.check()
@@ -193,6 +213,7 @@ async def run(job: JobRun) -> NewVersion:
             hyperparameters.max_length,
             job_type,
         ),
+        multi_node=multi_node(settings, row.id, job.claimed.attempt, row.base_model or "", hyperparameters),
     )
     outcome = await in_thread(job.control, train_and_export, spec, job.control)
     train = outcome.train
@@ -201,6 +222,7 @@ async def run(job: JobRun) -> NewVersion:
         "train_seconds": train.train_seconds,
         "steps": train.steps,
         "pairs_per_s": train.pairs_per_s,
+        "processes": train.processes,
         "resumed_from_step": train.resumed_from_step,
         "runs": row.attempts,
         "export": outcome.export,
