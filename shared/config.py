@@ -228,6 +228,18 @@ class Settings(BaseSettings):
         return self.cache_dir / "store"
 
     @property
+    def cache_max_bytes(self) -> int:
+        return int(self.cache_max_gb * 2**30)
+
+    def shown(self, path: Path) -> str:
+        """A path as logs name it: relative to the workspace or to the data directory when under one."""
+        resolved = path.resolve()
+        for root in (self.workspace, self.data_dir.resolve()):
+            if resolved.is_relative_to(root):
+                return str(resolved.relative_to(root))
+        return str(path)
+
+    @property
     def on_bucket(self) -> bool:
         return self.storage_location.startswith("s3://")
 

@@ -40,6 +40,7 @@ import fsspec
 from shared.config import Settings
 from shared.errors import AppError, ConfigurationError
 from shared.files import sha256_file
+from shared.projects import as_id
 
 log = logging.getLogger("recforge.storage")
 
@@ -66,6 +67,13 @@ def checked_key(key: str) -> str:
     if not key or path.is_absolute() or ".." in path.parts or "\\" in key:
         raise ValueError(f"not a storage key: {key!r} (a relative path, no '..')")
     return str(path)
+
+
+def key_id(key: str, index: int) -> uuid.UUID | None:
+    """The id that part ``index`` of a key names, for a key of a file below it (``datasets/<project>/
+    <version>/x.parquet``: index 2 is the version's), else None."""
+    parts = key.split("/")
+    return as_id(parts[index]) if len(parts) > index + 1 else None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -441,7 +441,7 @@ class ModelRegistry:
                     self._forget(str(gone.id), gone.batcher.name)
             store = object_store(self.settings)
             if not store.is_local:  # what retired versions left in the local cache goes, oldest first
-                await asyncio.to_thread(store.trim, int(self.settings.cache_max_gb * 2**30))
+                await asyncio.to_thread(store.trim, self.settings.cache_max_bytes)
 
     async def _ensure(
         self,

@@ -22,7 +22,8 @@ import anyio
 from services.trainer.store import JobStore, LiveOutputs
 from shared.artifacts import version_folder
 from shared.config import Settings
-from shared.storage import ObjectStore, object_store
+from shared.projects import as_id
+from shared.storage import ObjectStore, key_id, object_store
 
 log = logging.getLogger("recforge.trainer")
 
@@ -39,18 +40,7 @@ class Swept:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-        for root in (settings.workspace, settings.data_dir.resolve()):
-            if path.resolve().is_relative_to(root):
-                self.removed.append(str(path.resolve().relative_to(root)))
-                return
-        self.removed.append(str(path))
-
-
-def _as_id(name: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(name)
-    except ValueError:
-        return None
+        self.removed.append(settings.shown(path))
 
 
 def _children(folder: Path) -> Iterator[Path]:
@@ -73,12 +63,12 @@ async def sweep(settings: Settings, store: JobStore) -> list[str]:
     live = await store.live_outputs()
     swept = Swept()
     for work in _children(settings.jobs_dir):  # jobs that may still resume keep their checkpoints
-        job_id = _as_id(work.name)
+        job_id = as_id(work.name)
         if job_id is not None and job_id not in live.jobs and _older_than(work, moment):
             swept.take(work, settings)
     for project in _children(settings.artifacts_dir):
         for folder in _children(project):
-            version_id = _as_id(folder.name)
+            version_id = as_id(folder.name)
             if version_id is None or version_id in live.planned:  # a queued or running fine-tune's
                 continue
             files = live.versions.get(version_id)
@@ -101,7 +91,7 @@ async def sweep(settings: Settings, store: JobStore) -> list[str]:
                     swept.take(entry, settings)
     objects = object_store(settings)
     if not objects.is_local:
-        await anyio.to_thread.run_sync(objects.trim, int(settings.cache_max_gb * 2**30))
+        await anyio.to_thread.run_sync(objects.trim, settings.cache_max_bytes)
         for key in await anyio.to_thread.run_sync(_unclaimed_objects, objects, live, moment):
             await anyio.to_thread.run_sync(objects.delete, key)
             swept.removed.append(f"{objects.url}/{key}")
@@ -123,19 +113,18 @@ def _unclaimed_objects(store: ObjectStore, live: LiveOutputs, moment: float) -> 
     it uploaded), checkpoints of jobs that cannot resume; only objects stored before ``moment``."""
     found = []
     for key, stored_at in store.modified("artifacts").items():
-        parts = key.split("/")  # artifacts/<project>/<version>/...
-        version_id = _as_id(parts[2]) if len(parts) > 3 else None
+        version_id = key_id(key, 2)  # artifacts/<project>/<version>/...
         if version_id is None or version_id in live.planned or stored_at >= moment:
             continue
         files = live.versions.get(version_id)
         if files is None or (version_id not in live.busy and key not in files):
             found.append(key)
     for key, stored_at in store.modified("jobs").items():
-        job_id = _as_id(key.split("/")[1]) if key.count("/") >= 2 else None
+        job_id = key_id(key, 1)  # jobs/<job>/...
         if job_id is not None and job_id not in live.jobs and stored_at < moment:
             found.append(key)
     return found
 
 
 def _owner(project: Path) -> uuid.UUID:
-    return _as_id(project.name) or uuid.UUID(int=0)
+    return as_id(project.name) or uuid.UUID(int=0)

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.config import Settings
 from shared.models import DatasetVersion
-from shared.storage import ObjectStore, object_store
+from shared.projects import as_id
+from shared.storage import ObjectStore, key_id, object_store
 
 log = logging.getLogger("recforge.datasets")
 
@@ -30,13 +31,6 @@ def _children(folder: Path) -> list[Path]:
         return []
 
 
-def _as_id(name: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(name)
-    except ValueError:
-        return None
-
-
 async def sweep_imports(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> list[str]:
     """Remove abandoned import files; the paths removed, relative to the data directory."""
     before = time.time() - ABANDONED_S
@@ -46,7 +40,7 @@ async def sweep_imports(settings: Settings, sessionmaker: async_sessionmaker[Asy
     candidates = list(_children(settings.uploads_dir))
     for project in _children(settings.datasets_dir):
         for folder in _children(project):
-            version_id = _as_id(folder.name)
+            version_id = as_id(folder.name)
             if folder.name.startswith(".staging-") or (version_id is not None and version_id not in known):
                 candidates.append(folder)
     for path in candidates:
@@ -65,22 +59,13 @@ async def sweep_imports(settings: Settings, sessionmaker: async_sessionmaker[Asy
         removed.extend(store.local(key) for key in orphans)
     if removed:
         log.info("removed what killed imports left", extra={"count": len(removed)})
-    return [str(_shown(p, settings)) for p in removed]
+    return [settings.shown(p) for p in removed]
 
 
 def _orphans(store: ObjectStore, known: set[uuid.UUID], before: float) -> list[str]:
     found = []
     for key, stored_at in store.modified("datasets").items():
-        parts = key.split("/")  # datasets/<project>/<version>/<table>.parquet
-        version_id = _as_id(parts[2]) if len(parts) > 3 else None
+        version_id = key_id(key, 2)  # datasets/<project>/<version>/<table>.parquet
         if version_id is not None and version_id not in known and stored_at < before:
             found.append(key)
     return found
-
-
-def _shown(path: Path, settings: Settings) -> Path:
-    """A removed path as logged: relative to the workspace (datasets) or the data directory (uploads)."""
-    for root in (settings.workspace, settings.data_dir.resolve()):
-        if path.resolve().is_relative_to(root):
-            return path.resolve().relative_to(root)
-    return path

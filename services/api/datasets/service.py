@@ -287,7 +287,7 @@ async def _store_version(
     manifest = await anyio.to_thread.run_sync(storage.write_version, store, relative, prepared.tables)
     on_rollback(session, partial(storage.remove_version, store, relative))
     # on a bucket the files stay in this process's cache too: within its budget
-    await anyio.to_thread.run_sync(store.trim, int(resources.settings.cache_max_gb * 2**30))
+    await anyio.to_thread.run_sync(store.trim, resources.settings.cache_max_bytes)
     version = DatasetVersion(
         id=version_id,
         dataset_id=dataset.id,

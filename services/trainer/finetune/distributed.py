@@ -140,7 +140,7 @@ def multi_node(
     if hp.nodes == 1:
         return None
     host = settings.rendezvous_host
-    if ipaddress.ip_address(host).is_loopback if _is_ip(host) else host == "localhost":
+    if _is_loopback(host):
         log.warning(
             "the rendezvous is on a loopback address (%s): only nodes on this machine can join; set "
             "RECFORGE_RDZV_HOST to an address the other machines reach",
@@ -158,12 +158,11 @@ def multi_node(
     )
 
 
-def _is_ip(host: str) -> bool:
+def _is_loopback(host: str) -> bool:
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return host == "localhost"
 
 
 def payload_key(job_id: uuid.UUID, sha256: str) -> str:
@@ -194,8 +193,6 @@ def fit_distributed(
     processes = hp.processes
     check_devices(device.type, processes)
     run = work / RUN_DIR
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
     payload = Payload(
         build=build,
         model_dir=model_dir,
@@ -208,8 +205,7 @@ def fit_distributed(
         base_model=multi_node.base_model if multi_node else None,
         resumed=multi_node.resumed if multi_node else False,
     )
-    with (run / PAYLOAD).open("wb") as handle:
-        pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_payload(run, payload)
     if device.type == "cuda":
         task.model.to("cpu")  # rank 0 trains on the GPU the parent mined on
         torch.cuda.empty_cache()
@@ -266,13 +262,18 @@ def join(payload: Payload, run: Path, rendezvous: Rendezvous) -> None:
     if rendezvous.node_rank < 1:
         raise ValueError("node 0 is the job's worker (fit_distributed); other nodes join with ranks from 1")
     check_devices(payload.device_type, payload.hp.processes)
+    _write_payload(run, payload)
+    processes = payload.hp.processes
+    command = torchrun_command(run / PAYLOAD, processes, rendezvous)
+    _launch(run, command, processes, processes * rendezvous.nodes, JobControl())
+
+
+def _write_payload(run: Path, payload: Payload) -> None:
+    """A fresh run folder holding ``payload``, for the processes torchrun starts here."""
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     with (run / PAYLOAD).open("wb") as handle:
         pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    processes = payload.hp.processes
-    command = torchrun_command(run / PAYLOAD, processes, rendezvous)
-    _launch(run, command, processes, processes * rendezvous.nodes, JobControl())
 
 
 def torchrun_command(payload: Path, processes: int, rendezvous: Rendezvous | None = None) -> list[str]:

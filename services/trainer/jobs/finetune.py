@@ -91,28 +91,28 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
         evaluation.require_validation_split(spec.job_type, spec.examples)
     base_dir = resolve_base_model(spec.base_model)
     resume = checkpoint_model(spec.work_dir)
-    task = train_task(spec, str(resume) if resume else base_dir)
+    model_dir = str(resume) if resume else base_dir
+    task = train_task(spec, model_dir)
     if isinstance(task, BiEncoderTask):
         task.mine(spec.device, control, spec.work_dir / "negatives.json")
     scorer = evaluation.torch_scorer(task, spec.device, hp.max_length)
-
-    def validation_score() -> float:
-        return evaluation.validation_score(spec.job_type, spec.examples, scorer, control)
-
+    # with early stopping: the validation metric of a task's model, in this process or in each of torchrun's
+    validate = (
+        functools.partial(evaluation.task_validation_score, spec.job_type, spec.examples, hp.max_length)
+        if hp.early_stopping_patience is not None
+        else None
+    )
     if hp.processes * hp.nodes > 1:  # torchrun's processes train; the weights come back into task
-        validate = functools.partial(
-            evaluation.task_validation_score, spec.job_type, spec.examples, hp.max_length
-        )
         train = fit_distributed(
             task,
             functools.partial(train_task, replace(spec, multi_node=None)),  # what the processes need
-            str(resume) if resume else base_dir,
+            model_dir,
             hp,
             spec.device,
             control,
             spec.work_dir,
             checkpoint_interval_s=spec.checkpoint_interval_s,
-            validate=validate if hp.early_stopping_patience is not None else None,
+            validate=validate,
             multi_node=replace(spec.multi_node, resumed=resume is not None) if spec.multi_node else None,
         )
     else:
@@ -123,7 +123,7 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
             control,
             spec.work_dir,
             checkpoint_interval_s=spec.checkpoint_interval_s,
-            evaluate=validation_score if hp.early_stopping_patience is not None else None,
+            evaluate=functools.partial(validate, task, spec.device, control) if validate else None,
         )
     if train.early_stopping is not None:
         train.early_stopping["metric"] = evaluation.HEADLINE[spec.job_type]
