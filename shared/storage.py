@@ -57,10 +57,6 @@ class Stored:
     size: int
 
 
-def file_sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def checked_key(key: str) -> str:
     """A relative key without '..' or an absolute part: nothing outside the store's root."""
     path = PurePosixPath(key)
@@ -179,7 +175,7 @@ class ObjectStore:
     def put(self, local: Path, key: str, *, cache: bool = True) -> Stored:
         """Publish ``local`` as ``key`` (replacing what the key held): readers see all of it or none.
         A bucket's object is also kept in this process's cache unless ``cache`` is False."""
-        sha256, size = file_sha256(local), local.stat().st_size
+        sha256, size = sha256_file(local), local.stat().st_size
         target = self._path(key)
         try:
             if self.is_local:
@@ -234,7 +230,7 @@ class ObjectStore:
         partial = cached.with_name(f".{sha256}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             self.fs.get_file(self._path(key), str(partial))
-            found = file_sha256(partial)
+            found = sha256_file(partial)
             if found != sha256:
                 raise StorageError(
                     f"{key} in {self.url} does not match its recorded digest (sha256 {found[:12]}..., "

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.storage import ObjectStore, StorageError, file_sha256
+from shared.files import sha256_file
+from shared.storage import ObjectStore, StorageError
 from tests.support.s3 import s3_server
 
 
@@ -43,7 +44,7 @@ def _file(tmp_path: Path, name: str, body: bytes) -> Path:
 def test_what_is_put_is_fetched_whole_and_checked(store: ObjectStore, tmp_path: Path) -> None:
     body = os.urandom(3 * 1024 * 1024 + 17)  # several chunks
     stored = store.put(_file(tmp_path, "data.parquet", body), "datasets/p/d/v1/data.parquet")
-    assert stored.size == len(body) and stored.sha256 == file_sha256(tmp_path / "data.parquet")
+    assert stored.size == len(body) and stored.sha256 == sha256_file(tmp_path / "data.parquet")
     assert store.exists("datasets/p/d/v1/data.parquet")
     fetched = store.fetch("datasets/p/d/v1/data.parquet", stored.sha256)
     assert fetched.read_bytes() == body
@@ -87,7 +88,7 @@ def test_the_writer_reads_its_own_objects_without_downloading_them(s3_endpoint: 
     store.publish(["artifacts/p/v/model.onnx"])
     assert store.keys("artifacts") == ["artifacts/p/v/model.onnx"]
     store.fs.rm_file(f"{bucket}/artifacts/p/v/model.onnx")  # a download would now fail
-    assert store.fetch("artifacts/p/v/model.onnx", file_sha256(written)).read_bytes() == b"graph" * 100
+    assert store.fetch("artifacts/p/v/model.onnx", sha256_file(written)).read_bytes() == b"graph" * 100
     store.delete_tree("artifacts/p")
     assert not written.exists() and store.keys("artifacts") == []
 
