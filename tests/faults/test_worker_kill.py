@@ -93,7 +93,9 @@ def test_a_fine_tune_killed_after_a_checkpoint_resumes_and_registers_one_version
 
 def _kill_while_running(stack: Stack, workers: Workers, job_id: str) -> None:
     wait_for("the job to start", lambda: _running(stack, job_id), timeout=120, every=0.02)
-    time.sleep(0.5)  # into the work itself, past the claim
+    # into the work itself, past the claim: a moment, since an evaluation whose baselines are cached
+    # ends in about half a second
+    time.sleep(0.1)
     workers.kill_and_replace()
 
 
