@@ -103,16 +103,18 @@ class Settings(BaseSettings):
     rdzv_host: str | None = None
     rdzv_port: Port = 29400
 
-    # Inference: each model coalesces concurrent requests into batches of at most max_batch items,
-    # waiting at most batch_wait_ms for a batch to fill; at most max_queue items, and no more than
-    # max_queue_delay_ms of work at the model's recent speed, wait per model before requests answer
-    # 429. Catalogs of ann_threshold products or more are searched with an HNSW index (usearch),
+    # Inference: each model coalesces concurrent requests into batches of at most max_batch items (what
+    # arrives while a batch runs forms the next); a busy model may wait batch_wait_ms for a batch to
+    # fill, an idle one never waits. At most max_queue items, and no more than max_queue_delay_ms of
+    # work at the model's recent speed, wait per model before requests answer 429 (a second: four
+    # clients each sending a 32-text batch queue some 150 ms on two cores, well inside it).
+    # Catalogs of ann_threshold products or more are searched with an HNSW index (usearch),
     # smaller ones exactly. Deployments are re-read every deployment_refresh_s besides the
     # Redis notices. prefer_gpu: use the CUDA provider (fp16 graph) when onnxruntime offers it.
     max_batch: int = Field(default=32, ge=1, le=1024)
-    batch_wait_ms: float = Field(default=2.0, ge=0, le=100)
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=100)
     max_queue: int = Field(default=512, ge=1)
-    max_queue_delay_ms: float = Field(default=100.0, gt=0)
+    max_queue_delay_ms: float = Field(default=1000.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1)  # the most a route's adaptive admission ceiling may reach
     ann_threshold: int = Field(default=20_000, ge=1)
     deployment_refresh_s: float = Field(default=30.0, gt=0)

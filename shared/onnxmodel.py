@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class OnnxTextModel:
         self.pad_id = _pad_token_id(self.tokenizer, tokenizer_dir)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
+        # seconds the last call spent tokenizing and padding (the rest ran the graph): a profile's split,
+        # meaningful where calls do not overlap, as a model's micro-batcher runs them
+        self.last_tokenize_s = 0.0
 
         self._input_types: dict[str, type[np.integer[Any]]] = {}
         for node in self.session.get_inputs():
@@ -150,16 +154,21 @@ class OnnxTextModel:
         """Per-input rows of `reduce(output, attention_mask)`, in the caller's order."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        started = time.perf_counter()
         encodings = self.tokenizer.encode_batch(list(inputs))
+        tokenize = time.perf_counter() - started
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids), reverse=True)
         rows: list[FloatArray] = [np.empty(0, dtype=np.float32)] * len(encodings)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
+            started = time.perf_counter()
             feeds, mask = self._feeds([encodings[i] for i in chunk])
+            tokenize += time.perf_counter() - started
             (result,) = self.session.run([output], feeds)
             reduced = reduce(np.asarray(result, dtype=np.float32), mask)
             for position, index in enumerate(chunk):
                 rows[index] = reduced[position]
+        self.last_tokenize_s = tokenize
         return rows
 
     def _width(self, output: str) -> int:

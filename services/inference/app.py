@@ -20,6 +20,7 @@ from services.inference.metrics import InferenceMetrics
 from services.inference.openai_shape import OpenAIErrors
 from services.inference.registry import ModelRegistry
 from services.inference.router import POST_PATHS, router
+from services.inference.timing import ServerTiming
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
 from shared.http import BodyLimit, Check, NotReady, infra_checks, setup_common
@@ -91,11 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-    # outermost first: /v1 errors in OpenAI's shape, request id and log, outages as 503, the adaptive
-    # ceiling, the key, the body's size
+    # outermost first: Server-Timing, /v1 errors in OpenAI's shape, request id and log, outages as 503,
+    # the adaptive ceiling, the key, the body's size
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(KeyFirst, paths=POST_PATHS)
     app.add_middleware(AdaptiveConcurrency, maximum=settings.max_in_flight, routes=POST_PATHS)
     setup_common(app, _checks)
     app.add_middleware(OpenAIErrors)
+    app.add_middleware(ServerTiming, paths=POST_PATHS)
     return app

@@ -65,12 +65,12 @@ class ServedVersion:
         return f"v{self.number}"
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(await self.batcher.submit(texts), dtype=np.float32)
+        return np.asarray(await self.batcher.submit(texts, "embed"), dtype=np.float32)
 
     async def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         """Cross-encoder logits, or the cosine of the two embeddings for a bi-encoder."""
         if self.task == ModelTaskType.cross_encoder:
-            return np.asarray(await self.batcher.submit(pairs), dtype=np.float32).reshape(-1)
+            return np.asarray(await self.batcher.submit(pairs, "score"), dtype=np.float32).reshape(-1)
         texts = list(dict.fromkeys(t for pair in pairs for t in pair))  # each distinct text once
         vectors = await self.embed(texts)
         row = {text: i for i, text in enumerate(texts)}
@@ -80,7 +80,7 @@ class ServedVersion:
         return cosine
 
     async def logits(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(await self.batcher.submit(texts), dtype=np.float32)
+        return np.asarray(await self.batcher.submit(texts, "classify"), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,9 @@ class ModelRegistry:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def _load(self, version: ModelVersion, catalog: tuple[str, dict[str, Any]] | None) -> ServedVersion:
+    def _load(
+        self, version: ModelVersion, catalog: tuple[str, dict[str, Any]] | None, slug: str
+    ) -> ServedVersion:
         """Blocking: the version's ONNX session and, for a retriever, its catalog index."""
         settings = self.settings
         folder = version_folder(version.project_id, version.id)
@@ -271,12 +273,13 @@ class ModelRegistry:
             run = model.classify_logits
         batcher: MicroBatcher[Any, Any] = MicroBatcher(
             lambda items: list(run(items)),
-            name=f"{version.project_id}:v{version.version}",
+            name=f"{slug} v{version.version}",  # 429s and /metrics name it so
             max_batch=settings.max_batch,
             max_wait_ms=settings.batch_wait_ms,
             max_queue=settings.max_queue,
             max_delay_ms=settings.max_queue_delay_ms,
             observe=self._observe,
+            split_run=lambda: {"tokenize": model.last_tokenize_s},
         )
         served = ServedVersion(
             id=version.id,
@@ -387,7 +390,7 @@ class ModelRegistry:
                 catalog = catalogs.get(deployment.project_id)
                 role = DeploymentRole(deployment.role)
                 try:
-                    primary = await self._ensure(versions[deployment.model_version_id], catalog, keep)
+                    primary = await self._ensure(versions[deployment.model_version_id], catalog, keep, slug)
                 except Exception as exc:  # keep serving what is loaded; the project alone does without it
                     log.exception("could not load a deployment", extra={"deployment_id": str(deployment.id)})
                     failed.setdefault(deployment.project_id, {})[role] = LoadFailure(
@@ -409,7 +412,7 @@ class ModelRegistry:
                 if deployment.canary_model_version_id:
                     try:
                         canary = await self._ensure(
-                            versions[deployment.canary_model_version_id], catalog, keep
+                            versions[deployment.canary_model_version_id], catalog, keep, slug
                         )
                     except Exception:  # the primary takes the canary's share until it loads
                         log.exception("could not load a canary", extra={"deployment_id": str(deployment.id)})
@@ -448,13 +451,14 @@ class ModelRegistry:
         version: ModelVersion,
         catalog: tuple[str, dict[str, Any]] | None,
         keep: set[tuple[uuid.UUID, str | None]],
+        slug: str,
     ) -> ServedVersion:
         catalog_id = catalog[0] if catalog and version.task_type == ModelTaskType.bi_encoder.value else None
         key = (version.id, catalog_id)
         keep.add(key)
         served = self._versions.get(key)
         if served is None:
-            served = await asyncio.to_thread(self._load, version, catalog if catalog_id else None)
+            served = await asyncio.to_thread(self._load, version, catalog if catalog_id else None, slug)
             self._versions[key] = served
         return served
 

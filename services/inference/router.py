@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.inference import service
+from services.inference import service, timing
 from services.inference.admission import CALLER
 from services.inference.app_state import InferenceResources, get_resources
 from services.inference.auth import Caller
@@ -109,11 +109,25 @@ async def recommend(
     """Products for a query (hybrid: the deployed bi-encoder and BM25, fused by reciprocal rank, with
     an optional cross-encoder rerank) or for a user (their history as one vector; seen items excluded)."""
     started = time.perf_counter()
-    serving = await _serving(resources, caller, data.project)
-    answer = await service.recommend(
-        resources.registry, resources.sessionmaker, serving, data, _request_id(request)
-    )
-    _remember(resources, serving.project_id, answer.request_id, answer.model_version)
+    with timing.handler():
+        serving = await _serving(resources, caller, data.project)
+        answer = await service.recommend(
+            resources.registry, resources.sessionmaker, serving, data, _request_id(request)
+        )
+        with timing.stage("log"):
+            _remember(resources, serving.project_id, answer.request_id, answer.model_version)
+            _record_recommend(resources, serving, data, answer, started)
+    resources.metrics.took("/recommend", answer.model_version, started)
+    return answer
+
+
+def _record_recommend(
+    resources: InferenceResources,
+    serving: ProjectServing,
+    data: RecommendRequest,
+    answer: RecommendResponse,
+    started: float,
+) -> None:
     resources.impressions.record(
         Served(
             project_id=serving.project_id,
@@ -129,8 +143,6 @@ async def recommend(
             explored=answer.explored,
         )
     )
-    resources.metrics.took("/recommend", answer.model_version, started)
-    return answer
 
 
 @router.post("/score", response_model=ScoreResponse, responses=ERRORS, tags=["inference"])

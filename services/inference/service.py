@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.inference import timing
 from services.inference.catalog import Filters
 from services.inference.merchandising import apply_rules
 from services.inference.registry import ModelRegistry, ProjectServing, ServedVersion
@@ -99,22 +100,27 @@ async def recommend(
     catalog = version.catalog
     if catalog is None:
         raise Conflict(f"project {serving.slug!r} has no catalog: import one, then the retriever serves it")
-    filters = Filters(**data.filters.model_dump())
-    allowed = catalog.mask(filters)
+    with timing.stage("filters"):
+        filters = Filters(**data.filters.model_dump())
+        allowed = catalog.mask(filters)
     history = list(data.history or [])
     if not history and data.user_id and data.query is None:
-        history = await _stored_history(sessionmaker, serving.project_id, data.user_id)
+        with timing.stage("history"):
+            history = await _stored_history(sessionmaker, serving.project_id, data.user_id)
     seen = {catalog.position[p] for p in history if p in catalog.position}
     wanted = max(data.candidates, data.k)
     if data.query is not None:
         lists = []
         if data.retrieval != "lexical":
             vector = (await version.embed([data.query]))[0]
-            lists.append(catalog.dense(vector, wanted, allowed, seen))
+            with timing.stage("ann"):
+                lists.append(catalog.dense(vector, wanted, allowed, seen))
         if data.retrieval != "dense":
-            hits = catalog.lexical(data.query, wanted + len(seen), allowed)
-            lists.append([hit for hit in hits if hit[0] not in seen][:wanted])
-        ranked = fuse(lists) if len(lists) > 1 else lists[0]
+            with timing.stage("bm25"):
+                hits = catalog.lexical(data.query, wanted + len(seen), allowed)
+                lists.append([hit for hit in hits if hit[0] not in seen][:wanted])
+        with timing.stage("fusion"):
+            ranked = fuse(lists) if len(lists) > 1 else lists[0]
     else:
         text = history_text(history, catalog.texts)
         if not text:
@@ -123,7 +129,8 @@ async def recommend(
                 detail=[{"loc": ["body", "history"], "msg": "no known products"}],
             )
         vector = (await version.embed([text]))[0]
-        ranked = catalog.dense(vector, wanted, allowed, seen)
+        with timing.stage("ann"):
+            ranked = catalog.dense(vector, wanted, allowed, seen)
     reranker: ServedVersion | None = None
     if data.rerank and data.query is not None and ranked:
         reranker = serving.role(DeploymentRole.reranker).pick(data.user_id or request_id)
@@ -132,11 +139,13 @@ async def recommend(
         order = np.argsort(-scores, kind="stable")
         ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[len(head) :]
     if serving.rules:
-        ranked = apply_rules(ranked, catalog, serving.rules, data.query, allowed, seen)
-    items = [
-        Item(product_id=catalog.ids[p], title=catalog.titles[p], score=round(float(score), 6))
-        for p, score in ranked[: data.k]
-    ]
+        with timing.stage("rules"):
+            ranked = apply_rules(ranked, catalog, serving.rules, data.query, allowed, seen)
+    with timing.stage("items"):
+        items = [
+            Item(product_id=catalog.ids[p], title=catalog.titles[p], score=round(float(score), 6))
+            for p, score in ranked[: data.k]
+        ]
     explored = data.query is not None and len(items) > 1 and explores(serving, request_id)
     if explored:
         random.Random(f"order:{request_id}").shuffle(items)

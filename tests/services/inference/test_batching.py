@@ -27,6 +27,44 @@ async def test_concurrent_requests_share_runs_and_keep_their_order() -> None:
     assert max(len(r) for r in runs) <= 16 and len(runs) < 20  # coalesced, never over max_batch
 
 
+async def test_an_idle_model_runs_at_once_and_a_busy_one_fills_its_batches() -> None:
+    runs: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        runs.append(list(items))
+        time.sleep(0.05)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=8, max_wait_ms=100)
+    started = time.perf_counter()
+    assert await batcher.submit([1]) == [1]
+    assert time.perf_counter() - started < 0.09  # idle: no 100 ms wait for a batch to fill
+    # busy (its last batch just ended): the next request waits for company, which comes
+    first = asyncio.create_task(batcher.submit([2]))
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(batcher.submit([3]))
+    assert (await first, await second) == ([2], [3])
+    assert runs[-1] == [2, 3]
+    await batcher.close()
+
+
+async def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
+    runs: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        runs.append(list(items))
+        time.sleep(0.05)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=8, max_wait_ms=0)
+    first = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.01)  # the first runs alone, at once
+    rest = [asyncio.create_task(batcher.submit([i])) for i in range(1, 6)]
+    assert [await first] + [await r for r in rest] == [[i] for i in range(6)]
+    assert runs == [[0], [1, 2, 3, 4, 5]]
+    await batcher.close()
+
+
 async def test_a_full_queue_refuses_and_memory_stays_bounded() -> None:
     gate = threading.Event()
 
@@ -77,7 +115,9 @@ async def test_work_beyond_the_delay_budget_is_refused() -> None:
     await asyncio.sleep(0.005)
     queued = [asyncio.create_task(batcher.submit([i])) for i in range(4)]  # 4 items: 80 ms of work
     await asyncio.sleep(0.001)
-    with pytest.raises(Overloaded, match="ms of work queued"):
+    with pytest.raises(
+        Overloaded, match=r"t is at capacity .about \d+ ms of work queued, more than the 100 ms allowed"
+    ):
         await batcher.submit([9, 9])  # would make 120 ms
     assert await running == [3, 4] and [await q for q in queued] == [[i] for i in range(4)]
     await batcher.close()

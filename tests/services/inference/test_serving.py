@@ -115,6 +115,17 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
     assert body["model_version"] == deployed["bi"] and body["reranker_version"] is None
     assert len(body["items"]) == 5 and body["took_ms"] > 0 and body["request_id"]
     assert body["items"][0]["title"].startswith("Drill")  # BM25 finds the word even if the tiny model cannot
+    # where the time went, stage by stage (W3C Server-Timing), each within the total
+    stages = {
+        name: float(dur.removeprefix("dur="))
+        for name, dur in (part.strip().split(";") for part in answer.headers["server-timing"].split(","))
+    }
+    assert set(stages) >= {
+        "parse", "filters", "embed_queue", "embed_tokenize", "embed_run", "ann", "bm25", "fusion",
+        "items", "log", "serialise", "total",
+    }  # fmt: skip
+    assert all(v >= 0 for v in stages.values())
+    assert sum(v for k, v in stages.items() if k != "total") <= stages["total"] + 0.01
     filtered = await client.post(
         "/recommend",
         json={"project": "search-a", "query": "drill", "k": 50,
@@ -294,7 +305,7 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
 
     metrics = await client.get("/metrics", headers=bearer(world.admin))
     assert 'recforge_inference_request_seconds_count{model_version="' in metrics.text
-    assert "recforge_inference_batch_size_bucket" in metrics.text
+    assert 'recforge_inference_batch_size_bucket{le="1.0",model="search-a v' in metrics.text  # by slug
     assert "recforge_inference_impressions_written_total" in metrics.text
 
 
