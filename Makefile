@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install constraints demo up down status migrate test test-fast lint check-structure format compose-config clean
+.PHONY: help install peers constraints demo up down status migrate test test-fast lint check-structure format compose-config clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv and install RecForge with every extra, at the versions of constraints.txt
+
+peers: .venv-peers/.installed-stamp  ## Create .venv-peers: sentence-transformers for bench/training.py's comparison
+
+.venv-peers/.installed-stamp: bench/peers/requirements.txt
+	@test -d .venv-peers || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install --quiet -r bench/peers/requirements.txt
+	@touch $@
 
 constraints: install  ## Write the installed versions to constraints.txt (after a dependency change passes the tests)
 	@{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new

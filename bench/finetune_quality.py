@@ -17,6 +17,7 @@ from options import hyperparameter  # bench/options.py, beside this script
 
 from services.trainer.control import JobControl
 from services.trainer.device import pick_device, setup_threads
+from services.trainer.evaluation import baselines_cache_file
 from services.trainer.jobs.finetune import FineTuneSpec, train_and_export
 from shared.datasets import storage
 from shared.datasets.examples import load
@@ -49,6 +50,12 @@ def main() -> None:
     parser.add_argument("--set", dest="hp", action="append", type=hyperparameter, default=[],
                         help="Another hyperparameter, NAME=VALUE (repeatable).")  # fmt: skip
     parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="Keep the baselines and the zero-shot catalog embeddings here, as a trainer does; a second "
+        "run with the same folder measures a job whose baselines are known (default: none kept).",
+    )
     args = parser.parse_args()
     setup_threads()
     files = sorted(p for p in args.path.iterdir() if p.is_file()) if args.path.is_dir() else [args.path]
@@ -74,6 +81,12 @@ def main() -> None:
             root / "out",
             1e9,
             0.01,
+            baselines_cache=(
+                baselines_cache_file(args.cache_dir, "bench", args.base_model, hp.max_length, args.job_type)
+                if args.cache_dir
+                else None
+            ),
+            vectors_cache=args.cache_dir,
         )
         (root / "work").mkdir()
         started = time.perf_counter()
@@ -85,6 +98,12 @@ def main() -> None:
         f"{len(examples.product_text):,} products; {outcome.train.steps} steps at "
         f"{outcome.train.pairs_per_s} pairs/s; "
         f"{seconds:.0f} s in all"
+    )
+    timing = outcome.evaluation
+    print(
+        f"evaluation {timing['seconds']:.1f} s (the {timing['graph']} graph {timing['model_seconds']:.1f} s, "
+        f"baselines {timing['baselines_seconds']:.1f} s{', cached' if timing['baselines_cached'] else ''}); "
+        f"training {outcome.train.train_seconds:.1f} s; export {outcome.export['seconds']:.1f} s"
     )
     keys = [k for k in outcome.metrics if k != "queries" and isinstance(outcome.metrics[k], float)]
     rows = {

@@ -128,6 +128,12 @@ class Hyperparameters(BaseModel):
         "often as an in-batch negative. Unset: on for sequence data, where a few products are most of the "
         "next items, off for relevance data.",
     )
+    mixed_precision: bool | None = Field(
+        None,
+        description="Run the forward passes in bfloat16 autocast (float16 with a gradient scaler on GPUs "
+        "without bfloat16); weights, optimiser and export stay float32. Unset: on for GPUs and for CPUs "
+        "with native bfloat16 (AVX512-BF16, AMX), off on other CPUs, where it would be slower.",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1)
     early_stopping_patience: int | None = Field(
         None,

@@ -17,3 +17,25 @@ def pick_device(requested: str | None) -> torch.device:
 
 def setup_threads() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool | None) -> torch.dtype | None:
+    """The dtype a fine-tune's forward passes autocast to, or None for float32 throughout.
+
+    ``mixed_precision`` unset: on GPUs (bfloat16 where supported, else float16 with a gradient scaler)
+    and on CPUs with native bfloat16; off elsewhere, where emulated bfloat16 is slower than float32."""
+    if device.type == "cuda":
+        if mixed_precision is False:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mixed_precision is None:
+        mixed_precision = cpu_has_bf16()
+    return torch.bfloat16 if mixed_precision else None

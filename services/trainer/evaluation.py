@@ -5,14 +5,17 @@ A model is seen through what it can do: embed texts (bi-encoder), score (query, 
 (cross-encoder) or give label logits (classifier), whether it runs in torch after training or in
 onnxruntime from a registered version. Long loops report progress and stop within a chunk when the job
 is cancelled. Baselines (BM25 and the zero-shot base model) depend only on the data and the base model,
-so they are computed once per dataset version and kept in a cache file. The metrics themselves are pure
-functions in shared.metrics."""
+so they are computed once per dataset version and kept in a cache file; the zero-shot model's catalog
+embeddings are kept per (catalog texts, base model, max_length), so a new dataset version over the same
+catalog does not embed it again. A fine-tune is scored with the graph that will be served (see
+``served_metrics``). The metrics themselves are pure functions in shared.metrics."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +47,60 @@ Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors
 PairScore = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (queries, products) -> scores
 Logits = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, labels)
 
+VECTORS_FROM = 2048  # text lists at least this long (catalogs) are worth keeping embedded
+VECTORS_KEPT = 8  # cached embedding files kept per cache folder, the least recently used go first
+
 HEADLINE = {JobType.bi_encoder: "ndcg@10", JobType.cross_encoder: "ndcg@10", JobType.classifier: "accuracy"}
+
+
+@dataclass(frozen=True)
+class VectorCache:
+    """Embeddings of long text lists (catalogs) by one model, kept as .npy files named by a digest of
+    the model's key and the texts: a model that never changes (the zero-shot base model) embeds a
+    catalog once. At most ``kept`` files stay, the least recently read or written go first."""
+
+    folder: Path
+    model_key: str
+    kept: int = VECTORS_KEPT
+
+    def file(self, texts: Sequence[str]) -> Path:
+        digest = hashlib.sha256(self.model_key.encode())
+        for text in texts:
+            digest.update(b"\0" + text.encode())
+        return self.folder / f"{digest.hexdigest()[:32]}.npy"
+
+    def get(self, texts: Sequence[str]) -> np.ndarray | None:
+        path = self.file(texts)
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            return None
+        os.utime(path)  # recently used
+        return np.asarray(vectors, dtype=np.float32)
+
+    def put(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        path = self.file(texts)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staged = path.with_suffix(f".{os.getpid()}.tmp")
+        with staged.open("wb") as handle:
+            np.save(handle, vectors.astype(np.float32, copy=False), allow_pickle=False)
+        os.replace(staged, path)
+        files = sorted(self.folder.glob("*.npy"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in files[self.kept :]:
+            old.unlink(missing_ok=True)
 
 
 @dataclass
 class Scorer:
-    """What a model can do; exactly one is set."""
+    """What a model can do; exactly one of embed, score and logits is set."""
 
     embed: Embed | None = None
     score: PairScore | None = None
     logits: Logits | None = None
     labels: list[str] | None = None  # the classifier's label order
+    vectors: VectorCache | None = None  # where a model that never changes keeps its catalog embeddings
 
 
 def onnx_scorer(model: OnnxTextModel, job_type: JobType, labels: list[str] | None = None) -> Scorer:
@@ -88,13 +134,21 @@ def torch_embedder(model: Any, tokenizer: Any, device: torch.device, max_length:
     return embed
 
 
-def zero_shot(base_dir: str, device: torch.device, max_length: int) -> Callable[[], Scorer]:
-    """The base model as it is, mean pooled: built only when the baselines are not cached."""
+def zero_shot(
+    base_dir: str, device: torch.device, max_length: int, cache_dir: Path | None = None
+) -> Callable[[], Scorer]:
+    """The base model as it is, mean pooled: built only when the baselines are not cached. With
+    ``cache_dir``, its catalog embeddings are kept there (see VectorCache)."""
 
     def build() -> Scorer:
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         model = AutoModel.from_pretrained(base_dir).to(device).eval()
-        return Scorer(embed=torch_embedder(model, tokenizer, device, max_length))
+        vectors = (
+            VectorCache(cache_dir / "embeddings", json.dumps([base_dir, max_length, "mean"]))
+            if cache_dir is not None
+            else None
+        )
+        return Scorer(embed=torch_embedder(model, tokenizer, device, max_length), vectors=vectors)
 
     return build
 
@@ -139,6 +193,24 @@ def _in_chunks(
         parts.append(run(list(range(start, min(start + CHUNK, n)))))
         control.report(evaluating=label, done=min(start + CHUNK, n), total=n)
     return parts
+
+
+def embed_texts(scorer: Scorer, texts: Sequence[str], control: JobControl, label: str) -> np.ndarray:
+    """``embed_all`` with the scorer's model, through its VectorCache for long lists when it has one."""
+    assert scorer.embed is not None
+    cache = scorer.vectors if len(texts) >= VECTORS_FROM else None
+    if cache is not None:
+        found = cache.get(texts)
+        if found is not None:
+            control.report(evaluating=label, done=len(texts), total=len(texts), cached=True)
+            return found
+    vectors = embed_all(scorer.embed, texts, control, label)
+    if cache is not None:
+        try:
+            cache.put(texts, vectors)
+        except OSError:  # a cache that cannot be written costs time, never the job
+            log.warning("could not keep catalog embeddings", extra={"path": str(cache.folder)})
+    return vectors
 
 
 def embed_all(embed: Embed, texts: Sequence[str], control: JobControl, label: str) -> np.ndarray:
@@ -218,12 +290,10 @@ def ranking_suite(
     if scorer.embed is None:
         return metrics
     query_ids = list(valid.queries)
-    query_vectors = embed_all(
-        scorer.embed, [valid.queries[q] for q in query_ids], control, f"{label} queries"
-    )
+    query_vectors = embed_texts(scorer, [valid.queries[q] for q in query_ids], control, f"{label} queries")
     catalog = catalog or not relevance  # retrieval is the only view of sequence data
     ids = list(examples.product_text) if catalog else list(dict.fromkeys(pids))
-    vectors = embed_all(scorer.embed, [examples.product_text[p] for p in ids], control, f"{label} products")
+    vectors = embed_texts(scorer, [examples.product_text[p] for p in ids], control, f"{label} products")
     if relevance:
         q_row = {q: i for i, q in enumerate(query_ids)}
         p_row = {p: i for i, p in enumerate(ids)}
@@ -358,8 +428,8 @@ def _classifier_baselines(
     ids = [str(i) for i in range(len(train))]
     hits = BM25Index(ids, [t for t, _ in train]).search([t for t, _ in valid], 1)
     bm25 = [train[int(h[0][0])][1] if h else majority for h in hits]
-    valid_vectors = embed_all(zero_shot.embed, [t for t, _ in valid], control, "zero-shot valid")
-    train_vectors = embed_all(zero_shot.embed, [t for t, _ in train], control, "zero-shot train")
+    valid_vectors = embed_texts(zero_shot, [t for t, _ in valid], control, "zero-shot valid")
+    train_vectors = embed_texts(zero_shot, [t for t, _ in train], control, "zero-shot train")
     nearest = (valid_vectors @ train_vectors.T).argmax(axis=1)
     return {
         "bm25": classification_metrics(truth, bm25),
@@ -439,6 +509,18 @@ def task_validation_score(
     return validation_score(job_type, examples, torch_scorer(task, device, max_length), control)
 
 
+def _int8_verdict(
+    job_type: JobType, reference: dict[str, Any], int8_metrics: dict[str, Any], tolerance: float
+) -> dict[str, Any]:
+    drop = headline(job_type, reference) - headline(job_type, int8_metrics)
+    return {
+        "int8_metrics": int8_metrics,
+        "int8_metric_drop": round(drop, 6),
+        "int8_servable": drop <= tolerance,
+        "int8_tolerance": tolerance,
+    }
+
+
 def int8_check(
     job_type: JobType,
     examples: Examples,
@@ -453,10 +535,43 @@ def int8_check(
     scorer = onnx_scorer(int8, job_type, labels)
     # on relevance data the headline is the judged-candidate reranking; the catalog pass is not needed
     metrics = model_metrics(job_type, examples, scorer, control, "int8", catalog=False)
-    drop = headline(job_type, reference) - headline(job_type, metrics)
-    return {
-        "int8_metrics": metrics,
-        "int8_metric_drop": round(drop, 6),
-        "int8_servable": drop <= tolerance,
-        "int8_tolerance": tolerance,
-    }
+    return _int8_verdict(job_type, reference, metrics, tolerance)
+
+
+def _catalog_pass(job_type: JobType, examples: Examples) -> bool:
+    """Whether the full metrics need more than the headline view: a bi-encoder on relevance data
+    also retrieves from the whole catalog (sequence data is retrieval only, always)."""
+    return job_type == JobType.bi_encoder and examples.kind == DatasetKind.relevance
+
+
+def served_metrics(
+    job_type: JobType,
+    examples: Examples,
+    fp32: OnnxTextModel,
+    int8: OnnxTextModel,
+    labels: list[str] | None,
+    tolerance: float,
+    control: JobControl,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version's metrics, measured on the graph inference will serve, and the int8 check.
+
+    The fp32 graph is scored on the headline view (each validation query's judged products, no catalog
+    pass): that is the reference. The int8 graph is scored in full; within ``tolerance`` of the
+    reference on the headline it is servable, and its metrics are the version's. Otherwise the fp32
+    graph, which serves instead, is scored in full. Both graphs run in onnxruntime, batches grouped by
+    length, as inference runs them: the catalog pass costs what serving it costs."""
+    control.report(phase="evaluate")
+    reference = model_metrics(
+        job_type, examples, onnx_scorer(fp32, job_type, labels), control, "fp32", catalog=False
+    )
+    control.report(phase="check_int8")
+    int8_metrics = model_metrics(job_type, examples, onnx_scorer(int8, job_type, labels), control, "int8")
+    check = _int8_verdict(job_type, reference, int8_metrics, tolerance)
+    check["fp32_metrics"] = reference
+    if check["int8_servable"]:
+        return int8_metrics, {**check, "metrics_graph": "int8"}
+    metrics = reference
+    if _catalog_pass(job_type, examples):
+        control.report(phase="evaluate")
+        metrics = model_metrics(job_type, examples, onnx_scorer(fp32, job_type, labels), control, "model")
+    return metrics, {**check, "metrics_graph": "fp32"}

@@ -178,7 +178,7 @@ class BiEncoderTask(PairTask):
             dead += [not rows] + [False] * (len(own) - 1) + [True] * (width - len(own))
         pairs = [batch[i] for i in shares[rank]] or [(batch[0][0], batch[0][1], 0.0)]
         queries = self.encode([q for q, _, _ in pairs], device)
-        products = self.encode(columns[rank], device)
+        products = self.encode(columns[rank], device).float()  # gathered in float32 whatever the autocast
         products = torch.cat([products, products.new_zeros(width - len(products), products.shape[1])])
         gathered = torch.cat(distributed_nn.all_gather(products))
         targets = [rank * width + k for k in range(len(pairs))]
@@ -209,7 +209,8 @@ class BiEncoderTask(PairTask):
         ``targets[i]``. A ``dead`` column (padding) is no one's negative."""
         device = queries.device
         dead = dead or [False] * len(columns)
-        logits = queries @ products.T * self.scale
+        with torch.autocast(device.type, enabled=False):  # similarities in float32 under any autocast
+            logits = queries.float() @ products.float().T * self.scale
         # never a negative: the pair's own product under another column (the same product twice in a
         # batch) or a product the query excludes
         blocked = torch.tensor(

@@ -17,6 +17,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from services.trainer.control import JobControl
+from services.trainer.device import autocast_dtype
 from services.trainer.finetune.base import Task
 from services.trainer.finetune.checkpoint import Weights, load_checkpoint, save_checkpoint
 from services.trainer.finetune.shard import Shard
@@ -154,9 +155,9 @@ def fit(
         )
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=hp.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total * hp.warmup_ratio), total)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, hp.mixed_precision)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step, ema = 0, None
     state, best_weights = load_checkpoint(work)
     if state is not None:
@@ -178,7 +179,7 @@ def fit(
         for position in range(step % steps_per_epoch, len(batches)):
             control.check()
             batch = [task.examples[i] for i in batches[position]]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 loss = task.loss(batch, device) if shard is None else shard.loss(task, batch, device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -22,7 +22,9 @@ def evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
     baselines = evaluation.baselines(
         spec.job_type,
         spec.examples,
-        evaluation.zero_shot(resolve_base_model(spec.base_model), spec.device, spec.max_length),
+        evaluation.zero_shot(
+            resolve_base_model(spec.base_model), spec.device, spec.max_length, spec.vectors_cache
+        ),
         control,
         spec.baselines_cache,
     )
@@ -37,6 +39,7 @@ async def run(job: JobRun) -> VersionResult:
     spec.baselines_cache = evaluation.baselines_cache_file(
         job.settings.cache_dir, row.dataset_version_id, spec.base_model, spec.max_length, spec.job_type
     )
+    spec.vectors_cache = job.settings.cache_dir
     found = await in_thread(job.control, evaluate, spec, job.control)
     found.update(model_version_id=str(version.id), dataset_version_id=str(row.dataset_version_id))
     warnings = evaluation.validation_warnings(spec.job_type, job.claimed.kind, found["metrics"])

@@ -32,6 +32,7 @@ class VersionSpec:
     catalog: dict[str, str] | None = None  # index: product id -> text
     catalog_version_id: uuid.UUID | None = None
     baselines_cache: Path | None = None
+    vectors_cache: Path | None = None  # the zero-shot model's catalog embeddings (evaluation.VectorCache)
 
     @property
     def max_length(self) -> int:

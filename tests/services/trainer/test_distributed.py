@@ -42,7 +42,7 @@ from shared.training import DEFAULT_BASE_MODEL, Hyperparameters
 from tests.support.distributed import fails_in_process_1, shop, without_dropout
 from tests.support.models import tiny_bert
 
-LOSS_TOLERANCE = 1e-4
+LOSS_TOLERANCE = 1e-4  # float32 throughout (mixed_precision=False): bf16's rounding would hide a slip
 METRIC_TOLERANCE = 0.005
 CPU = torch.device("cpu")
 
@@ -96,7 +96,9 @@ def test_two_processes_train_as_one_on_the_same_global_batch(minilm: str, tmp_pa
     has a batch of one pair, which leaves the second process without a pair of its own."""
     examples = shop(train_pairs=97)
     build = _build(examples, hard_negatives=1, popularity_correction=True)
-    hp = Hyperparameters(max_steps=8, batch_size=16, max_length=32, learning_rate=1e-4)
+    hp = Hyperparameters(
+        max_steps=8, batch_size=16, max_length=32, learning_rate=1e-4, mixed_precision=False
+    )
     one, one_result, one_curve = _one_process(build, minilm, hp, tmp_path / "one")
 
     seed_everything(hp.seed)
@@ -157,7 +159,9 @@ def _ranks_of(work: Path) -> list[int]:
 def test_a_cancelled_run_ends_promptly_and_resumes_from_its_checkpoint(tiny: str, tmp_path: Path) -> None:
     examples = shop()
     build = _build(examples)
-    hp = Hyperparameters(max_steps=60, batch_size=16, max_length=32, learning_rate=1e-3)
+    hp = Hyperparameters(
+        max_steps=60, batch_size=16, max_length=32, learning_rate=1e-3, mixed_precision=False
+    )
     _, _, reference = _one_process(build, tiny, hp, tmp_path / "one")
     two = Hyperparameters.model_validate({**hp.model_dump(), "processes": 2})
     work = tmp_path / "two"
@@ -229,6 +233,7 @@ def test_a_cross_encoder_job_with_early_stopping_trains_on_two_processes(tiny: s
             early_stopping_patience=2,
             eval_every_steps=2,
             processes=processes,
+            mixed_precision=False,
         )
         spec = FineTuneSpec(
             job_type=JobType.cross_encoder,
@@ -250,7 +255,9 @@ def test_a_cross_encoder_job_with_early_stopping_trains_on_two_processes(tiny: s
     assert [e["step"] for e in evaluations] == [e["step"] for e in one.train.early_stopping["evaluations"]]
     for a, b in zip(evaluations, one.train.early_stopping["evaluations"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=METRIC_TOLERANCE)
-    assert two.metrics["ndcg@10"] == pytest.approx(one.metrics["ndcg@10"], abs=METRIC_TOLERANCE)
+    # the fp32 graphs (the int8 ones add their own quantisation noise to a tiny model)
+    two_fp32, one_fp32 = two.export["fp32_metrics"], one.export["fp32_metrics"]
+    assert two_fp32["ndcg@10"] == pytest.approx(one_fp32["ndcg@10"], abs=METRIC_TOLERANCE)
     assert (tmp_path / "out2" / "model.onnx").exists()
 
 
