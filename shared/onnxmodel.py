@@ -22,6 +22,7 @@ FloatArray = npt.NDArray[np.float32]
 Reducer = Callable[[FloatArray, IntArray], FloatArray]
 
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SMALL_INPUTS = 2  # calls of at most this many inputs run on the one-thread session (CPU)
 _NUMPY_INT_TYPES: dict[str, type[np.integer[Any]]] = {
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
@@ -90,6 +91,18 @@ class OnnxTextModel:
         self.model_path = Path(model_path)
         self.max_length = max_length
         self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=requested)
+        # A few short inputs (one shopper's query) run faster on one thread than handed out to several:
+        # waking the pool's threads for each of the graph's small operators costs more than they save.
+        # So on the CPU a second session of one thread serves inputs of up to SMALL_INPUTS.
+        self._small: ort.InferenceSession | None = None
+        if options.intra_op_num_threads > 1 and self.session.get_providers()[0] == "CPUExecutionProvider":
+            single = ort.SessionOptions()
+            single.intra_op_num_threads = 1
+            single.inter_op_num_threads = 1
+            single.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._small = ort.InferenceSession(
+                str(self.model_path), sess_options=single, providers=["CPUExecutionProvider"]
+            )
 
         tokenizer_dir = Path(tokenizer_dir)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
@@ -159,12 +172,13 @@ class OnnxTextModel:
         tokenize = time.perf_counter() - started
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids), reverse=True)
         rows: list[FloatArray] = [np.empty(0, dtype=np.float32)] * len(encodings)
+        session = self._small if self._small is not None and len(inputs) <= SMALL_INPUTS else self.session
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             started = time.perf_counter()
             feeds, mask = self._feeds([encodings[i] for i in chunk])
             tokenize += time.perf_counter() - started
-            (result,) = self.session.run([output], feeds)
+            (result,) = session.run([output], feeds)
             reduced = reduce(np.asarray(result, dtype=np.float32), mask)
             for position, index in enumerate(chunk):
                 rows[index] = reduced[position]

@@ -192,11 +192,13 @@ class AdaptiveConcurrency:
         *,
         maximum: int,
         routes: frozenset[str] = frozenset(),
+        bulk: frozenset[str] = frozenset(),
         minimum: int = 2,
         initial: int = 8,
     ) -> None:
         self.app = app
         self.routes = routes
+        self.bulk = bulk
         self.maximum = maximum
         self.minimum = min(minimum, maximum)
         self.initial = min(initial, maximum)
@@ -269,6 +271,9 @@ class AdaptiveConcurrency:
             await self.app(scope, receive, send)
             return
         self.lag.start()
+        if scope["path"] in self.bulk:
+            await self._bulk(scope, receive, send)
+            return
         path = scope["path"] if scope["path"] in self.routes else self.OTHER
         limit = self._limit(path)
         metrics = _metrics(scope)
@@ -306,6 +311,23 @@ class AdaptiveConcurrency:
                 if metrics is not None:
                     metrics.ceiling.labels(path).set(limit.ceiling)
                     metrics.no_queue.labels(path).set(limit.no_queue_s or 0.0)
+
+    async def _bulk(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A bulk route (batches of texts, sent by clients that care for throughput): no adaptive
+        ceiling, which would keep batches small; up to ``maximum`` requests in flight, and its model's
+        queue-delay budget (the micro-batcher's 429) sheds what would wait longer than that."""
+        path = scope["path"]
+        if self.in_flight.get(path, 0) >= self.maximum:
+            metrics = _metrics(scope)
+            if metrics is not None:
+                metrics.refused.labels(path).inc()
+            await _refuse(send, path, self.in_flight[path])
+            return
+        self.in_flight[path] = self.in_flight.get(path, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[path] -= 1
 
 
 def _metrics(scope: Scope) -> InferenceMetrics | None:

@@ -19,7 +19,7 @@ from services.inference.impressions import ImpressionLog
 from services.inference.metrics import InferenceMetrics
 from services.inference.openai_shape import OpenAIErrors
 from services.inference.registry import ModelRegistry
-from services.inference.router import POST_PATHS, router
+from services.inference.router import BULK_PATHS, POST_PATHS, router
 from services.inference.timing import ServerTiming
 from shared.config import Settings, get_settings
 from shared.db import create_engine, create_sessionmaker
@@ -96,7 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the adaptive ceiling, the key, the body's size
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(KeyFirst, paths=POST_PATHS)
-    app.add_middleware(AdaptiveConcurrency, maximum=settings.max_in_flight, routes=POST_PATHS)
+    app.add_middleware(
+        AdaptiveConcurrency, maximum=settings.max_in_flight, routes=POST_PATHS - BULK_PATHS, bulk=BULK_PATHS
+    )
     setup_common(app, _checks)
     app.add_middleware(OpenAIErrors)
     app.add_middleware(ServerTiming, paths=POST_PATHS)

@@ -124,7 +124,7 @@ class CatalogIndex:
                 expansion_search=128,
                 ndim=self.vectors.shape[1],
                 metric="ip",
-                dtype="f32",
+                dtype="f16",  # half the memory and about 0.6x the search time of f32 (bench/serving.py)
                 connectivity=16,
                 expansion_add=64,
             )

@@ -46,6 +46,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 Resources = Annotated[InferenceResources, Depends(get_resources)]
 # the endpoints whose key is checked before their body is read (services.inference.admission.KeyFirst)
 POST_PATHS = frozenset({"/recommend", "/score", "/rerank", "/classify", "/v1/embeddings", "/events"})
+# batches sent for throughput: admitted by their model's queue-delay budget, not an adaptive ceiling
+BULK_PATHS = frozenset({"/v1/embeddings"})
 
 
 async def _caller(

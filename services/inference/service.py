@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import math
 import random
 import time
@@ -16,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.inference import timing
-from services.inference.catalog import Filters
+from services.inference.catalog import CatalogIndex, Filters, Mask
 from services.inference.merchandising import apply_rules
 from services.inference.registry import ModelRegistry, ProjectServing, ServedVersion
 from services.inference.schemas import (
@@ -87,6 +88,16 @@ def explores(serving: ProjectServing, request_id: str) -> bool:
     return share > 0 and random.Random(f"explore:{request_id}").random() < share
 
 
+def _lexical(
+    catalog: CatalogIndex, query: str, wanted: int, allowed: Mask | None, seen: set[int]
+) -> list[tuple[int, float]]:
+    started = time.perf_counter()
+    hits = catalog.lexical(query, wanted + len(seen), allowed)
+    found = [hit for hit in hits if hit[0] not in seen][:wanted]
+    timing.add("bm25", time.perf_counter() - started)
+    return found
+
+
 async def recommend(
     registry: ModelRegistry,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -111,14 +122,24 @@ async def recommend(
     wanted = max(data.candidates, data.k)
     if data.query is not None:
         lists = []
+        lexical: list[tuple[int, float]] | None = None
         if data.retrieval != "lexical":
-            vector = (await version.embed([data.query]))[0]
+            bm25 = None
+            if data.retrieval == "hybrid":  # BM25 on another core while the model embeds the query
+                bm25 = asyncio.get_running_loop().run_in_executor(
+                    None, contextvars.copy_context().run, _lexical, catalog, data.query, wanted, allowed, seen
+                )
+            # submitted before anything else awaits, so the version picked is the one that embeds
+            # (a hot swap closes a retired version's queue between two steps of the event loop)
+            embedding = await version.embed([data.query])
+            if bm25 is not None:
+                lexical = await bm25
             with timing.stage("ann"):
-                lists.append(catalog.dense(vector, wanted, allowed, seen))
+                lists.append(catalog.dense(embedding[0], wanted, allowed, seen))
         if data.retrieval != "dense":
-            with timing.stage("bm25"):
-                hits = catalog.lexical(data.query, wanted + len(seen), allowed)
-                lists.append([hit for hit in hits if hit[0] not in seen][:wanted])
+            lists.append(
+                lexical if lexical is not None else _lexical(catalog, data.query, wanted, allowed, seen)
+            )
         with timing.stage("fusion"):
             ranked = fuse(lists) if len(lists) > 1 else lists[0]
     else:

@@ -6,7 +6,9 @@ in a context variable; the handler and the code it calls add their stages (``sta
 When the response starts, the middleware adds `parse` (from the request's arrival to the handler: the
 body read, validation, the key, the admission ceiling's wait), `serialise` (from the handler's end to
 the response) and `total`, and writes the header, so a client sees what the server did and what the
-network and HTTP added (its own clock less `total`). Cheap: a few clock reads per request."""
+network and HTTP added (its own clock less `total`). Stages may overlap (a hybrid search's `bm25` runs
+in a thread beside the query's embedding), so they can add up to more than `total`. Cheap: a few
+clock reads per request."""
 
 from __future__ import annotations
 

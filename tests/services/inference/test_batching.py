@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,15 +28,20 @@ async def test_concurrent_requests_share_runs_and_keep_their_order() -> None:
     assert max(len(r) for r in runs) <= 16 and len(runs) < 20  # coalesced, never over max_batch
 
 
-async def test_an_idle_model_runs_at_once_and_a_busy_one_fills_its_batches() -> None:
-    runs: list[list[int]] = []
+def _slow_run(runs: list[list[int]]) -> Callable[[list[int]], list[int]]:
+    """A model run of 50 ms that records each batch it ran."""
 
     def run(items: list[int]) -> list[int]:
         runs.append(list(items))
         time.sleep(0.05)
         return items
 
-    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=8, max_wait_ms=100)
+    return run
+
+
+async def test_an_idle_model_runs_at_once_and_a_busy_one_fills_its_batches() -> None:
+    runs: list[list[int]] = []
+    batcher: MicroBatcher[int, int] = MicroBatcher(_slow_run(runs), name="t", max_batch=8, max_wait_ms=100)
     started = time.perf_counter()
     assert await batcher.submit([1]) == [1]
     assert time.perf_counter() - started < 0.09  # idle: no 100 ms wait for a batch to fill
@@ -50,13 +56,7 @@ async def test_an_idle_model_runs_at_once_and_a_busy_one_fills_its_batches() -> 
 
 async def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
     runs: list[list[int]] = []
-
-    def run(items: list[int]) -> list[int]:
-        runs.append(list(items))
-        time.sleep(0.05)
-        return items
-
-    batcher: MicroBatcher[int, int] = MicroBatcher(run, name="t", max_batch=8, max_wait_ms=0)
+    batcher: MicroBatcher[int, int] = MicroBatcher(_slow_run(runs), name="t", max_batch=8, max_wait_ms=0)
     first = asyncio.create_task(batcher.submit([0]))
     await asyncio.sleep(0.01)  # the first runs alone, at once
     rest = [asyncio.create_task(batcher.submit([i])) for i in range(1, 6)]
@@ -176,3 +176,33 @@ async def test_a_flood_is_refused_at_once_beyond_a_short_line() -> None:
         gate.set()
         answered = [r.status_code for r in await asyncio.gather(*flood)]
         assert answered.count(200) == 2
+
+
+async def test_a_bulk_route_has_no_adaptive_ceiling_only_the_most_in_flight() -> None:
+    """/v1/embeddings' clients send batches for throughput: 32 at once all run (their model's
+    queue-delay budget sheds the excess, not a ceiling that keeps batches small); past the most in
+    flight, 429."""
+    import httpx
+    from fastapi import FastAPI
+
+    from services.inference.admission import AdaptiveConcurrency
+
+    gate = asyncio.Event()
+    app = FastAPI()
+
+    @app.post("/bulk")
+    async def bulk() -> dict[str, bool]:
+        await gate.wait()
+        return {"ok": True}
+
+    app.add_middleware(
+        AdaptiveConcurrency, maximum=32, minimum=2, initial=2, routes=frozenset(), bulk=frozenset({"/bulk"})
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        running = [asyncio.create_task(client.post("/bulk")) for _ in range(32)]
+        await asyncio.sleep(0.1)
+        assert not any(t.done() for t in running)  # all 32 in flight, none refused or in line
+        over = await client.post("/bulk")
+        assert over.status_code == 429 and over.headers["retry-after"] == "1"
+        gate.set()
+        assert {r.status_code for r in await asyncio.gather(*running)} == {200}

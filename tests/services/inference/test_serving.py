@@ -124,8 +124,7 @@ async def test_every_endpoint_answers_from_the_deployed_versions(
         "parse", "filters", "embed_queue", "embed_tokenize", "embed_run", "ann", "bm25", "fusion",
         "items", "log", "serialise", "total",
     }  # fmt: skip
-    assert all(v >= 0 for v in stages.values())
-    assert sum(v for k, v in stages.items() if k != "total") <= stages["total"] + 0.01
+    assert all(0 <= v <= stages["total"] + 0.01 for v in stages.values())  # bm25 runs beside embed
     filtered = await client.post(
         "/recommend",
         json={"project": "search-a", "query": "drill", "k": 50,

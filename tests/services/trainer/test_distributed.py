@@ -96,9 +96,7 @@ def test_two_processes_train_as_one_on_the_same_global_batch(minilm: str, tmp_pa
     has a batch of one pair, which leaves the second process without a pair of its own."""
     examples = shop(train_pairs=97)
     build = _build(examples, hard_negatives=1, popularity_correction=True)
-    hp = Hyperparameters(
-        max_steps=8, batch_size=16, max_length=32, learning_rate=1e-4, mixed_precision=False
-    )
+    hp = Hyperparameters(max_steps=8, batch_size=16, max_length=32, learning_rate=1e-4, mixed_precision=False)
     one, one_result, one_curve = _one_process(build, minilm, hp, tmp_path / "one")
 
     seed_everything(hp.seed)

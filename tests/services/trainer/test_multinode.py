@@ -166,9 +166,7 @@ async def test_two_nodes_train_as_one_process_on_the_same_global_batch(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     build = _build(shop())
-    hp = Hyperparameters(
-        max_steps=6, batch_size=16, max_length=32, learning_rate=1e-3, mixed_precision=False
-    )
+    hp = Hyperparameters(max_steps=6, batch_size=16, max_length=32, learning_rate=1e-3, mixed_precision=False)
     _, one_result, one_curve = _one_process(build, tiny, hp, tmp_path / "one")
 
     two = Hyperparameters.model_validate({**hp.model_dump(), "nodes": 2})
