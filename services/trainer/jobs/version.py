@@ -24,7 +24,7 @@ class VersionSpec:
     relative: Path  # the same, relative to the store's root (as the registry stores keys)
     artifacts: dict[str, dict[str, Any]]  # entries' paths relative to `directory`
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # what an int8 graph is checked against (see version_spec)
     base_model: str
     device: torch.device
     int8_tolerance: float
@@ -59,7 +59,9 @@ async def version_spec(job: JobRun) -> VersionSpec:
         relative=relative,
         artifacts=unrooted(version.artifacts, relative),
         config=version.config,
-        metrics=version.metrics,
+        # the int8 check's reference: the fp32 graph's headline view where the version kept it (its own
+        # metrics may be an int8 graph's), else its metrics (torch's, or a version from before)
+        metrics=((version.compute or {}).get("export") or {}).get("fp32_metrics") or version.metrics,
         base_model=version.base_model,
         device=job.device,
         int8_tolerance=job.settings.int8_tolerance,
