@@ -30,12 +30,10 @@ def cpu_has_bf16() -> bool:
 def autocast_dtype(device: torch.device, mixed_precision: bool | None) -> torch.dtype | None:
     """The dtype a fine-tune's forward passes autocast to, or None for float32 throughout.
 
-    ``mixed_precision`` unset: on GPUs (bfloat16 where supported, else float16 with a gradient scaler)
-    and on CPUs with native bfloat16; off elsewhere, where emulated bfloat16 is slower than float32."""
+    ``mixed_precision`` unset: on GPUs (bfloat16 where supported, else float16 with a gradient scaler),
+    off on CPUs. Asked for on a CPU: bfloat16, fast where the CPU has it natively (``cpu_has_bf16``)."""
     if device.type == "cuda":
         if mixed_precision is False:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if mixed_precision is None:
-        mixed_precision = cpu_has_bf16()
     return torch.bfloat16 if mixed_precision else None

@@ -200,7 +200,7 @@ def test_the_loop_learns_from_shoppers_and_promotes_on_its_own(loop: dict[str, A
         rollout={"canary_percent": 50, "min_requests": 600, "max_looks": 1, "alpha": 0.05, "max_duration_s": 900},
     )  # fmt: skip
     run = _run_ends(loop, pipeline["id"], 900)
-    assert run["status"] == "promoted", run
+    assert run["status"] == "promoted", (run["outcome"], run.get("judge"), run.get("gate"))
     assert run["trigger"] == "cron"
     assert [s["name"] for s in run["steps"]] == ["collect", "train", "gate", "canary", "judge", "promote"]
     assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]

@@ -84,7 +84,7 @@ def look(spec: RolloutSpec, candidate: Arm, primary: Arm, looks_done: int, elaps
     if ratio is not None and fewest >= spec.guardrail_min_requests and primary.latency_p99_ms > 0:
         seen = candidate.latency_p99_ms / primary.latency_p99_ms
         figures["latency_p99_ratio"] = round(seen, 3)
-        if seen > ratio:
+        if seen > ratio and candidate.latency_p99_ms - primary.latency_p99_ms > spec.latency_p99_slack_ms:
             return Look(
                 "rollback",
                 f"guardrail broken: the canary's latency p99 {candidate.latency_p99_ms:.1f} ms is "

@@ -158,6 +158,13 @@ class RolloutSpec(BaseModel):
     max_latency_p99_ratio: float | None = Field(
         2.0, gt=1, description="Canary p99 over primary p99 above this rolls back at once."
     )
+    latency_p99_slack_ms: float = Field(
+        10.0,
+        ge=0,
+        le=60_000,
+        description="The latency guardrail trips only when the canary's p99 is also this many ms over the "
+        "primary's: at a few milliseconds, p99s differ by scheduling noise, and a ratio of them says little.",
+    )
     min_served_share: float | None = Field(
         0.5,
         gt=0,

@@ -136,7 +136,7 @@ async def test_an_unknown_hyperparameter_names_the_valid_ones(world: World) -> N
     assert error["msg"] == (
         "Value error, unknown hyperparameter 'max_step' ('max_step': did you mean 'max_steps'?); the names "
         "are: batch_size, early_stopping_patience, epochs, eval_every_steps, hard_negatives, learning_rate, "
-        "max_length, max_steps, nodes, popularity_correction, processes, seed, warmup_ratio"
+        "max_length, max_steps, mixed_precision, nodes, popularity_correction, processes, seed, warmup_ratio"
     )
 
 
