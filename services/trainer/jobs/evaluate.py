@@ -1,5 +1,5 @@
-"""Evaluate jobs: score a registered version's fp32 graph, BM25 and the zero-shot base model on a
-dataset version's validation split."""
+"""Evaluate jobs: score the graph a registered version serves on CPUs (int8 when its check passed, else
+fp32), BM25 and the zero-shot base model on a dataset version's validation split."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
     assert spec.examples is not None
     control.report(phase="evaluate")
     labels = spec.config.get("labels")
-    scorer = evaluation.onnx_scorer(spec.onnx("model"), spec.job_type, labels)
+    model_file = spec.served_file
+    scorer = evaluation.onnx_scorer(spec.onnx(model_file), spec.job_type, labels)
     metrics = evaluation.model_metrics(spec.job_type, spec.examples, scorer, control, "model")
     baselines = evaluation.baselines(
         spec.job_type,
@@ -28,7 +29,7 @@ def evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
         control,
         spec.baselines_cache,
     )
-    return {"model_file": "model", "metrics": metrics, "baselines": baselines}
+    return {"model_file": model_file, "metrics": metrics, "baselines": baselines}
 
 
 async def run(job: JobRun) -> VersionResult:

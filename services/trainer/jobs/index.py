@@ -27,8 +27,7 @@ def index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
     one L2-normalised row per product) and `product_ids.parquet` (the rows' ids, in order)."""
     assert spec.catalog is not None and spec.catalog_version_id is not None
     control.report(phase="index")
-    int8 = spec.artifacts.get("model_int8")
-    model_file = "model_int8" if int8 and int8.get("servable") else "model"
+    model_file = spec.served_file
     ids = list(spec.catalog)
     vectors = evaluation.embed_all(
         spec.onnx(model_file).embed, [spec.catalog[p] for p in ids], control, "catalog"

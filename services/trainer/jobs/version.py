@@ -38,6 +38,12 @@ class VersionSpec:
     def max_length(self) -> int:
         return int(self.config.get("max_length") or 128)
 
+    @property
+    def served_file(self) -> str:
+        """The artifact CPU inference serves: the int8 graph when its check passed, else fp32."""
+        int8 = self.artifacts.get("model_int8")
+        return "model_int8" if int8 and int8.get("servable") else "model"
+
     def onnx(self, name: str) -> OnnxTextModel:
         """The graph of one of the version's artifacts ("model", "model_int8", ...)."""
         return self.onnx_file(self.artifacts[name]["path"])

@@ -392,7 +392,10 @@ async def test_evaluate_export_and_index_work_on_a_version(
 
     evaluated = jobs["evaluate"]["result"]
     assert evaluated["model_version_id"] == model["id"] and evaluated["dataset_version_id"] == version
-    # the ONNX fp32 graph scores the validation split as the torch model did after training
+    # the served graph scores the validation split as it did when the fine-tune measured the version
+    served = "model_int8" if model["artifacts"]["model_int8"]["servable"] else "model"
+    assert evaluated["model_file"] == served
+    assert model["compute"]["evaluation"]["graph"] == ("int8" if served == "model_int8" else "fp32")
     for key in ("ndcg@10", "catalog_ndcg@10"):
         assert abs(evaluated["metrics"][key] - model["metrics"][key]) < 1e-3, key
     assert evaluated["baselines"] == model["baselines"]  # same data, same base model: from the cache
