@@ -218,6 +218,21 @@ def _table(title: str, rows: dict[str, dict[str, float]], keys: list[tuple[str, 
     return table
 
 
+def random_order(examples: Examples, shuffles: int = 20) -> dict[str, float]:
+    """The rerank view's floor: each query's judged products in random order (the mean of ``shuffles``
+    seeded shuffles); its ceiling is 1. How much room the judged lists leave between the two is what
+    a model's margin over the baselines can be measured in."""
+    rng = np.random.default_rng(42)
+    found: list[dict[str, float]] = []
+    for _ in range(shuffles):
+        run = {
+            query: dict(zip(judged, rng.permutation(len(judged)).astype(float).tolist(), strict=True))
+            for query, judged in examples.valid.grades.items()
+        }
+        found.append(ranking_metrics(run, examples.valid.grades, k=K, relevant_from=examples.relevant_from))
+    return {key: float(np.mean([row[key] for row in found])) for key in ("ndcg@10", "mrr@10")}
+
+
 def relevance(bench: Bench, slug: str, version: dict[str, Any], examples: Examples) -> dict[str, Any]:
     args = bench.args
     zero = bench.train(slug, version["id"], "bi_encoder", {**args.hp, "max_steps": 0})
@@ -229,6 +244,7 @@ def relevance(bench: Bench, slug: str, version: dict[str, Any], examples: Exampl
     )
     cross = bench.train(slug, version["id"], "cross_encoder", cross_hp)
     rerank = {
+        "judged products in random order (reference)": random_order(examples),
         "BM25": bi["baselines"]["bm25"],
         "zero-shot": zero["metrics"],
         "fine-tuned bi-encoder": bi["metrics"],

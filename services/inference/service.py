@@ -91,11 +91,9 @@ def explores(serving: ProjectServing, request_id: str) -> bool:
 def _lexical(
     catalog: CatalogIndex, query: str, wanted: int, allowed: Mask | None, seen: set[int]
 ) -> list[tuple[int, float]]:
-    started = time.perf_counter()
-    hits = catalog.lexical(query, wanted + len(seen), allowed)
-    found = [hit for hit in hits if hit[0] not in seen][:wanted]
-    timing.add("bm25", time.perf_counter() - started)
-    return found
+    with timing.stage("bm25"):
+        hits = catalog.lexical(query, wanted + len(seen), allowed)
+        return [hit for hit in hits if hit[0] not in seen][:wanted]
 
 
 async def recommend(

@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from services.trainer.control import JobControl
+from services.trainer.export import export_graph
 from services.trainer.finetune.base import Task, mean_pool
 from services.trainer.finetune.bi_encoder import BiEncoderTask
 from services.trainer.finetune.classifier import ClassifierTask
@@ -134,23 +135,46 @@ def torch_embedder(model: Any, tokenizer: Any, device: torch.device, max_length:
     return embed
 
 
+PARITY_TEXTS = (  # what a base model's cached graph is checked against torch on
+    "cordless drill 18v with two batteries",
+    "Bathroom vanity, 36 in. white oak with marble top and undermount sink",
+    "pcr tubes",
+    "a",
+)
+
+
 def zero_shot(
     base_dir: str, device: torch.device, max_length: int, cache_dir: Path | None = None
 ) -> Callable[[], Scorer]:
     """The base model as it is, mean pooled: built only when the baselines are not cached. With
-    ``cache_dir``, its catalog embeddings are kept there (see VectorCache)."""
+    ``cache_dir``, its catalog embeddings are kept there (see VectorCache) and, on a CPU, the model runs
+    as an fp32 ONNX graph exported once per base model into ``cache_dir/graphs`` (checked against torch,
+    so the baselines are the same model's; onnxruntime embeds a catalog in about half torch's time)."""
 
     def build() -> Scorer:
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        model = AutoModel.from_pretrained(base_dir).to(device).eval()
         vectors = (
             VectorCache(cache_dir / "embeddings", json.dumps([base_dir, max_length, "mean"]))
             if cache_dir is not None
             else None
         )
-        return Scorer(embed=torch_embedder(model, tokenizer, device, max_length), vectors=vectors)
+        if cache_dir is not None and device.type == "cpu" and Path(base_dir).is_dir():
+            graph = base_graph(Path(base_dir), cache_dir / "graphs")
+            model = OnnxTextModel(graph, graph.parent, max_length=max_length)
+            return Scorer(embed=model.embed, vectors=vectors)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        torch_model = AutoModel.from_pretrained(base_dir).to(device).eval()
+        return Scorer(embed=torch_embedder(torch_model, tokenizer, device, max_length), vectors=vectors)
 
     return build
+
+
+def base_graph(base_dir: Path, folder: Path) -> Path:
+    """The fp32 ONNX graph of a local base model, exported into ``folder`` the first time it is asked
+    for; a folder whose files change (size or modification time) is exported again."""
+    files = sorted(p for p in base_dir.iterdir() if p.is_file())
+    stamp = [str(base_dir.resolve()), *[(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+    digest = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
+    return export_graph(base_dir, folder / digest, examples=list(PARITY_TEXTS))
 
 
 def torch_scorer(task: Task, device: torch.device, max_length: int) -> Scorer:

@@ -362,6 +362,38 @@ def export_model(
     return result
 
 
+def export_graph(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max_length: int = 128) -> Path:
+    """The fp32 feature-extraction graph of `model_dir` with its tokenizer files, in `out_dir`, checked
+    against torch on `examples`; `out_dir` appears whole or not at all. One that is there is kept: a
+    cache of a model that never changes (the zero-shot base model) exports once."""
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_FILE).is_file():
+        return out_dir / MODEL_FILE
+    _check_examples("feature-extraction", examples)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model = _load_torch_model(Path(model_dir), "feature-extraction")
+        _copy_support_files(Path(model_dir), staging)
+        _export_fp32(model, "feature-extraction", staging)
+        reference = _torch_outputs(model, Path(model_dir), "feature-extraction", examples, max_length)
+        graph = _onnx_outputs(staging / MODEL_FILE, staging, "feature-extraction", examples, max_length)
+        parity = float(np.max(np.abs(graph - reference)))
+        if not parity <= PARITY_TOLERANCE:
+            raise ExportError(
+                f"ONNX fp32 output of {model_dir} differs from torch by {parity:.3g} "
+                f"(tolerance {PARITY_TOLERANCE:g})"
+            )
+        try:
+            staging.rename(out_dir)
+        except OSError:  # another process exported it first: theirs serves
+            if not (out_dir / MODEL_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / MODEL_FILE
+
+
 @dataclass(frozen=True)
 class RebuildResult:
     """The int8 and fp16 graphs rebuilt from a version's fp32 graph, and how closely they follow it."""

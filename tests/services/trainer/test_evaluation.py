@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from services.trainer import evaluation
 from services.trainer.control import JobControl
@@ -69,3 +70,29 @@ def test_mixed_precision_follows_the_device_unless_set() -> None:
     assert autocast_dtype(cpu, None) is None  # off on CPUs unless asked for
     assert autocast_dtype(cpu, True) == torch.bfloat16  # asked for: emulated where not native
     assert autocast_dtype(cpu, False) is None
+
+
+def test_the_zero_shot_model_runs_as_a_graph_exported_once_and_embeds_as_torch_does(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    texts = ["cordless drill", "white oak vanity with sink", "pcr tubes 0.2 ml", "x"]
+    cpu = torch.device("cpu")
+    in_torch = evaluation.zero_shot(str(tiny_model), cpu, 32)()  # no cache folder: torch, as before
+    expected = in_torch.embed(texts)  # type: ignore[misc]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+
+    graph_scorer = evaluation.zero_shot(str(tiny_model), cpu, 32, tmp_path)()
+    (graph,) = (tmp_path / "graphs").glob("*/model.onnx")
+    np.testing.assert_allclose(graph_scorer.embed(texts), expected, atol=1e-4)  # type: ignore[misc]
+    exported = graph.stat().st_mtime_ns
+
+    evaluation.zero_shot(str(tiny_model), cpu, 32, tmp_path)()  # the next job reads it back
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "graphs").glob("*/model.onnx")] == [exported]
+    assert not [p for p in (tmp_path / "graphs").iterdir() if p.name.startswith(".")]  # no staging left
+
+    (tiny_model / "extra.txt").write_text("changed")  # another model in the same folder: exported again
+    try:
+        evaluation.zero_shot(str(tiny_model), cpu, 32, tmp_path)()
+        assert len(list((tmp_path / "graphs").glob("*/model.onnx"))) == 2
+    finally:
+        (tiny_model / "extra.txt").unlink()
