@@ -30,7 +30,7 @@ from services.trainer.finetune.base import resolve_base_model  # noqa: E402
 from shared.datasets.formats import FORMAT_KIND, DataFormat, ImportOptions  # noqa: E402
 from shared.datasets.pipeline import prepare  # noqa: E402
 from shared.datasets.splits import SplitSpec  # noqa: E402
-from shared.training import DEFAULT_BASE_MODEL  # noqa: E402
+from shared.training import DEFAULT_BASE_MODEL, Hyperparameters  # noqa: E402
 
 
 def _texts(path: Path, data_format: DataFormat, count: int) -> list[str]:
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--format", type=DataFormat, choices=list(FORMAT_KIND), required=True)
     parser.add_argument("--products", type=int, default=5000, help="Product texts to embed (0: all).")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=Hyperparameters().max_length)
     parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
