@@ -371,7 +371,8 @@ def export_graph(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max
         return out_dir / MODEL_FILE
     _check_examples("feature-extraction", examples)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # named as the janitor sweeps what killed runs left (".*.tmp")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         model = _load_torch_model(Path(model_dir), "feature-extraction")
         _copy_support_files(Path(model_dir), staging)
