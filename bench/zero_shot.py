@@ -33,7 +33,8 @@ from shared.datasets.splits import SplitSpec  # noqa: E402
 from shared.training import DEFAULT_BASE_MODEL, Hyperparameters  # noqa: E402
 
 
-def _texts(path: Path, data_format: DataFormat, count: int) -> list[str]:
+def catalog_texts(path: Path, data_format: DataFormat, count: int) -> list[str]:
+    """The first ``count`` product texts of a dataset, as the trainer's evaluation embeds them (0: all)."""
     from shared.datasets import storage
     from shared.datasets.examples import load
     from shared.storage import folder_store
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
     setup_threads()
-    texts = _texts(args.path, args.format, args.products)
+    texts = catalog_texts(args.path, args.format, args.products)
     base = resolve_base_model(args.base_model)
     cpu = torch.device("cpu")
     print(f"{platform.machine()}, {torch.get_num_threads()} threads; {len(texts):,} product texts, "
