@@ -18,6 +18,12 @@ def version_folder(project_id: uuid.UUID, version_id: uuid.UUID) -> Path:
     return Path("artifacts") / str(project_id) / str(version_id)
 
 
+def cpu_graph(artifacts: dict[str, Any]) -> str:
+    """The artifact a CPU serves a version from: its int8 graph when the int8 check passed, else fp32."""
+    int8 = artifacts.get("model_int8")
+    return "model_int8" if int8 and int8.get("servable") else "model"
+
+
 def rooted(entries: Entries, folder: Path) -> Entries:
     """File entries with paths relative to the version folder -> relative to the store's root."""
     return {name: {**entry, "path": str(folder / entry["path"])} for name, entry in entries.items()}

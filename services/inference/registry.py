@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.inference.batching import MicroBatcher
 from services.inference.catalog import CatalogIndex, category_path, load_vectors
 from services.inference.merchandising import Rule
-from shared.artifacts import stored_files, unrooted, version_folder
+from shared.artifacts import cpu_graph, stored_files, unrooted, version_folder
 from shared.config import Settings
 from shared.datasets.catalog import catalog_text, latest_catalog_version
 from shared.errors import NotFound, ServiceUnavailable
@@ -136,10 +136,8 @@ def _choose_file(artifacts: dict[str, Any], prefer_gpu: bool) -> tuple[str, list
     wanted = providers(prefer_gpu=prefer_gpu)
     if "CUDAExecutionProvider" in wanted and "model_fp16" in artifacts:
         return "model_fp16", wanted
-    int8 = artifacts.get("model_int8")
-    if int8 and int8.get("servable"):
-        return "model_int8", ["CPUExecutionProvider"]
-    return "model", wanted
+    served = cpu_graph(artifacts)
+    return (served, ["CPUExecutionProvider"]) if served == "model_int8" else (served, wanted)
 
 
 class ModelRegistry:

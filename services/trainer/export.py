@@ -205,6 +205,29 @@ def _onnx_outputs(
     return onnx_model.classify_logits(examples)
 
 
+def _checked_parity(
+    model: Any,
+    model_dir: Path,
+    graph_dir: Path,
+    task: Task,
+    examples: Sequence[str] | Sequence[tuple[str, str]],
+    max_length: int,
+) -> tuple[FloatArray, float]:
+    """The fp32 graph in `graph_dir` run on `examples` and its largest difference from the torch model;
+    an ExportError when the shapes differ or the difference is over PARITY_TOLERANCE."""
+    reference = _torch_outputs(model, model_dir, task, examples, max_length)
+    fp32 = _onnx_outputs(graph_dir / MODEL_FILE, graph_dir, task, examples, max_length)
+    if fp32.shape != reference.shape:
+        raise ExportError(f"ONNX output shape {fp32.shape} differs from torch {reference.shape}")
+    parity = float(np.max(np.abs(fp32 - reference)))
+    if not parity <= PARITY_TOLERANCE:
+        raise ExportError(
+            f"ONNX fp32 output of {model_dir} differs from torch by {parity:.3g} "
+            f"(tolerance {PARITY_TOLERANCE:g}) on {len(examples)} examples"
+        )
+    return fp32, parity
+
+
 def _opset(model_path: Path) -> int:
     import onnx
 
@@ -316,21 +339,12 @@ def export_model(
     if fp16:
         _convert_fp16(out_dir / MODEL_FILE, out_dir / FP16_FILE)
 
-    reference = _torch_outputs(model, model_dir, task, examples, max_length)
-    fp32 = _onnx_outputs(out_dir / MODEL_FILE, out_dir, task, examples, max_length)
+    fp32, parity = _checked_parity(model, model_dir, out_dir, task, examples, max_length)
     int8 = _onnx_outputs(out_dir / INT8_FILE, out_dir, task, examples, max_length)
-    if fp32.shape != reference.shape:
-        raise ExportError(f"ONNX output shape {fp32.shape} differs from torch {reference.shape}")
-    parity = float(np.max(np.abs(fp32 - reference)))
     int8_diff = float(np.max(np.abs(int8 - fp32)))
     int8_cosine: float | None = None
     if task == "feature-extraction":
         int8_cosine = float(np.mean(np.sum(int8 * fp32, axis=1)))
-    if not parity <= PARITY_TOLERANCE:
-        raise ExportError(
-            f"ONNX fp32 output differs from torch by {parity:.3g} (tolerance {PARITY_TOLERANCE:g}) "
-            f"on {len(examples)} examples"
-        )
 
     files: dict[str, dict[str, Any]] = {
         "model": file_entry(out_dir, MODEL_FILE),
@@ -377,14 +391,7 @@ def export_graph(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max
         model = _load_torch_model(Path(model_dir), "feature-extraction")
         _copy_support_files(Path(model_dir), staging)
         _export_fp32(model, "feature-extraction", staging)
-        reference = _torch_outputs(model, Path(model_dir), "feature-extraction", examples, max_length)
-        graph = _onnx_outputs(staging / MODEL_FILE, staging, "feature-extraction", examples, max_length)
-        parity = float(np.max(np.abs(graph - reference)))
-        if not parity <= PARITY_TOLERANCE:
-            raise ExportError(
-                f"ONNX fp32 output of {model_dir} differs from torch by {parity:.3g} "
-                f"(tolerance {PARITY_TOLERANCE:g})"
-            )
+        _checked_parity(model, Path(model_dir), staging, "feature-extraction", examples, max_length)
         try:
             staging.rename(out_dir)
         except OSError:  # another process exported it first: theirs serves

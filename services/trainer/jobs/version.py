@@ -11,7 +11,7 @@ import anyio
 import torch
 
 from services.trainer.jobs.base import JobRun
-from shared.artifacts import stored_files, unrooted, version_folder
+from shared.artifacts import cpu_graph, stored_files, unrooted, version_folder
 from shared.datasets.examples import Examples
 from shared.models.enums import JobType
 from shared.onnxmodel import OnnxTextModel
@@ -40,9 +40,8 @@ class VersionSpec:
 
     @property
     def served_file(self) -> str:
-        """The artifact CPU inference serves: the int8 graph when its check passed, else fp32."""
-        int8 = self.artifacts.get("model_int8")
-        return "model_int8" if int8 and int8.get("servable") else "model"
+        """The artifact CPU inference serves (shared.artifacts.cpu_graph)."""
+        return cpu_graph(self.artifacts)
 
     def onnx(self, name: str) -> OnnxTextModel:
         """The graph of one of the version's artifacts ("model", "model_int8", ...)."""
