@@ -125,10 +125,16 @@ def test_ctrl_c_while_the_services_start_leaves_nothing_behind(tmp_path: Path) -
     )
     try:
         state = data_dir / "run" / "services.json"
-        deadline = time.monotonic() + 60
-        while not state.exists() and time.monotonic() < deadline:
+        # `up` starts the embedded servers and migrates first: on a loaded machine that takes a while
+        deadline = time.monotonic() + 120
+        while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert state.exists(), "the services were not started"
+        if not state.exists():
+            proc.kill()
+            said = proc.communicate(timeout=30)[0]
+            raise AssertionError(
+                f"the services were not started (exit code {proc.returncode}): {said[-3000:]}"
+            )
         pids = [s["pid"] for s in json.loads(state.read_text())]
         proc.send_signal(signal.SIGINT)  # before they are ready: `up` is still waiting for them
         output, _ = proc.communicate(timeout=60)
