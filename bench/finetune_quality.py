@@ -43,7 +43,9 @@ def main() -> None:
     )
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--learning-rate", type=float, help="Default: the job's (5e-5, or 2e-4 with an adapter)."
+    )
     parser.add_argument(
         "--hard-negatives", type=int, default=0, help="Mined negatives per pair (bi-encoder)."
     )

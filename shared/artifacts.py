@@ -24,6 +24,20 @@ def cpu_graph(artifacts: dict[str, Any]) -> str:
     return "model_int8" if int8 and int8.get("servable") else "model"
 
 
+# A query-tower-only bi-encoder's product side: `product_<graph>` artifacts (the base model's graphs)
+# in this folder of the version's, beside its query graphs.
+PRODUCT_FOLDER = "product"
+
+
+def product_graph(artifacts: dict[str, Any], model_file: str) -> str:
+    """The artifact that embeds a bi-encoder's products when ``model_file`` embeds its queries: the
+    same graph, or for a query-tower-only version its product graph of that precision (the fp32 one
+    where that precision has none)."""
+    if f"product_{model_file}" in artifacts:
+        return f"product_{model_file}"
+    return "product_model" if "product_model" in artifacts else model_file
+
+
 def rooted(entries: Entries, folder: Path) -> Entries:
     """File entries with paths relative to the version folder -> relative to the store's root."""
     return {name: {**entry, "path": str(folder / entry["path"])} for name, entry in entries.items()}

@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,6 +56,12 @@ def base_model_problem(base_model: str, roots: Sequence[Path], data_dir: Path) -
 FINE_TUNES = {JobType.bi_encoder, JobType.cross_encoder, JobType.classifier}
 # Jobs that work on a registered model version: score it, rebuild its graphs, embed a catalog with it.
 NEEDS_MODEL = {JobType.evaluate, JobType.export, JobType.index_catalog}
+
+# The layers a LoRA adapter sits beside unless `target_modules` names others: every linear layer of a
+# BERT-like encoder's attention and feed-forward blocks.
+DEFAULT_LORA_TARGETS = ("query", "key", "value", "dense")
+DEFAULT_LEARNING_RATE = 5e-5
+DEFAULT_ADAPTER_LEARNING_RATE = 2e-4
 
 # The dataset kinds each fine-tune learns from.
 TRAINS_ON: dict[JobType, frozenset[DatasetKind]] = {
@@ -110,7 +116,13 @@ class Hyperparameters(BaseModel):
         "and registered as it is, a servable zero-shot baseline.",
     )
     batch_size: int = Field(32, ge=1, le=4096)
-    learning_rate: float = Field(5e-5, gt=0, le=1)
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=f"AdamW's peak learning rate. Unset: {DEFAULT_LEARNING_RATE} for full fine-tuning, "
+        f"{DEFAULT_ADAPTER_LEARNING_RATE} with an adapter (its few weights start from zero and want more).",
+    )
     max_length: int = Field(64, ge=8, le=512, description="Tokens per text; longer texts are truncated.")
     warmup_ratio: float = Field(0.1, ge=0, le=0.5)
     hard_negatives: int = Field(
@@ -133,6 +145,31 @@ class Hyperparameters(BaseModel):
         description="Run the forward passes in bfloat16 autocast (float16 with a gradient scaler on GPUs "
         "without bfloat16); weights, optimiser and export stay float32. Unset: on for GPUs, off for CPUs; "
         "on a CPU with native bfloat16 (AVX512-BF16, AMX) true trains about 1.5x faster.",
+    )
+    adapter: Literal["lora"] | None = Field(
+        None,
+        description="Train a LoRA adapter (PEFT) beside the frozen base model instead of every weight: "
+        "checkpoints hold the adapter (and a new head) alone, and the exported graphs have it merged, "
+        "so serving is unchanged. Unset: full fine-tuning.",
+    )
+    lora_r: int = Field(16, ge=1, le=256, description="With adapter lora: the adapter matrices' rank.")
+    lora_alpha: int = Field(
+        32, ge=1, le=4096, description="With adapter lora: the scale of the adapter's update (alpha / r)."
+    )
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="With adapter lora: dropout on its input.")
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="With adapter lora: the last names of the linear layers to adapt. Unset: "
+        + ", ".join(DEFAULT_LORA_TARGETS)
+        + " (a BERT-like encoder's every linear layer).",
+    )
+    query_tower_only: bool = Field(
+        False,
+        description="Bi-encoders with adapter lora: adapt the query side only; products are embedded by "
+        "the base model, so a catalog the base model embedded serves the new version without embedding "
+        "it again.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1)
     early_stopping_patience: int | None = Field(
@@ -175,6 +212,36 @@ class Hyperparameters(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _adapter_settings_need_an_adapter(self) -> Self:
+        if self.adapter is None:
+            given = sorted(
+                name
+                for name in ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "query_tower_only")
+                if name in self.model_fields_set
+                and getattr(self, name) != type(self).model_fields[name].default
+            )
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{', '.join(given)} {verb} with adapter: lora; set it, or leave them out")
+        if self.target_modules is not None:
+            bad = [n for n in self.target_modules if not re.fullmatch(r"[A-Za-z_][\w]*", n)]
+            if bad:
+                raise ValueError(f"target_modules are layers' last names (like query or dense), not {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _learning_rate_for_the_kind_of_training(self) -> Self:
+        """Unset, the learning rate is the default of full fine-tuning or of adapters: stored so."""
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_ADAPTER_LEARNING_RATE if self.adapter else DEFAULT_LEARNING_RATE
+        return self
+
+    @property
+    def peak_learning_rate(self) -> float:
+        assert self.learning_rate is not None  # set by the validator
+        return self.learning_rate
+
+    @model_validator(mode="after")
     def _batch_shared_evenly(self) -> Self:
         world = self.processes * self.nodes
         if self.batch_size % world:
@@ -183,6 +250,15 @@ class Hyperparameters(BaseModel):
                 f"processes: make it a multiple of {world}"
             )
         return self
+
+
+def hyperparameter_problem(job_type: JobType, hp: Hyperparameters) -> str | None:
+    """Why ``hp`` does not fit a job of ``job_type``, or None."""
+    if hp.adapter is not None and job_type not in FINE_TUNES:
+        return f"an adapter is trained by a fine-tune, not by a {job_type.value} job"
+    if hp.query_tower_only and job_type != JobType.bi_encoder:
+        return f"query_tower_only applies to bi_encoder jobs (two towers), not to {job_type.value}"
+    return None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -60,7 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessionmaker = create_sessionmaker(engine)
         metrics = InferenceMetrics()
         registry = ModelRegistry(
-            settings, sessionmaker, redis, observe=metrics.observe_batch, forget=metrics.forget
+            settings,
+            sessionmaker,
+            redis,
+            observe=metrics.observe_batch,
+            forget=metrics.forget,
+            on_catalog=metrics.catalog_index,
         )
         resources = InferenceResources(
             settings=settings,

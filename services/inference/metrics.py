@@ -48,6 +48,13 @@ class InferenceMetrics:
             ["route"],
             registry=self.registry,
         )
+        self.catalog_indexes = Counter(
+            "recforge_inference_catalog_indexes_total",
+            "Catalog indexes a loaded retriever got, by where its embeddings came from: embedded here, an "
+            "index job's files, or shared with a loaded version whose products the same graph embeds.",
+            ["source"],
+            registry=self.registry,
+        )
         self.refused = Counter(
             "recforge_inference_refused_total",
             "Requests answered 429 before their body was read, by route.",
@@ -79,6 +86,9 @@ class InferenceMetrics:
         """Record a request's time since ``started`` (time.perf_counter()), by the version that answered."""
         self.latency.labels(route, model_version).observe(time.perf_counter() - started)
         self._routes.setdefault(model_version, set()).add(route)
+
+    def catalog_index(self, source: str) -> None:
+        self.catalog_indexes.labels(source).inc()
 
     def observe_batch(self, model: str, size: int, queued: int) -> None:
         self.batch_size.labels(model).observe(size)

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.inference.batching import MicroBatcher
 from services.inference.catalog import CatalogIndex, category_path, load_vectors
 from services.inference.merchandising import Rule
-from shared.artifacts import cpu_graph, stored_files, unrooted, version_folder
+from shared.artifacts import cpu_graph, product_graph, stored_files, unrooted, version_folder
 from shared.config import Settings
 from shared.datasets.catalog import catalog_text, latest_catalog_version
 from shared.errors import NotFound, ServiceUnavailable
@@ -59,6 +59,10 @@ class ServedVersion:
     model: OnnxTextModel
     batcher: MicroBatcher[Any, Any]
     catalog: CatalogIndex | None = None
+    # a bi-encoder's product side: the sha256 of the graph that embeds its products (its own graph's, or
+    # a query-tower-only version's base model graph's); versions alike share one catalog index
+    product_tower: str | None = None
+    catalog_shared_from: uuid.UUID | None = None  # the loaded version whose catalog index this one reuses
 
     @property
     def name(self) -> str:
@@ -148,12 +152,14 @@ class ModelRegistry:
         redis: Redis | None = None,
         observe: Observer | None = None,
         forget: Callable[[str, str], None] | None = None,
+        on_catalog: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._sessionmaker = sessionmaker
         self._redis = redis
         self._observe = observe
         self._forget = forget  # (model version id, batcher name) of a version that left
+        self._on_catalog = on_catalog  # where a loaded retriever's catalog embeddings came from
         self._projects: dict[uuid.UUID, ProjectServing] = {}
         self._slugs: dict[str, uuid.UUID] = {}
         self._versions: dict[tuple[uuid.UUID, str | None], ServedVersion] = {}
@@ -237,13 +243,15 @@ class ModelRegistry:
         store = object_store(settings)
         directory = store.local(str(folder))
         model_file, wanted = _choose_file(version.artifacts, settings.prefer_gpu)
-        # from a bucket: the graph served, the tokenizer's files and the catalog index, not other graphs
+        product_file = product_graph(version.artifacts, model_file)
+        # from a bucket: the graph served (and the one embedding its products), the tokenizer's files and
+        # the catalog index, not other graphs
         store.fetch_all(
             entry
             for name, entry in version.artifacts.items()
             if isinstance(entry, dict)
             and "path" in entry
-            and (name == model_file or not name.startswith("model"))
+            and (name in (model_file, product_file) or not name.startswith(("model", "product_model")))
         )
         store.fetch_all(stored_files((version.artifacts.get("catalog_index") or {}).get("files") or {}))
         # the graph served is the one the registry describes, byte for byte
@@ -290,18 +298,46 @@ class ModelRegistry:
             model=model,
             batcher=batcher,
         )
-        if task == ModelTaskType.bi_encoder and catalog is not None:
-            served.catalog = self._catalog(version, served, model_file, folder, catalog)
+        if task == ModelTaskType.bi_encoder:
+            product_file = product_graph(version.artifacts, model_file)
+            served.product_tower = version.artifacts[product_file].get("sha256")
+            if catalog is not None:
+                twin = self._same_product_side(served.product_tower, catalog[0])
+                if twin is not None:  # its catalog embeddings and indexes serve this version as they are
+                    served.catalog, served.catalog_shared_from = twin.catalog, twin.id
+                    log.info(
+                        "reusing a loaded version's catalog index: the same graph embeds products",
+                        extra={"model_version_id": str(version.id), "from_version_id": str(twin.id)},
+                    )
+                    self._note_catalog("shared")
+                else:
+                    served.catalog = self._catalog(version, served, product_file, folder, catalog)
         return served
+
+    def _note_catalog(self, source: str) -> None:
+        if self._on_catalog is not None:
+            self._on_catalog(source)
+
+    def _same_product_side(self, tower: str | None, catalog_id: str) -> ServedVersion | None:
+        """A loaded version whose catalog index of ``catalog_id`` was embedded by the graph ``tower``."""
+        if tower is None:
+            return None
+        for served in list(self._versions.values()):
+            index = served.catalog
+            if served.product_tower == tower and index is not None and index.catalog_version_id == catalog_id:
+                return served
+        return None
 
     def _catalog(
         self,
         version: ModelVersion,
         served: ServedVersion,
-        model_file: str,
+        product_file: str,
         folder: Path,
         catalog: tuple[str, dict[str, Any]],
     ) -> CatalogIndex:
+        """The catalog's index, its products embedded by ``product_file`` (the served graph itself, or a
+        query-tower-only version's product graph): from an index job's files when they match, else here."""
         catalog_id, tables = catalog
         store = object_store(self.settings)
         directory = store.local(str(folder))
@@ -310,20 +346,32 @@ class ModelRegistry:
         index = version.artifacts.get("catalog_index") or {}
 
         def vectors(ids: list[str]) -> np.ndarray:
-            graph = version.artifacts.get(model_file, {}).get("sha256")
+            graph = version.artifacts.get(product_file, {}).get("sha256")
             same_graph = index.get("model_sha256") in (None, graph)  # an export may have rebuilt it
             if (
                 index.get("dataset_version_id") == catalog_id
-                and index.get("model_file") == model_file
+                and index.get("model_file") == product_file
                 and same_graph
             ):
                 found = load_vectors(directory, unrooted(index["files"], folder), ids)
                 if found is not None:
+                    self._note_catalog("index_job")
                     return found
             log.info(
                 "embedding the catalog", extra={"model_version_id": str(version.id), "products": len(ids)}
             )
-            embedded: np.ndarray = served.model.embed([texts[p] for p in ids], batch_size=128)
+            embedder = served.model
+            if product_file != served.model_file:
+                embedder = OnnxTextModel(
+                    verify(directory, unrooted(version.artifacts, folder)[product_file]),
+                    directory,
+                    max_length=served.model.max_length,
+                    threads=self.settings.inference_threads,
+                    providers=served.model.session.get_providers(),
+                    spinning=self.settings.ort_spinning,
+                )
+            embedded: np.ndarray = embedder.embed([texts[p] for p in ids], batch_size=128)
+            self._note_catalog("embedded")
             return embedded
 
         return CatalogIndex(

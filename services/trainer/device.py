@@ -37,3 +37,31 @@ def autocast_dtype(device: torch.device, mixed_precision: bool | None) -> torch.
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if mixed_precision else None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the process's peak resident memory (and the GPU's peak allocation) afresh: on Linux
+    by writing 5 to /proc/self/clear_refs, which resets VmHWM. Elsewhere the count runs on."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """The process's peak resident memory since ``reset_peak_memory`` (``rss_mb``; Linux) and, on a GPU,
+    the peak memory torch allocated there (``cuda_mb``)."""
+    found: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    found["rss_mb"] = round(int(line.split()[1]) / 1024, 1)  # given in kB
+    except OSError:
+        pass
+    if device.type == "cuda":
+        found["cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return found

@@ -26,13 +26,13 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from services.trainer.control import JobControl
-from services.trainer.export import export_graph
+from services.trainer.export import export_graph, export_tower
 from services.trainer.finetune.base import Task, mean_pool
 from services.trainer.finetune.bi_encoder import BiEncoderTask
 from services.trainer.finetune.classifier import ClassifierTask
 from services.trainer.finetune.cross_encoder import CrossEncoderTask
 from shared.datasets.examples import Examples, Judged
-from shared.files import write_text_atomic
+from shared.files import sha256_file, write_text_atomic
 from shared.metrics import CATALOG_DEPTH, classification_metrics, ranking_metrics, rmse
 from shared.models.enums import DatasetKind, JobType
 from shared.onnxmodel import OnnxTextModel
@@ -102,11 +102,20 @@ class Scorer:
     logits: Logits | None = None
     labels: list[str] | None = None  # the classifier's label order
     vectors: VectorCache | None = None  # where a model that never changes keeps its catalog embeddings
+    products: Scorer | None = None  # a bi-encoder whose products another model embeds (query tower only)
 
 
-def onnx_scorer(model: OnnxTextModel, job_type: JobType, labels: list[str] | None = None) -> Scorer:
+def onnx_scorer(
+    model: OnnxTextModel,
+    job_type: JobType,
+    labels: list[str] | None = None,
+    products: OnnxTextModel | None = None,
+    cache_dir: Path | None = None,
+) -> Scorer:
+    """A graph's scorer; with ``products``, a bi-encoder whose products that graph embeds: a graph that
+    never changes, so with ``cache_dir`` its catalog embeddings are kept by its digest (VectorCache)."""
     if job_type == JobType.bi_encoder:
-        return Scorer(embed=model.embed)
+        return Scorer(embed=model.embed, products=product_scorer(products, cache_dir) if products else None)
     if job_type == JobType.cross_encoder:
 
         def score(queries: Sequence[str], products: Sequence[str]) -> np.ndarray:
@@ -114,6 +123,13 @@ def onnx_scorer(model: OnnxTextModel, job_type: JobType, labels: list[str] | Non
 
         return Scorer(score=score)
     return Scorer(logits=lambda texts: np.asarray(model.classify_logits(list(texts))), labels=labels)
+
+
+def product_scorer(model: OnnxTextModel, cache_dir: Path | None) -> Scorer:
+    key = json.dumps([sha256_file(model.model_path), model.max_length, "mean"])
+    return Scorer(
+        embed=model.embed, vectors=VectorCache(cache_dir / "embeddings", key) if cache_dir else None
+    )
 
 
 def torch_embedder(model: Any, tokenizer: Any, device: torch.device, max_length: int) -> Embed:
@@ -168,19 +184,43 @@ def zero_shot(
     return build
 
 
-def base_graph(base_dir: Path, folder: Path) -> Path:
-    """The fp32 ONNX graph of a local base model, exported into ``folder`` the first time it is asked
-    for; a folder whose files change (size or modification time) is exported again."""
+def _folder_stamp(base_dir: Path) -> str:
+    """A local model folder's path and files' sizes and modification times, digested: a folder whose
+    files change is exported again."""
     files = sorted(p for p in base_dir.iterdir() if p.is_file())
     stamp = [str(base_dir.resolve()), *[(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
-    digest = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
-    return export_graph(base_dir, folder / digest, examples=list(PARITY_TEXTS))
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
+
+
+def base_graph(base_dir: Path, folder: Path) -> Path:
+    """The fp32 ONNX graph of a local base model, exported into ``folder`` the first time it is asked
+    for."""
+    return export_graph(base_dir, folder / _folder_stamp(base_dir), examples=list(PARITY_TEXTS))
+
+
+def base_tower(base_dir: str, folder: Path | None, staging: Path) -> Path:
+    """The fp32 and int8 graphs a query-tower-only bi-encoder embeds products with: the base model's,
+    exported once per local base model into ``folder`` (the same files for every version made from it);
+    a hub model, or no ``folder``, is exported into ``staging``."""
+    local = Path(base_dir)
+    if folder is not None and local.is_dir():
+        return export_tower(local, folder / _folder_stamp(local), examples=list(PARITY_TEXTS))
+    return export_tower(Path(base_dir), staging, examples=list(PARITY_TEXTS))
 
 
 def torch_scorer(task: Task, device: torch.device, max_length: int) -> Scorer:
     """A fine-tune's model as it is in torch, during or right after training."""
     if isinstance(task, BiEncoderTask):
-        return Scorer(embed=torch_embedder(task.model, task.tokenizer, device, max_length))
+        queries = torch_embedder(task.model, task.tokenizer, device, max_length)
+        if not task.query_tower_only:
+            return Scorer(embed=queries)
+        products = torch_embedder(task.model, task.tokenizer, device, max_length)
+
+        def base_model(texts: Sequence[str]) -> np.ndarray:
+            with task.model.disable_adapter():  # the product tower is the base model
+                return products(texts)
+
+        return Scorer(embed=queries, products=Scorer(embed=base_model))
     if isinstance(task, CrossEncoderTask):
 
         @torch.no_grad()
@@ -313,11 +353,12 @@ def ranking_suite(
             )
     if scorer.embed is None:
         return metrics
+    product_side = scorer.products or scorer
     query_ids = list(valid.queries)
     query_vectors = embed_texts(scorer, [valid.queries[q] for q in query_ids], control, f"{label} queries")
     catalog = catalog or not relevance  # retrieval is the only view of sequence data
     ids = list(examples.product_text) if catalog else list(dict.fromkeys(pids))
-    vectors = embed_texts(scorer, [examples.product_text[p] for p in ids], control, f"{label} products")
+    vectors = embed_texts(product_side, [examples.product_text[p] for p in ids], control, f"{label} products")
     if relevance:
         q_row = {q: i for i, q in enumerate(query_ids)}
         p_row = {p: i for i, p in enumerate(ids)}
@@ -553,10 +594,13 @@ def int8_check(
     labels: list[str] | None,
     tolerance: float,
     control: JobControl,
+    products: OnnxTextModel | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The int8 graph's headline metric against the model's: servable only within `tolerance`."""
+    """The int8 graph's headline metric against the model's: servable only within `tolerance`. With
+    ``products``, the int8 graph that embeds a query-tower-only bi-encoder's products."""
     control.report(phase="check_int8")
-    scorer = onnx_scorer(int8, job_type, labels)
+    scorer = onnx_scorer(int8, job_type, labels, products, cache_dir)
     # on relevance data the headline is the judged-candidate reranking; the catalog pass is not needed
     metrics = model_metrics(job_type, examples, scorer, control, "int8", catalog=False)
     return _int8_verdict(job_type, reference, metrics, tolerance)
@@ -576,6 +620,8 @@ def served_metrics(
     labels: list[str] | None,
     tolerance: float,
     control: JobControl,
+    products: tuple[OnnxTextModel, OnnxTextModel] | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The version's metrics, measured on the graph inference will serve, and the int8 check.
 
@@ -583,13 +629,18 @@ def served_metrics(
     pass): that is the reference. The int8 graph is scored in full; within ``tolerance`` of the
     reference on the headline it is servable, and its metrics are the version's. Otherwise the fp32
     graph, which serves instead, is scored in full. Both graphs run in onnxruntime, batches grouped by
-    length, as inference runs them: the catalog pass costs what serving it costs."""
+    length, as inference runs them: the catalog pass costs what serving it costs. With ``products``
+    (fp32, int8), the graphs that embed a query-tower-only bi-encoder's products, the one of the same
+    precision beside each query graph; the catalog's embeddings by them are kept in ``cache_dir``."""
+    fp32_products, int8_products = products or (None, None)
+
+    def scorer(graph: OnnxTextModel, product_graph: OnnxTextModel | None) -> Scorer:
+        return onnx_scorer(graph, job_type, labels, product_graph, cache_dir)
+
     control.report(phase="evaluate")
-    reference = model_metrics(
-        job_type, examples, onnx_scorer(fp32, job_type, labels), control, "fp32", catalog=False
-    )
+    reference = model_metrics(job_type, examples, scorer(fp32, fp32_products), control, "fp32", catalog=False)
     control.report(phase="check_int8")
-    int8_metrics = model_metrics(job_type, examples, onnx_scorer(int8, job_type, labels), control, "int8")
+    int8_metrics = model_metrics(job_type, examples, scorer(int8, int8_products), control, "int8")
     check = _int8_verdict(job_type, reference, int8_metrics, tolerance)
     check["fp32_metrics"] = reference
     if check["int8_servable"]:
@@ -597,5 +648,5 @@ def served_metrics(
     metrics = reference
     if _catalog_pass(job_type, examples):
         control.report(phase="evaluate")
-        metrics = model_metrics(job_type, examples, onnx_scorer(fp32, job_type, labels), control, "model")
+        metrics = model_metrics(job_type, examples, scorer(fp32, fp32_products), control, "model")
     return metrics, {**check, "metrics_graph": "fp32"}

@@ -402,6 +402,28 @@ def export_graph(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max
     return out_dir / MODEL_FILE
 
 
+def export_tower(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max_length: int = 128) -> Path:
+    """``export_model``'s fp32 and int8 feature-extraction graphs of a model that never changes (the base
+    model a query-tower-only bi-encoder embeds products with), exported once into ``out_dir``, which
+    appears whole or not at all; returns it. Every version made from the same base model copies these
+    very files, so their digests say that the versions embed products alike."""
+    out_dir = Path(out_dir)
+    if (out_dir / INT8_FILE).is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        export_model(model_dir, staging, task="feature-extraction", examples=examples, max_length=max_length)
+        try:
+            staging.rename(out_dir)
+        except OSError:  # another process exported it first: theirs serves
+            if not (out_dir / INT8_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
 @dataclass(frozen=True)
 class RebuildResult:
     """The int8 and fp16 graphs rebuilt from a version's fp32 graph, and how closely they follow it."""

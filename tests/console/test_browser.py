@@ -210,6 +210,7 @@ def test_an_owner_runs_a_project_from_the_browser(
     page.get_by_label("Epochs").fill("100")
     page.get_by_label("At most steps").fill("400")
     page.get_by_label("Batch size").fill("16")
+    page.get_by_label("Weights trained").select_option("lora")
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url(re.compile(r".*/ui/jobs/.*"))
     page.evaluate("window.__samePage = true")  # gone if the page reloads
@@ -234,6 +235,7 @@ def test_an_owner_runs_a_project_from_the_browser(
         page.screenshot(path=str(SHOTS / "job-not-live.png"), full_page=True)
     jobs = stack.api("GET", "/projects/hardware/training-jobs", expect=200).json()["items"]
     assert len(seen) >= 2 and seen == sorted(seen), f"the progress bar did not advance live: {seen}, {jobs}"
+    assert jobs[0]["hyperparameters"]["adapter"] == "lora"  # the form's adapter reached the job
     # the page reloads itself once the job ends: the reloaded one no longer follows a stream
     page.wait_for_selector("#job:not([data-stream]) #job-status.succeeded", timeout=240_000)
     page.wait_for_load_state()

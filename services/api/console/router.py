@@ -543,11 +543,17 @@ async def submit_job(
     ctx = await _project(session, user, ref)
     here = f"{PREFIX}/projects/{ctx.project.slug}/training"
     on_error_back_to(request, here)
-    hyperparameters = {
+    hyperparameters: dict[str, Any] = {
         name: form[name]
         for name in ("epochs", "max_steps", "batch_size", "learning_rate")
         if _optional(form.get(name))
     }
+    adapter = _optional(form.get("adapter"))
+    if adapter in ("lora", "lora-query"):
+        hyperparameters["adapter"] = "lora"
+        hyperparameters["query_tower_only"] = adapter == "lora-query"
+    elif adapter is not None:
+        hyperparameters["adapter"] = adapter  # refused by the API's own check, in its words
     data = _parse(
         JobCreate,
         {

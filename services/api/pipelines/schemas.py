@@ -19,7 +19,7 @@ from shared.models.enums import (
     RunStep,
     TriggerKind,
 )
-from shared.training import Hyperparameters
+from shared.training import Hyperparameters, hyperparameter_problem
 
 Strict = ConfigDict(extra="forbid")
 
@@ -87,6 +87,9 @@ class TrainingSpec(BaseModel):
         merge = self.feedback is not None and self.feedback.merge_base
         if merge and self.dataset_version_id is None and self.dataset is None:
             raise ValueError("feedback.merge_base needs dataset_version_id or dataset to merge")
+        unfit = hyperparameter_problem(self.job_type, self.hyperparameters)
+        if unfit is not None:
+            raise ValueError(unfit)
         return self
 
 

@@ -40,6 +40,7 @@ from shared.training import (
     TRAINS_ON,
     Hyperparameters,
     base_model_problem,
+    hyperparameter_problem,
 )
 
 AUDIT_FIELDS = ("job_type", "status", "priority", "dataset_version_id", "input_model_version_id", "retries")
@@ -76,6 +77,9 @@ async def _validate(session: AsyncSession, settings: Settings, ctx: ProjectConte
     job_type = data.job_type
     if job_type == JobType.feedback:
         raise _invalid("job_type", f"feedback jobs are submitted to /projects/{project_id}/feedback-jobs")
+    unfit = hyperparameter_problem(job_type, data.hyperparameters)
+    if unfit is not None:
+        raise _invalid("hyperparameters", unfit)
     needs_data = job_type in FINE_TUNES or job_type == JobType.evaluate
     if needs_data and data.dataset_version_id is None:
         raise _invalid("dataset_version_id", f"a {job_type.value} job needs a dataset version")

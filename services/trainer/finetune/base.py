@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from shared.training import DEFAULT_BASE_MODEL, is_local
+from shared.training import DEFAULT_BASE_MODEL, Hyperparameters, is_local
+
+Loader = Callable[[str], tuple[Any, list[str]]]  # a folder -> the model, the weights it lacked
 
 
 def resolve_base_model(name: str) -> str:
@@ -116,8 +118,54 @@ class Task:
         return self.loss(share, device) * (len(share) * world / len(batch))
 
     def save(self, directory: Path) -> None:
+        """A checkpoint of the model (with an adapter: the adapter and any new head alone)."""
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+    def save_merged(self, directory: Path) -> None:
+        """The whole model as transformers loads it, an adapter merged into its weights: what is
+        exported."""
+        from services.trainer.finetune.adapters import merged
+
+        merged(self.model).save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy, on the CPU, of what training changes (early stopping keeps the best)."""
+        from services.trainer.finetune.adapters import trainable_state
+
+        return {k: v.detach().to("cpu", copy=True) for k, v in trainable_state(self.model).items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        from peft import PeftModel
+
+        self.model.load_state_dict(weights, strict=not isinstance(self.model, PeftModel))
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def loader(model_class: Any, **kwargs: Any) -> Loader:
+    """``model_class.from_pretrained(folder, **kwargs)`` and the names of the weights the folder lacked
+    (a new head's)."""
+
+    def load(folder: str) -> tuple[Any, list[str]]:
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+        return model, list(info["missing_keys"])
+
+    return load
+
+
+def load_model(
+    load: Loader, model_dir: str, base_dir: str | None, hp: Hyperparameters | None, *, uses_pooler: bool
+) -> Any:
+    """``load(model_dir)``'s model, or with ``hp.adapter`` the base model with a LoRA adapter (a new one,
+    or the checkpoint's in ``model_dir``): see services.trainer.finetune.adapters."""
+    if hp is None or hp.adapter is None:
+        return load(model_dir)[0]
+    from services.trainer.finetune.adapters import with_adapter
+
+    return with_adapter(load, model_dir, base_dir or model_dir, hp, uses_pooler=uses_pooler)
 
 
 class PairTask(Task):

@@ -17,8 +17,9 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from services.trainer.control import JobControl
-from services.trainer.finetune.base import PairTask, mean_pool
+from services.trainer.finetune.base import PairTask, load_model, loader, mean_pool
 from shared.files import write_text_atomic
+from shared.training import Hyperparameters
 
 log = logging.getLogger("recforge.trainer")
 
@@ -54,9 +55,13 @@ class BiEncoderTask(PairTask):
         hard_negatives: int = 0,
         popularity_correction: bool = False,
         seed: int = 42,
+        base_dir: str | None = None,
+        adapter: Hyperparameters | None = None,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModel.from_pretrained(model_dir)
+        self.model = load_model(loader(AutoModel), model_dir, base_dir, adapter, uses_pooler=False)
+        # products embedded by the base model (the adapter off, no gradient): see adapters.py
+        self.query_tower_only = bool(adapter and adapter.adapter and adapter.query_tower_only)
         self.product_text = product_text
         positives = [(q, product_text[p], g) for q, p, g in examples if g >= 0.5]
         self.log_share: dict[str, float] = {}
@@ -74,9 +79,17 @@ class BiEncoderTask(PairTask):
         self._index(positives, max_length)
 
     def encode(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+        """Queries' embeddings (and products', unless only the query tower trains)."""
         batch = self.texts.batch(texts, device)
         hidden = self.model(**batch).last_hidden_state
         return mean_pool(hidden, batch["attention_mask"])
+
+    def encode_products(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+        if not self.query_tower_only:
+            return self.encode(texts, device)
+        peft_model = getattr(self.model, "module", self.model)  # under DistributedDataParallel: its module
+        with peft_model.disable_adapter(), torch.no_grad():
+            return self.encode(texts, device)
 
     def mine(self, device: torch.device, control: JobControl, cache: Path) -> None:
         """Each query's candidate hard negatives, from the model as it is now; kept in ``cache`` so a
@@ -119,7 +132,7 @@ class BiEncoderTask(PairTask):
         vectors = []
         for start in range(0, len(titles), MINE_BATCH):
             control.check()
-            vectors.append(self.encode(titles[start : start + MINE_BATCH], device).float())
+            vectors.append(self.encode_products(titles[start : start + MINE_BATCH], device).float())
             control.report(phase="mine_negatives", done=start + len(vectors[-1]), total=total)
         products = torch.cat(vectors)
         depth = min(len(titles), MINE_POOL + max(len(texts) for texts in skip.values()))
@@ -138,7 +151,7 @@ class BiEncoderTask(PairTask):
         drawn = self._draw_negatives(batch)
         queries = self.encode([q for q, _, _ in batch], device)
         candidates = [t for _, t, _ in batch] + [n for negatives in drawn for n in negatives]
-        products = self.encode(candidates, device)
+        products = self.encode_products(candidates, device)
         scored = self._score(batch, queries, products, candidates, list(range(len(batch))))
         loss: torch.Tensor = scored.weighted_sum() / scored.weights.sum()
         return loss
@@ -178,7 +191,7 @@ class BiEncoderTask(PairTask):
             dead += [not rows] + [False] * (len(own) - 1) + [True] * (width - len(own))
         pairs = [batch[i] for i in shares[rank]] or [(batch[0][0], batch[0][1], 0.0)]
         queries = self.encode([q for q, _, _ in pairs], device)
-        products = self.encode(columns[rank], device).float()  # gathered in float32 whatever the autocast
+        products = self.encode_products(columns[rank], device).float()  # gathered in float32 under autocast
         products = torch.cat([products, products.new_zeros(width - len(products), products.shape[1])])
         gathered = torch.cat(distributed_nn.all_gather(products))
         targets = [rank * width + k for k in range(len(pairs))]

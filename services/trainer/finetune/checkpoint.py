@@ -19,7 +19,8 @@ from shared.files import fsync_dir, fsync_tree
 Weights = dict[str, torch.Tensor]
 
 
-def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights | None = None) -> None:
+def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights | None = None) -> int:
+    """Write the checkpoint; its size in bytes (with an adapter, the adapter and its optimiser state)."""
     recover_checkpoint(work)  # whatever a killed run left half-swapped is settled first
     staging = work / "checkpoint.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -29,6 +30,7 @@ def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights
     if best is not None:
         torch.save(best, staging / "best.pt")
     fsync_tree(staging)  # on disk before it is renamed into place
+    size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     final = work / "checkpoint"
     old = work / "checkpoint.old"
     if final.exists():
@@ -37,6 +39,7 @@ def save_checkpoint(work: Path, task: Task, state: dict[str, Any], best: Weights
     fsync_dir(work)
     shutil.rmtree(old, ignore_errors=True)
     checkpoint_store.upload(work)  # a work folder attached to an object store: a copy there too
+    return size
 
 
 def recover_checkpoint(work: Path) -> None:

@@ -8,20 +8,36 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from services.trainer.finetune.base import Task, Texts
+from services.trainer.finetune.base import Task, Texts, load_model, loader
+from shared.training import Hyperparameters
 
 
 class ClassifierTask(Task):
     """Text -> one of the labels seen in training, by cross-entropy."""
 
-    def __init__(self, model_dir: str, examples: list[tuple[str, str]], labels: list[str], max_length: int):
+    def __init__(
+        self,
+        model_dir: str,
+        examples: list[tuple[str, str]],
+        labels: list[str],
+        max_length: int,
+        *,
+        base_dir: str | None = None,
+        adapter: Hyperparameters | None = None,
+    ):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.labels = labels
-        self.model = AutoModelForSequenceClassification.from_pretrained(
+        self.model = load_model(
+            loader(
+                AutoModelForSequenceClassification,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            ),
             model_dir,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
+            base_dir,
+            adapter,
+            uses_pooler=True,
         )
         self.examples = examples
         self.texts = Texts(self.tokenizer, max_length)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from services.trainer.finetune.base import PairTask
+from services.trainer.finetune.base import PairTask, load_model, loader
+from shared.training import Hyperparameters
 
 
 class CrossEncoderTask(PairTask):
@@ -20,9 +21,18 @@ class CrossEncoderTask(PairTask):
         examples: list[tuple[str, str, float]],
         product_text: dict[str, str],
         max_length: int,
+        *,
+        base_dir: str | None = None,
+        adapter: Hyperparameters | None = None,
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+        self.model = load_model(
+            loader(AutoModelForSequenceClassification, num_labels=1),
+            model_dir,
+            base_dir,
+            adapter,
+            uses_pooler=True,
+        )
         self._index([(q, product_text[p], g) for q, p, g in examples], max_length)
 
     def logits(self, queries: Sequence[str], products: Sequence[str], device: torch.device) -> torch.Tensor:

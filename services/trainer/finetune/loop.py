@@ -55,6 +55,7 @@ class TrainResult:
     train_seconds: float
     resumed_from_step: int
     processes: int = 1  # the processes that trained (torch.distributed's world size)
+    checkpoint_bytes: int | None = None  # the size of the last checkpoint this run wrote, if any
     # with early stopping: patience, eval_every_steps, evaluations [{step, score}], best_step,
     # best_score, stopped_early and seconds (spent evaluating, left out of train_seconds and the
     # rates); the model returned is the best one evaluated
@@ -101,8 +102,7 @@ class _EarlyStopping:
         if score > self.best:
             self.best, self.best_step, self.stale = score, step, 0
             if self.keep_weights:
-                state = task.model.state_dict()
-                self.weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+                self.weights = task.weights()
         else:
             self.stale += 1
         control.report(early_stopping={"best": self.best, "best_step": self.best_step, "stale": self.stale})
@@ -153,7 +153,8 @@ def fit(
         stopping = _EarlyStopping(
             hp.early_stopping_patience, hp.eval_every_steps or steps_per_epoch, evaluate, keep_weights=leads
         )
-    optimizer = torch.optim.AdamW(task.model.parameters(), lr=hp.learning_rate)
+    trainable = task.trainable()  # with an adapter, the adapter's weights (and a new head's) alone
+    optimizer = torch.optim.AdamW(trainable, lr=hp.peak_learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total * hp.warmup_ratio), total)
     amp_dtype = autocast_dtype(device, hp.mixed_precision)
     use_amp = amp_dtype is not None
@@ -172,6 +173,7 @@ def fit(
     started = time.monotonic()
     last_checkpoint = started
     pairs = 0
+    checkpoint_bytes: int | None = None
     stopped_early = stopping is not None and stopping.exhausted
     while step < total and not stopped_early:
         epoch = step // steps_per_epoch
@@ -184,7 +186,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(task.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -219,7 +221,9 @@ def fit(
                         "ema": ema,
                         **(stopping.state() if stopping else {}),
                     }
-                    save_checkpoint(work, task, state, stopping.weights if stopping else None)
+                    checkpoint_bytes = save_checkpoint(
+                        work, task, state, stopping.weights if stopping else None
+                    )
                 if shard is not None:
                     # the others wait here for the leader's save, not inside the next step's all-reduce
                     shard.barrier()
@@ -232,7 +236,7 @@ def fit(
         if not stopped_early and (not stopping.evaluations or stopping.evaluations[-1]["step"] != step):
             stopping.step(task, step, control)  # the last step's model competes with the best so far
         if stopping.weights is not None and stopping.best_step != step:
-            task.model.load_state_dict(stopping.weights)
+            task.load_weights(stopping.weights)
         early_stopping = stopping.summary(stopped_early)
     task.model.eval()
     elapsed = time.monotonic() - started - (stopping.seconds if stopping else 0.0)
@@ -244,5 +248,6 @@ def fit(
         train_seconds=round(elapsed, 2),
         resumed_from_step=resumed_from,
         processes=shard.world if shard else 1,
+        checkpoint_bytes=checkpoint_bytes,
         early_stopping=early_stopping,
     )

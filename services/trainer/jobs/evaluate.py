@@ -18,7 +18,14 @@ def evaluate(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
     control.report(phase="evaluate")
     labels = spec.config.get("labels")
     model_file = spec.served_file
-    scorer = evaluation.onnx_scorer(spec.onnx(model_file), spec.job_type, labels)
+    product_file = spec.served_product_file
+    scorer = evaluation.onnx_scorer(
+        spec.onnx(model_file),
+        spec.job_type,
+        labels,
+        spec.onnx(product_file) if product_file != model_file else None,
+        spec.vectors_cache,
+    )
     metrics = evaluation.model_metrics(spec.job_type, spec.examples, scorer, control, "model")
     baselines = evaluation.baselines(
         spec.job_type,

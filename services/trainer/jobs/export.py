@@ -32,6 +32,9 @@ def rebuild(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dic
     try:
         control.check()
         int8 = spec.onnx_file(rebuilt.files["model_int8"]["path"])
+        # a query-tower-only version's products stay with its product graph (the base model's), which
+        # serves beside the new query graph
+        products = spec.onnx("product_model_int8") if "product_model_int8" in spec.artifacts else None
         check = evaluation.int8_check(
             spec.job_type,
             spec.examples,
@@ -40,6 +43,8 @@ def rebuild(spec: VersionSpec, control: JobControl) -> tuple[dict[str, Any], dic
             spec.config.get("labels"),
             spec.int8_tolerance,
             control,
+            products,
+            spec.vectors_cache,
         )
     except BaseException:
         for entry in rebuilt.files.values():

@@ -17,7 +17,9 @@ import torch
 
 from services.trainer import checkpoint_store, evaluation
 from services.trainer.control import JobControl, StopReason, in_thread
-from services.trainer.export import export_model, onnx_task, parity_examples
+from services.trainer.device import peak_memory_mb, reset_peak_memory
+from services.trainer.export import INT8_FILE, MODEL_FILE, export_model, onnx_task, parity_examples
+from services.trainer.finetune.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from services.trainer.finetune.base import Task, resolve_base_model
 from services.trainer.finetune.bi_encoder import BiEncoderTask
 from services.trainer.finetune.checkpoint import checkpoint_model
@@ -28,11 +30,12 @@ from services.trainer.finetune.loop import TrainResult, fit, seed_everything
 from services.trainer.jobs.base import JobRun
 from services.trainer.provenance import git_commit, library_versions
 from services.trainer.store import NewVersion
-from shared.artifacts import rooted, version_folder
+from shared.artifacts import PRODUCT_FOLDER, rooted, version_folder
 from shared.datasets.examples import Examples
+from shared.files import file_entry
 from shared.models.enums import DatasetKind, JobType
 from shared.onnxmodel import OnnxTextModel
-from shared.training import Hyperparameters, base_model_problem
+from shared.training import DEFAULT_LORA_TARGETS, Hyperparameters, base_model_problem
 
 
 @dataclass
@@ -60,12 +63,15 @@ class FineTuned:
     train: TrainResult
     export: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)  # what scoring took, and on which graph
+    adapter: dict[str, Any] | None = None  # with an adapter: its settings and files (for PEFT users)
 
 
 def train_task(spec: FineTuneSpec, model_dir: str) -> Task:
     """The task the job type learns, starting from ``model_dir``."""
     hp = spec.hyperparameters
     ex = spec.examples
+    # with an adapter, the model is the base model's, and model_dir (a checkpoint) holds the adapter
+    base_dir = resolve_base_model(spec.base_model)
     if spec.job_type == JobType.bi_encoder:
         return BiEncoderTask(
             model_dir,
@@ -80,10 +86,16 @@ def train_task(spec: FineTuneSpec, model_dir: str) -> Task:
                 else ex.kind == DatasetKind.sequences
             ),
             seed=hp.seed,
+            base_dir=base_dir,
+            adapter=hp,
         )
     if spec.job_type == JobType.cross_encoder:
-        return CrossEncoderTask(model_dir, ex.train, ex.product_text, hp.max_length)
-    return ClassifierTask(model_dir, ex.texts.get("train", []), ex.labels, hp.max_length)
+        return CrossEncoderTask(
+            model_dir, ex.train, ex.product_text, hp.max_length, base_dir=base_dir, adapter=hp
+        )
+    return ClassifierTask(
+        model_dir, ex.texts.get("train", []), ex.labels, hp.max_length, base_dir=base_dir, adapter=hp
+    )
 
 
 def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
@@ -151,7 +163,7 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
     control.report(phase="export")
     trained = spec.work_dir / "trained"
     shutil.rmtree(trained, ignore_errors=True)
-    task.save(trained)
+    task.save_merged(trained)  # an adapter merged into the weights: the graphs serve as any other
     started = time.monotonic()
     exported = export_model(
         trained,
@@ -161,24 +173,43 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
         max_length=hp.max_length,
         fp16=on_gpu,
     )
+    tower = isinstance(task, BiEncoderTask) and task.query_tower_only
+    product_files = _product_tower(spec, base_dir) if tower else {}
     export_seconds = time.monotonic() - started
+    adapter = _save_adapter(task, hp, spec.out_dir / "adapter") if hp.adapter else None
     control.check()
     labels = spec.examples.labels if spec.job_type == JobType.classifier else None
-    int8 = OnnxTextModel(spec.out_dir / "model.int8.onnx", spec.out_dir, max_length=hp.max_length)
+
+    def graph(path: str) -> OnnxTextModel:
+        return OnnxTextModel(spec.out_dir / path, spec.out_dir, max_length=hp.max_length)
+
+    int8 = graph(INT8_FILE)
+    cache = spec.vectors_cache
     started = time.monotonic()
     if on_gpu:
         check = evaluation.int8_check(
-            spec.job_type, spec.examples, int8, metrics, labels, spec.int8_tolerance, control
-        )
+            spec.job_type, spec.examples, int8, metrics, labels, spec.int8_tolerance, control,
+            graph(product_files["product_model_int8"]["path"]) if tower else None, cache,
+        )  # fmt: skip
         check["metrics_graph"] = "torch"
     else:
-        fp32 = OnnxTextModel(spec.out_dir / "model.onnx", spec.out_dir, max_length=hp.max_length)
-        metrics, check = evaluation.served_metrics(
-            spec.job_type, spec.examples, fp32, int8, labels, spec.int8_tolerance, control
+        products = (
+            (
+                graph(product_files["product_model"]["path"]),
+                graph(product_files["product_model_int8"]["path"]),
+            )
+            if tower
+            else None
         )
+        metrics, check = evaluation.served_metrics(
+            spec.job_type, spec.examples, graph(MODEL_FILE), int8, labels, spec.int8_tolerance, control,
+            products, cache,
+        )  # fmt: skip
     model_seconds += time.monotonic() - started
     artifacts = {name: {**entry, "servable": True} for name, entry in exported.files.items()}
     artifacts["model_int8"]["servable"] = check["int8_servable"]
+    for name, entry in product_files.items():  # served beside the query graph of the same precision
+        artifacts[name] = {**entry, "servable": artifacts[name.removeprefix("product_")]["servable"]}
     config = {
         "max_length": hp.max_length,
         "pooling": "mean" if spec.job_type == JobType.bi_encoder else None,
@@ -186,6 +217,8 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
         "labels": labels,
         "headline_metric": evaluation.HEADLINE[spec.job_type],
     }
+    if tower:  # products are embedded by the product_model graphs: the base model's
+        config["query_tower_only"] = True
     export_info = {
         "parity_max_abs_diff": exported.parity_max_abs_diff,
         "int8_max_abs_diff": exported.int8_max_abs_diff,
@@ -201,7 +234,41 @@ def train_and_export(spec: FineTuneSpec, control: JobControl) -> FineTuned:
         "baselines_cached": baselines_cached,
         "graph": check["metrics_graph"],
     }
-    return FineTuned(metrics, baselines, artifacts, config, train, export_info, timing)
+    return FineTuned(metrics, baselines, artifacts, config, train, export_info, timing, adapter)
+
+
+def _product_tower(spec: FineTuneSpec, base_dir: str) -> dict[str, dict[str, Any]]:
+    """A query-tower-only bi-encoder's product side, the base model's fp32 and int8 graphs (exported once
+    per base model, see evaluation.base_tower), copied into the version's ``product/`` folder."""
+    cache = spec.vectors_cache / "towers" if spec.vectors_cache is not None else None
+    tower = evaluation.base_tower(base_dir, cache, spec.work_dir / "tower")
+    folder = spec.out_dir / PRODUCT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, file in (("product_model", MODEL_FILE), ("product_model_int8", INT8_FILE)):
+        shutil.copyfile(tower / file, folder / file)
+        files[name] = file_entry(spec.out_dir, f"{PRODUCT_FOLDER}/{file}")
+    return files
+
+
+def _save_adapter(task: Task, hp: Hyperparameters, folder: Path) -> dict[str, Any]:
+    """The trained adapter as PEFT saves it (``PeftModel.from_pretrained`` on the base model loads it),
+    beside the version's graphs, which have it merged."""
+    task.model.save_pretrained(folder)
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            files[path.name] = file_entry(folder.parent, f"{folder.name}/{path.name}")
+        else:  # PEFT's model card, say: not the version's
+            path.unlink()
+    return {
+        "kind": hp.adapter,
+        "r": hp.lora_r,
+        "alpha": hp.lora_alpha,
+        "target_modules": list(hp.target_modules or DEFAULT_LORA_TARGETS),
+        "query_tower_only": hp.query_tower_only,
+        "files": files,
+    }
 
 
 async def run(job: JobRun) -> NewVersion:
@@ -243,7 +310,9 @@ async def run(job: JobRun) -> NewVersion:
         vectors_cache=settings.cache_dir,
         multi_node=multi_node(settings, row.id, job.claimed.attempt, row.base_model or "", hyperparameters),
     )
+    reset_peak_memory(job.device)  # the worker runs one job at a time: its peak from here is this job's
     outcome = await in_thread(job.control, train_and_export, spec, job.control)
+    peak_memory = peak_memory_mb(job.device)
     train = outcome.train
     compute: dict[str, Any] = {
         "device": job.device.type,
@@ -255,15 +324,21 @@ async def run(job: JobRun) -> NewVersion:
         "runs": row.attempts,
         "export": outcome.export,
         "evaluation": outcome.evaluation,
+        "checkpoint_bytes": train.checkpoint_bytes,
+        "peak_memory": peak_memory,
     }
     if train.early_stopping is not None:
         compute["early_stopping"] = train.early_stopping
     duration_s = time.monotonic() - job.started
+    folder = version_folder(row.project_id, version_id)
+    artifacts: dict[str, Any] = rooted(outcome.artifacts, folder)
+    if outcome.adapter is not None:
+        artifacts["adapter"] = {**outcome.adapter, "files": rooted(outcome.adapter["files"], folder)}
     return NewVersion(
         id=version_id,
         metrics=outcome.metrics,
         baselines=outcome.baselines,
-        artifacts=rooted(outcome.artifacts, version_folder(row.project_id, version_id)),
+        artifacts=artifacts,
         config=outcome.config,
         compute=compute,
         library_versions=library_versions(),

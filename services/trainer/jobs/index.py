@@ -23,11 +23,12 @@ from shared.files import file_entry, fsync_dir, fsync_tree
 
 
 def index(spec: VersionSpec, control: JobControl) -> dict[str, Any]:
-    """Embed every catalog product with the graph CPU serving uses; write `embeddings.npy` (float32,
-    one L2-normalised row per product) and `product_ids.parquet` (the rows' ids, in order)."""
+    """Embed every catalog product with the graph CPU serving embeds products with (the served graph, or a
+    query-tower-only version's product graph); write `embeddings.npy` (float32, one L2-normalised row per
+    product) and `product_ids.parquet` (the rows' ids, in order)."""
     assert spec.catalog is not None and spec.catalog_version_id is not None
     control.report(phase="index")
-    model_file = spec.served_file
+    model_file = spec.served_product_file
     ids = list(spec.catalog)
     vectors = evaluation.embed_all(
         spec.onnx(model_file).embed, [spec.catalog[p] for p in ids], control, "catalog"

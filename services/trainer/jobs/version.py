@@ -11,7 +11,7 @@ import anyio
 import torch
 
 from services.trainer.jobs.base import JobRun
-from shared.artifacts import cpu_graph, stored_files, unrooted, version_folder
+from shared.artifacts import cpu_graph, product_graph, stored_files, unrooted, version_folder
 from shared.datasets.examples import Examples
 from shared.models.enums import JobType
 from shared.onnxmodel import OnnxTextModel
@@ -42,6 +42,12 @@ class VersionSpec:
     def served_file(self) -> str:
         """The artifact CPU inference serves (shared.artifacts.cpu_graph)."""
         return cpu_graph(self.artifacts)
+
+    @property
+    def served_product_file(self) -> str:
+        """The artifact that embeds products beside ``served_file``: itself, or a query-tower-only
+        version's product graph (shared.artifacts.product_graph)."""
+        return product_graph(self.artifacts, self.served_file)
 
     def onnx(self, name: str) -> OnnxTextModel:
         """The graph of one of the version's artifacts ("model", "model_int8", ...)."""

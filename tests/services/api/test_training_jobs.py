@@ -135,8 +135,9 @@ async def test_an_unknown_hyperparameter_names_the_valid_ones(world: World) -> N
     assert error["loc"] == ["body", "hyperparameters"]
     assert error["msg"] == (
         "Value error, unknown hyperparameter 'max_step' ('max_step': did you mean 'max_steps'?); the names "
-        "are: batch_size, early_stopping_patience, epochs, eval_every_steps, hard_negatives, learning_rate, "
-        "max_length, max_steps, mixed_precision, nodes, popularity_correction, processes, seed, warmup_ratio"
+        "are: adapter, batch_size, early_stopping_patience, epochs, eval_every_steps, hard_negatives, "
+        "learning_rate, lora_alpha, lora_dropout, lora_r, max_length, max_steps, mixed_precision, nodes, "
+        "popularity_correction, processes, query_tower_only, seed, target_modules, warmup_ratio"
     )
 
 
