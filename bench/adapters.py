@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from quality import Bench, console  # bench/quality.py, beside this script
+from quality import Bench, console, print_header  # bench/quality.py, beside this script
 from rich.table import Table
 
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -76,10 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args.project = args.project or f"adapters-{dt.datetime.now():%Y%m%d-%H%M%S}"
     started = time.monotonic()
     bench = Bench(args)
-    console.print(
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores; python {' '.join(sys.argv)}"
-    )
+    print_header()
     slug = bench.project()
     version = bench.data(slug)
     key = bench.service_key(slug)

@@ -448,6 +448,14 @@ def _bi_encoder_hp(args: argparse.Namespace) -> dict[str, Any]:
     return dict(args.hp) if args.defaults else {**args.hp, "max_steps": args.steps}
 
 
+def print_header() -> None:
+    """When, on what, and the command: the line a bench's output starts with."""
+    console.print(
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; python {' '.join(sys.argv)}"
+    )
+
+
 def _goal(name: str, measured: float, goal: float, unit: str) -> None:
     verdict = "met" if measured >= goal else "NOT met"
     console.print(f"goal, {name}: measured {measured:.3f}{unit} against {goal:g}{unit}: {verdict}")
@@ -519,10 +527,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.path}: no such file or folder")
     started = time.monotonic()
     bench = Bench(args)
-    console.print(
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores; python {' '.join(sys.argv)}"
-    )
+    print_header()
     slug = bench.project()
     version = bench.data(slug)
     kind = DatasetKind(version["kind"])

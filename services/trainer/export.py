@@ -384,22 +384,34 @@ def export_graph(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max
     if (out_dir / MODEL_FILE).is_file():
         return out_dir / MODEL_FILE
     _check_examples("feature-extraction", examples)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # named as the janitor sweeps what killed runs left (".*.tmp")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         model = _load_torch_model(Path(model_dir), "feature-extraction")
         _copy_support_files(Path(model_dir), staging)
         _export_fp32(model, "feature-extraction", staging)
         _checked_parity(model, Path(model_dir), staging, "feature-extraction", examples, max_length)
+
+    _whole_folder(out_dir, MODEL_FILE, fill)
+    return out_dir / MODEL_FILE
+
+
+def _whole_folder(out_dir: Path, marker: str, fill: Callable[[Path], None]) -> None:
+    """Make ``out_dir`` by filling a staging folder beside it and renaming that into place, so it appears
+    whole or not at all; one whose ``marker`` file is there already is kept (another process made it)."""
+    if (out_dir / marker).is_file():
+        return
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # named as the janitor sweeps what killed runs left (".*.tmp")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        fill(staging)
         try:
             staging.rename(out_dir)
-        except OSError:  # another process exported it first: theirs serves
-            if not (out_dir / MODEL_FILE).is_file():
+        except OSError:  # another process made it first: theirs serves
+            if not (out_dir / marker).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir / MODEL_FILE
 
 
 def export_tower(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max_length: int = 128) -> Path:
@@ -407,21 +419,12 @@ def export_tower(model_dir: Path, out_dir: Path, *, examples: Sequence[str], max
     model a query-tower-only bi-encoder embeds products with), exported once into ``out_dir``, which
     appears whole or not at all; returns it. Every version made from the same base model copies these
     very files, so their digests say that the versions embed products alike."""
-    out_dir = Path(out_dir)
-    if (out_dir / INT8_FILE).is_file():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         export_model(model_dir, staging, task="feature-extraction", examples=examples, max_length=max_length)
-        try:
-            staging.rename(out_dir)
-        except OSError:  # another process exported it first: theirs serves
-            if not (out_dir / INT8_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+
+    _whole_folder(Path(out_dir), INT8_FILE, fill)
+    return Path(out_dir)
 
 
 @dataclass(frozen=True)
