@@ -97,7 +97,8 @@ def test_a_redis_restart_loses_no_job_event_or_promotion(stack: Stack, tiny: Pat
     sender = EventSender(stack, key)
     sender.start()
 
-    running = _fine_tune(stack, tiny, dataset, steps=400)
+    # long enough to still be training when the outage ends on a fast CPU (400 steps took 6 s on one)
+    running = _fine_tune(stack, tiny, dataset, steps=2000)
     queued = [_fine_tune(stack, tiny, dataset, steps=20) for _ in range(2)]
     wait_for("a job to run", lambda: stack.job(running["id"])["status"] == "running")
     with stack.outage("redis"):

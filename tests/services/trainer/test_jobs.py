@@ -205,8 +205,11 @@ async def test_early_stopping_stops_when_the_validation_metric_stops_improving(
     assert [e["step"] for e in stopping["evaluations"]] == [3, 6, 9]
     assert len({e["score"] for e in stopping["evaluations"]}) == 1
     assert stopping["best_step"] == 3 and stopping["metric"] == "ndcg@10" and stopping["patience"] == 2
-    # the metric the model was kept for is the one its validation metrics show
-    assert model["metrics"]["ndcg@10"] == pytest.approx(stopping["best_score"], abs=1e-5)
+    # the metric the model was kept for is the one its fp32 graph shows (its `metrics` are the served
+    # graph's: the int8 one, when within the tolerance, may order a near tie otherwise)
+    export = model["compute"]["export"]
+    assert export["fp32_metrics"]["ndcg@10"] == pytest.approx(stopping["best_score"], abs=1e-5)
+    assert model["metrics"]["ndcg@10"] >= stopping["best_score"] - export["int8_tolerance"] - 1e-5
 
 
 async def test_reaper_requeues_a_job_whose_worker_vanished(
