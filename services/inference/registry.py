@@ -62,7 +62,6 @@ class ServedVersion:
     # a bi-encoder's product side: the sha256 of the graph that embeds its products (its own graph's, or
     # a query-tower-only version's base model graph's); versions alike share one catalog index
     product_tower: str | None = None
-    catalog_shared_from: uuid.UUID | None = None  # the loaded version whose catalog index this one reuses
 
     @property
     def name(self) -> str:
@@ -299,12 +298,11 @@ class ModelRegistry:
             batcher=batcher,
         )
         if task == ModelTaskType.bi_encoder:
-            product_file = product_graph(version.artifacts, model_file)
             served.product_tower = version.artifacts[product_file].get("sha256")
             if catalog is not None:
                 twin = self._same_product_side(served.product_tower, catalog[0])
                 if twin is not None:  # its catalog embeddings and indexes serve this version as they are
-                    served.catalog, served.catalog_shared_from = twin.catalog, twin.id
+                    served.catalog = twin.catalog
                     log.info(
                         "reusing a loaded version's catalog index: the same graph embeds products",
                         extra={"model_version_id": str(version.id), "from_version_id": str(twin.id)},

@@ -214,11 +214,10 @@ def torch_scorer(task: Task, device: torch.device, max_length: int) -> Scorer:
         queries = torch_embedder(task.model, task.tokenizer, device, max_length)
         if not task.query_tower_only:
             return Scorer(embed=queries)
-        products = torch_embedder(task.model, task.tokenizer, device, max_length)
 
         def base_model(texts: Sequence[str]) -> np.ndarray:
             with task.model.disable_adapter():  # the product tower is the base model
-                return products(texts)
+                return queries(texts)
 
         return Scorer(embed=queries, products=Scorer(embed=base_model))
     if isinstance(task, CrossEncoderTask):
