@@ -24,6 +24,7 @@ from services.api.deployments.router import router as deployments_router
 from services.api.deps import ApiResources, get_resources
 from services.api.feedback.rollups import rollup_loop
 from services.api.feedback.router import router as feedback_router
+from services.api.labeling.router import router as labeling_router
 from services.api.milestones.router import router as milestones_router
 from services.api.pipelines.controller import controller_loop
 from services.api.pipelines.router import router as pipelines_router
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         training_router,
         deployments_router,
         feedback_router,
+        labeling_router,
         pipelines_router,
         webhooks_router,
     ):

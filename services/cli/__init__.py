@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, demo, jobs, keys, models, pipelines, projects, simulator, stack, webhooks
+from services.cli import (
+    data,
+    demo,
+    jobs,
+    keys,
+    labeling,
+    models,
+    pipelines,
+    projects,
+    simulator,
+    stack,
+    webhooks,
+)
 
 app = typer.Typer(
     name="recforge",
@@ -21,6 +33,8 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(models.app, name="models")
 app.add_typer(models.deployments_app, name="deployments")
 app.add_typer(pipelines.app, name="pipelines")
+app.add_typer(labeling.app, name="labeling")
+app.command("label")(labeling.label)
 app.add_typer(webhooks.app, name="webhooks")
 app.command()(demo.demo)
 app.command("simulate")(simulator.simulate_command)

@@ -22,7 +22,14 @@ import anyio
 from services.trainer import checkpoint_store, janitor
 from services.trainer.context import WorkerContext, worker_context
 from services.trainer.control import JobCancelled, JobControl, StopReason
-from services.trainer.store import Claimed, DatasetClash, NewDatasets, NewVersion, NotClaimed
+from services.trainer.store import (
+    Claimed,
+    DatasetClash,
+    NewDatasets,
+    NewLabelingItems,
+    NewVersion,
+    NotClaimed,
+)
 from shared.artifacts import stored_files
 from shared.config import Settings
 from shared.datasets import storage
@@ -39,7 +46,7 @@ log = logging.getLogger("recforge.trainer")
 def handler(job_type: JobType) -> Handler:
     """The handler of a job type. torch and transformers load with the first job, not when the worker
     starts, so a worker is ready (and answers /readyz) in moments."""
-    from services.trainer.jobs import evaluate, export, feedback, finetune, index
+    from services.trainer.jobs import evaluate, export, feedback, finetune, index, labeling
 
     handlers: dict[JobType, Handler] = {
         JobType.bi_encoder: finetune.run,
@@ -49,6 +56,7 @@ def handler(job_type: JobType) -> Handler:
         JobType.export: export.run,
         JobType.index_catalog: index.run,
         JobType.feedback: feedback.run,
+        JobType.labeling: labeling.run,
     }
     return handlers[job_type]
 
@@ -277,6 +285,13 @@ async def _run(wc: WorkerContext, claimed: Claimed, control: JobControl) -> str:
             await asyncio.gather(heartbeat, return_exceptions=True)
     if isinstance(outcome, NewDatasets):
         return await _record_datasets(wc, claimed, outcome)
+    if isinstance(outcome, NewLabelingItems):
+        if not await wc.store.record_labeling(claimed, outcome):
+            log.warning("job taken over by another run: its result is dropped", extra={"job_id": job_id})
+            return "superseded: the job is no longer this run's"
+        await publish(wc, claimed.job.id, {"id": job_id, "status": JobStatus.succeeded.value})
+        log.info("job succeeded", extra={"job_id": job_id, "pairs": len(outcome.items)})
+        return "succeeded"
     try:  # a bucket gets the files before the row that names them is committed
         await anyio.to_thread.run_sync(_publish, wc.settings, outcome.artifacts or {})
     except Exception as exc:

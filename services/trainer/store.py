@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, type_coerce, update
+from sqlalchemy import and_, func, insert, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,8 +24,26 @@ from shared.artifacts import stored_files
 from shared.datasets.catalog import latest_catalog_version
 from shared.db import unit_of_work
 from shared.feedback import Action, Served
-from shared.models import Dataset, DatasetVersion, ModelVersion, Project, TrainingJob
-from shared.models.enums import DatasetKind, JobStatus, JobType, ModelStatus
+from shared.labeling import Candidate, assign
+from shared.models import (
+    Dataset,
+    DatasetVersion,
+    LabelingAssignment,
+    LabelingItem,
+    LabelingQueue,
+    ModelVersion,
+    Project,
+    TrainingJob,
+)
+from shared.models.enums import (
+    AssignmentPolicy,
+    AssignmentStatus,
+    DatasetKind,
+    JobStatus,
+    JobType,
+    LabelingStatus,
+    ModelStatus,
+)
 from shared.training import NEEDS_MODEL, TASK_OF
 
 
@@ -148,6 +166,19 @@ class NewDatasets:
     progress: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class NewLabelingItems:
+    """What a labelling queue's selection job chose: the pairs in order, with the strategy's score and
+    each ranker's score of each."""
+
+    queue_id: uuid.UUID
+    items: tuple[Candidate, ...]
+    scores: tuple[float, ...]
+    signals: tuple[dict[str, float], ...]
+    result: dict[str, Any]
+    progress: dict[str, Any]
+
+
 class DatasetClash(Exception):
     """A dataset of the name exists with another kind."""
 
@@ -243,7 +274,7 @@ class JobStore:
             version = await session.get(ModelVersion, job.input_model_version_id)
             if version is None or "model" not in (version.artifacts or {}):
                 raise _CannotRun("its model version is gone or has no ONNX graph")
-        elif job_type not in TASK_OF and job_type != JobType.feedback:
+        elif job_type not in TASK_OF and job_type not in (JobType.feedback, JobType.labeling):
             raise _CannotRun(f"{job.job_type} jobs are not run by this trainer version")
 
         def claimed(
@@ -282,6 +313,15 @@ class JobStore:
                     raise _CannotRun("its base dataset version is gone")
                 base = found[0].tables
             return claimed(DatasetKind.relevance, base, catalog.tables if catalog else None)
+        if job_type == JobType.labeling:  # the pool's version (none for searches) and the catalog
+            catalog = await latest_catalog_version(session, job.project_id)
+            pool: dict[str, Any] = {}
+            if job.dataset_version_id is not None:
+                found = await self._dataset_version(session, job.dataset_version_id)
+                if found is None:
+                    raise _CannotRun("its pool's dataset version is gone")
+                pool = found[0].tables
+            return claimed(DatasetKind.relevance, pool, catalog.tables if catalog else None)
         # an export checks its version on the version's own training data
         source = (
             version.dataset_version_id if job_type == JobType.export and version else job.dataset_version_id
@@ -588,6 +628,83 @@ class JobStore:
                 await session.rollback()
                 return None
         return stored
+
+    async def dataset_tables(self, version_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+        """The tables of these dataset versions (those that still exist)."""
+        if not version_ids:
+            return []
+        async with self.sessionmaker() as session:
+            found = await session.execute(
+                select(DatasetVersion.tables).where(DatasetVersion.id.in_(version_ids))
+            )
+            return [tables for (tables,) in found]
+
+    async def model_versions(self, version_ids: list[uuid.UUID]) -> dict[uuid.UUID, ModelVersion]:
+        """These model versions, those that exist and have an ONNX graph."""
+        if not version_ids:
+            return {}
+        async with self.sessionmaker() as session:
+            found = (
+                await session.execute(select(ModelVersion).where(ModelVersion.id.in_(version_ids)))
+            ).scalars()
+            return {version.id: version for version in found if "model" in (version.artifacts or {})}
+
+    async def record_labeling(self, claimed: Claimed, outcome: NewLabelingItems) -> bool:
+        """Write a selection job's pairs into its queue, share them among the queue's labellers, open the
+        queue and end the job succeeded, all or nothing. False (nothing written) when the job is no
+        longer this run's; a queue that is no longer being built keeps what it has."""
+        async with unit_of_work(self.sessionmaker) as session:
+            queue = await session.get(LabelingQueue, outcome.queue_id, with_for_update=True)
+            if queue is not None and queue.status == LabelingStatus.building.value:
+                load: dict[uuid.UUID, int] = {}
+                if queue.assignment == AssignmentPolicy.least_loaded.value:
+                    waiting = await session.execute(
+                        select(LabelingAssignment.user_id, func.count())
+                        .join(LabelingQueue, LabelingQueue.id == LabelingAssignment.queue_id)
+                        .where(
+                            LabelingQueue.project_id == queue.project_id,
+                            LabelingQueue.status == LabelingStatus.open.value,
+                            LabelingAssignment.status == AssignmentStatus.pending.value,
+                        )
+                        .group_by(LabelingAssignment.user_id)
+                    )
+                    load = {user: int(count) for user, count in waiting}
+                who = assign(
+                    len(outcome.items), queue.labellers, queue.labels_per_item, queue.assignment, load
+                )
+                rows = [
+                    {
+                        "id": uuid.uuid4(),
+                        "queue_id": queue.id,
+                        "project_id": queue.project_id,
+                        "position": position,
+                        "query": item.query[:1000],
+                        "product_id": item.product_id,
+                        "product_text": item.product_text[:4000],
+                        "score": score,
+                        "signals": signals,
+                    }
+                    for position, (item, score, signals) in enumerate(
+                        zip(outcome.items, outcome.scores, outcome.signals, strict=True), start=1
+                    )
+                ]
+                for start in range(0, len(rows), 1000):
+                    await session.execute(insert(LabelingItem), rows[start : start + 1000])
+                given = [
+                    {"queue_id": queue.id, "item_id": row["id"], "user_id": user, "position": row["position"]}
+                    for row, people in zip(rows, who, strict=True)
+                    for user in people
+                ]
+                for start in range(0, len(given), 1000):
+                    await session.execute(insert(LabelingAssignment), given[start : start + 1000])
+                queue.status = LabelingStatus.open.value
+                queue.report = {"selection": outcome.result}
+            if not await self._succeed(
+                session, claimed, {**outcome.progress, "phase": "done"}, result=outcome.result
+            ):
+                await session.rollback()
+                return False
+        return True
 
     async def note_output(self, claimed: Claimed, version_id: uuid.UUID) -> bool:
         """Record, before its files are written, the version folder this run's fine-tune fills, so the

@@ -53,6 +53,26 @@ def content_hash(file_digests: Sequence[str], options: ImportOptions, spec: spli
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+def rows_hash(kind: DatasetKind, table: pa.Table, split_seed: int) -> str:
+    """The identity of a version made from rows rather than files (feedback jobs, labelling queues): its
+    rows, in order, and what they were split by."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"kind": kind.value, "schema": 1, "split": split_seed}).encode())
+    for batch in table.to_batches():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()
+
+
+def with_split(kind: DatasetKind, table: pa.Table, spec: splits.SplitSpec) -> pa.Table:
+    """Rows of ``kind`` given their split (by the kind's group: a relevance row by its query) and cast to
+    the stored schema."""
+    table = table.append_column("split", splits.assign(table[SPLIT_GROUP[kind]], spec))
+    return table.cast(schema_for(kind))
+
+
 def prepare(
     files: Sequence[Path],
     options: ImportOptions,

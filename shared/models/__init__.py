@@ -5,6 +5,7 @@ from shared.models.base import Base
 from shared.models.datasets import Dataset, DatasetImport, DatasetVersion
 from shared.models.deployments import Deployment, MerchandisingRule
 from shared.models.events import Event, Impression, OnlineRollup, OnlineRollupHour
+from shared.models.labeling import LabelingAssignment, LabelingItem, LabelingQueue
 from shared.models.model_versions import ModelVersion
 from shared.models.pipelines import Pipeline, PipelineRun, Webhook, WebhookDelivery
 from shared.models.projects import Milestone, Project, ProjectMember
@@ -23,6 +24,9 @@ __all__ = [
     "Deployment",
     "Event",
     "Impression",
+    "LabelingAssignment",
+    "LabelingItem",
+    "LabelingQueue",
     "MerchandisingRule",
     "Milestone",
     "ModelVersion",

@@ -68,6 +68,7 @@ class JobType(StrEnum):
     export = "export"
     index_catalog = "index"  # "index" would shadow str.index
     feedback = "feedback"  # impressions and events -> a dataset version
+    labeling = "labeling"  # a labelling queue's pairs chosen from a pool by a strategy
 
 
 class JobStatus(StrEnum):
@@ -171,3 +172,35 @@ class DeliveryStatus(StrEnum):
     pending = "pending"
     delivered = "delivered"
     failed = "failed"  # every attempt refused
+
+
+class LabelingStatus(StrEnum):
+    """A labelling queue's state: its selection job picks the pairs (building), people label them (open),
+    closing writes the labels as a dataset version (closed); a selection that failed leaves it failed."""
+
+    building = "building"
+    open = "open"
+    closed = "closed"
+    failed = "failed"
+
+
+class LabelingStrategy(StrEnum):
+    random = "random"  # the control
+    uncertainty = "uncertainty"  # the deployed cross-encoder's least sure pairs
+    committee = "committee"  # the pairs the rankers disagree most about
+
+
+class LabelingPool(StrEnum):
+    dataset = "dataset"  # a relevance dataset version's queries
+    impressions = "impressions"  # the queries shoppers searched for
+
+
+class AssignmentPolicy(StrEnum):
+    round_robin = "round_robin"
+    least_loaded = "least_loaded"  # to whoever has the fewest pairs waiting in the project's open queues
+
+
+class AssignmentStatus(StrEnum):
+    pending = "pending"
+    labelled = "labelled"
+    skipped = "skipped"

@@ -1,13 +1,25 @@
-"""Selecting pairs to judge: the strategies' scores and the spread across queries."""
+"""Selecting pairs to judge (the strategies' scores and the spread across queries), sharing them among
+labellers, and what closing a queue computes (grades, agreement, the merge with a base)."""
 
 from __future__ import annotations
 
+import uuid
+from collections import Counter
+
+import krippendorff
 import numpy as np
+import pyarrow as pa
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
 from shared.labeling import (
     Strategy,
+    agreement,
+    assign,
     diverse_pick,
+    final_grades,
+    labels_table,
+    merge_labels,
     per_query_cap,
     select,
     top_k_membership,
@@ -76,3 +88,60 @@ def test_the_cap_spreads_the_budget() -> None:
     assert per_query_cap(500, 1000) == 2
     assert per_query_cap(500, 100) == 10
     assert per_query_cap(10, 0) == 2
+
+
+# -- sharing pairs out, and what closing computes -------------------------------------------------
+
+A, B, C = (uuid.UUID(int=n) for n in (1, 2, 3))
+
+
+def test_round_robin_deals_distinct_labellers_in_turn() -> None:
+    dealt = assign(5, [A, B, C], 2, "round_robin")
+    assert dealt == [[A, B], [C, A], [B, C], [A, B], [C, A]]
+    shares = Counter(person for people in dealt for person in people)
+    assert max(shares.values()) - min(shares.values()) <= 1
+
+
+def test_least_loaded_counts_what_is_waiting_elsewhere() -> None:
+    dealt = assign(4, [A, B, C], 1, "least_loaded", {A: 3, B: 0, C: 1})
+    assert dealt == [[B], [B], [C], [B]]  # B has nothing waiting, C one, A three
+    with pytest.raises(ValueError, match="between one and"):
+        assign(1, [A], 2, "round_robin")
+
+
+def test_agreement_matches_the_reference_figures() -> None:
+    # two labellers' grades of nine pairs, against the package and scikit-learn called directly (the
+    # matrix's orientation, the scale's domain and the kappa's weights are what is checked)
+    first = [1, 2, 3, 3, 2, 1, 4, 1, 2]
+    second = [1, 2, 3, 3, 2, 2, 4, 1, 2]
+    labels = {i: {A: a, B: b} for i, (a, b) in enumerate(zip(first, second, strict=True))}
+    labels[99] = {A: 4}  # labelled once: not part of agreement
+    found = agreement(labels, 0, 4)
+    assert found["pairs_labelled_twice"] == 9 and found["exact_agreement"] == round(8 / 9, 4)
+    expected_alpha = krippendorff.alpha(
+        reliability_data=np.array([first, second], dtype=float),
+        level_of_measurement="ordinal",
+        value_domain=np.arange(0, 5, dtype=float),
+    )
+    assert found["krippendorff_alpha"] == pytest.approx(expected_alpha, abs=1e-4)
+    [kappa] = found["cohen_kappa"]
+    assert kappa["kappa"] == pytest.approx(
+        cohen_kappa_score(first, second, weights="quadratic", labels=list(range(5))), abs=1e-4
+    )
+    assert 0.8 < found["krippendorff_alpha"] < 1
+    same = agreement({1: {A: 2, B: 2}, 2: {A: 2, B: 2}}, 0, 3)
+    assert same["exact_agreement"] == 1.0 and same["krippendorff_alpha"] is None  # no variation: undefined
+    assert agreement({1: {A: 2}}, 0, 3)["pairs_labelled_twice"] == 0
+
+
+def test_labels_are_averaged_and_win_over_the_base() -> None:
+    assert final_grades({"x": [3, 2], "y": [], "z": [0]}) == {"x": 2.5, "z": 0.0}
+    labels = labels_table({("Cordless Drill", "p1"): 2.5, ("saw", "p2"): 0.0})
+    base = pa.table({"query": ["cordless  drill", "hose"], "product_id": ["p1", "p3"], "grade": [1.0, 3.0]})
+    merged, sources = merge_labels(labels, base)
+    assert sources == {"labels": 2, "base": 1}
+    assert merged.to_pylist() == [
+        {"query": "Cordless Drill", "product_id": "p1", "grade": 2.5},
+        {"query": "saw", "product_id": "p2", "grade": 0.0},
+        {"query": "hose", "product_id": "p3", "grade": 3.0},
+    ]

@@ -77,6 +77,8 @@ async def _validate(session: AsyncSession, settings: Settings, ctx: ProjectConte
     job_type = data.job_type
     if job_type == JobType.feedback:
         raise _invalid("job_type", f"feedback jobs are submitted to /projects/{project_id}/feedback-jobs")
+    if job_type == JobType.labeling:
+        raise _invalid("job_type", f"labelling queues are created at /projects/{project_id}/labeling-queues")
     unfit = hyperparameter_problem(job_type, data.hyperparameters)
     if unfit is not None:
         raise _invalid("hyperparameters", unfit)

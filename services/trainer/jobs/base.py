@@ -11,7 +11,14 @@ import anyio
 import torch
 
 from services.trainer.control import JobControl
-from services.trainer.store import Claimed, JobStore, NewDatasets, NewVersion, VersionResult
+from services.trainer.store import (
+    Claimed,
+    JobStore,
+    NewDatasets,
+    NewLabelingItems,
+    NewVersion,
+    VersionResult,
+)
 from shared.config import Settings
 from shared.datasets.examples import Examples, load
 from shared.storage import ObjectStore, object_store
@@ -31,7 +38,7 @@ class JobRun:
     # when the job succeeds.
     work_dir: Path | None = None
     out_dir: Path | None = None
-    store: JobStore | None = None  # what a feedback job reads the logs through
+    store: JobStore | None = None  # what feedback and labelling jobs read the logs and rows through
 
     @property
     def objects(self) -> ObjectStore:
@@ -47,4 +54,4 @@ class JobRun:
         )
 
 
-Handler = Callable[[JobRun], Awaitable[NewVersion | VersionResult | NewDatasets]]
+Handler = Callable[[JobRun], Awaitable[NewVersion | VersionResult | NewDatasets | NewLabelingItems]]

@@ -7,8 +7,6 @@ content its dataset already holds is not written twice (a rerun of the same wind
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from typing import Any
 
@@ -19,28 +17,12 @@ from services.trainer.control import JobControl, in_thread
 from services.trainer.jobs.base import JobRun
 from services.trainer.store import NewDataset, NewDatasets
 from shared.datasets import splits, stats, storage
-from shared.datasets.schema import SPLIT_GROUP, schema_for
+from shared.datasets.pipeline import rows_hash, with_split
+from shared.datasets.schema import SPLIT_GROUP
 from shared.errors import ValidationFailed
 from shared.feedback import Action, FeedbackOptions, Served, merge_judgments, relevance, sequences
 from shared.models.enums import DatasetKind
 from shared.storage import ObjectStore
-
-
-def _content_hash(kind: DatasetKind, table: pa.Table, options: FeedbackOptions) -> str:
-    """The version's identity: its rows (in order) and what they were split by."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"kind": kind.value, "schema": 1, "split": options.split_seed}).encode())
-    for batch in table.to_batches():
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        digest.update(sink.getvalue().to_pybytes())
-    return digest.hexdigest()
-
-
-def _split(kind: DatasetKind, table: pa.Table, spec: splits.SplitSpec) -> pa.Table:
-    table = table.append_column("split", splits.assign(table[SPLIT_GROUP[kind]], spec))
-    return table.cast(schema_for(kind))
 
 
 def _known_products(store: ObjectStore, tables: dict[str, Any]) -> set[str]:
@@ -92,7 +74,7 @@ def build(
             + (", and no shopper carted or bought two products" if options.sequences else "")
             + ": widen the window (from/to) or lower min_impressions"
         )
-    return {kind: _split(kind, rows, spec) for kind, rows in out.items()}, report
+    return {kind: with_split(kind, rows, spec) for kind, rows in out.items()}, report
 
 
 def _write(
@@ -124,7 +106,7 @@ def _write(
         storage_path=relative,
         tables=manifest,
         row_count=table.num_rows,
-        content_hash=_content_hash(kind, table, options),
+        content_hash=rows_hash(kind, table, options.split_seed),
         stats=described,
         splits=splits.summary(table, group, spec),
         split_seed=options.split_seed,

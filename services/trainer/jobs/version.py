@@ -13,6 +13,7 @@ import torch
 from services.trainer.jobs.base import JobRun
 from shared.artifacts import cpu_graph, product_graph, stored_files, unrooted, version_folder
 from shared.datasets.examples import Examples
+from shared.models import ModelVersion
 from shared.models.enums import JobType
 from shared.onnxmodel import OnnxTextModel
 
@@ -58,9 +59,10 @@ class VersionSpec:
         return OnnxTextModel(self.directory / path, self.directory, max_length=self.max_length)
 
 
-async def version_spec(job: JobRun) -> VersionSpec:
-    """The job's version, its files fetched into this machine's workspace (and checked) first."""
-    version = job.claimed.model_version
+async def version_spec(job: JobRun, version: ModelVersion | None = None) -> VersionSpec:
+    """The job's version (or ``version``), its files fetched into this machine's workspace (and
+    checked) first."""
+    version = version or job.claimed.model_version
     assert version is not None
     relative = version_folder(version.project_id, version.id)
     await anyio.to_thread.run_sync(job.objects.fetch_all, stored_files(version.artifacts))
