@@ -115,6 +115,14 @@ def create(
     base: Annotated[
         str | None, typer.Option("--base", help="Judgments the labels join at close (not asked again).")
     ] = None,
+    retriever: Annotated[
+        str | None,
+        typer.Option(help="A bi-encoder version to find candidates with (default: the deployed one)."),
+    ] = None,
+    reranker: Annotated[
+        str | None,
+        typer.Option(help="A cross-encoder version to score them with (default: the deployed one)."),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow the selection job.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the queue's id.")] = False,
     url: ApiUrl = None,
@@ -138,8 +146,10 @@ def create(
         )
     else:
         body.update(pool="dataset", dataset_version_id=dataset_version, split=split)
-    if base:
-        body["base_dataset_version_id"] = base
+    for field, value in (("base_dataset_version_id", base), ("retriever_version_id", retriever),
+                         ("reranker_version_id", reranker)):  # fmt: skip
+        if value:
+            body[field] = value
     with api_client(load_settings(), url, key) as client:
         if labeller:
             body["labellers"] = _labellers(client, project, labeller)

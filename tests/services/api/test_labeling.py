@@ -16,7 +16,7 @@ from sqlalchemy import select
 from shared.config import Settings
 from shared.models import Event, Impression, LabelingItem
 from tests.support.data import shop_data
-from tests.support.processes import CLI, cli_env
+from tests.support.processes import CLI, cli_env, recforge
 from tests.support.training import PROJECT as P
 from tests.support.training import make_worker, run_worker, train, upload
 from tests.support.world import World
@@ -170,11 +170,16 @@ async def test_a_queue_is_chosen_labelled_by_two_people_closed_and_trained_on(
     assert (
         await world.call("viewer", "POST", f"/api/v1/labeling-queues/{queue_id}/close", json={})
     ).status_code == 403
-    closed = await world.call(
-        "member", "POST", f"/api/v1/labeling-queues/{queue_id}/close", json={"dataset_name": "judged-by-us"}
+    member_env = cli_env(settings, RECFORGE_API_URL=api_server, RECFORGE_API_KEY=world.keys["member"])
+    shown = await asyncio.to_thread(recforge, "labeling", "show", queue_id, env=member_env)
+    assert shown.returncode == 0, shown.stderr
+    assert "agreement on" in shown.stdout and "Krippendorff's alpha" in shown.stdout
+    closed = await asyncio.to_thread(
+        recforge, "labeling", "close", queue_id, "--dataset-name", "judged-by-us", env=member_env
     )
-    assert closed.status_code == 200, closed.text
-    queue = closed.json()
+    assert closed.returncode == 0, closed.stderr
+    queue = (await world.call("member", "GET", f"/api/v1/labeling-queues/{queue_id}")).json()
+    assert f"dataset version: {queue['dataset_version_id']}" in closed.stdout
     assert queue["status"] == "closed" and queue["agreement"] == agreement
     version = (
         await world.call("member", "GET", f"/api/v1/dataset-versions/{queue['dataset_version_id']}")
@@ -211,7 +216,7 @@ async def test_a_queue_is_chosen_labelled_by_two_people_closed_and_trained_on(
 
 @pytest.mark.slow
 async def test_a_queue_from_searches_asks_the_click_model_and_shares_by_load(
-    world: World, settings: Settings, tiny_model: Path
+    world: World, settings: Settings, tiny_model: Path, api_server: str
 ) -> None:
     _, retriever, _ = await _shop(world, settings, tiny_model)
     project_id = uuid.UUID(world.projects["search-a"]["id"])
@@ -248,11 +253,25 @@ async def test_a_queue_from_searches_asks_the_click_model_and_shares_by_load(
     load = {row["user_id"]: row["pending"] for row in queue["progress"]["by_labeller"]}
     assert sorted(load.values()) == [1, 2]  # three pairs, one label each, the lighter load first
 
-    second = await world.call(
-        "member", "POST", f"{P}/labeling-queues", json={**body, "name": "more", "budget": 1}
-    )
+    env = cli_env(settings, RECFORGE_API_URL=api_server, RECFORGE_API_KEY=world.keys["member"])
+    no_pool = await asyncio.to_thread(recforge, "labeling", "create", "-p", "search-a", "--name", "x",
+                                      "--budget", "1", env=env)  # fmt: skip
+    assert no_pool.returncode == 1 and "name the pool" in no_pool.stderr
+    stranger = await asyncio.to_thread(
+        recforge, "labeling", "create", "-p", "search-a", "--name", "x", "--budget", "1", "--impressions",
+        "--labeller", "nobody@example.com", env=env,
+    )  # fmt: skip
+    assert stranger.returncode == 1 and "nobody@example.com is not a member" in stranger.stderr
+    made = await asyncio.to_thread(
+        recforge, "labeling", "create", "-p", "search-a", "--name", "more", "--budget", "1", "--strategy",
+        "random", "--impressions", "--days", "1", "--labeller", "maintainer@example.com", "--labeller",
+        "member@example.com", "--assignment", "least_loaded", "--retriever", retriever, "--no-watch", "-q",
+        env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    second_id = made.stdout.strip()
     await run_worker(make_worker(settings))
-    again = (await world.call("member", "GET", f"/api/v1/labeling-queues/{second.json()['id']}")).json()
+    again = (await world.call("member", "GET", f"/api/v1/labeling-queues/{second_id}")).json()
     [given] = again["progress"]["by_labeller"]
     assert load[str(given["user_id"])] == 1  # to whoever had less waiting
 
