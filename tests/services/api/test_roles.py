@@ -126,6 +126,27 @@ async def training_jobs(w: World, who: str) -> list[httpx.Response]:
     return [submitted, cancelled, retried]
 
 
+async def labeling_queues(w: World, who: str) -> list[httpx.Response]:
+    await w.call("admin", "PATCH", P, json={"budget": {"cpu_hours": 1000, "gpu_hours": 0}})
+    catalog = b"product_id,title\np1,Drill\np2,Saw\n"
+    await w.call(
+        "admin", "POST", f"{P}/datasets", files=[("file", ("c.csv", catalog))], data={"kind": "catalog"}
+    )
+    judged = b"query,product_id,grade\ndrill,p1,3\n"
+    data = await w.call(
+        "admin", "POST", f"{P}/datasets", files=[("file", ("j.csv", judged))], data={"kind": "relevance"}
+    )
+    body = {
+        "name": "by role",
+        "budget": 2,
+        "strategy": "random",
+        "dataset_version_id": data.json()["version_id"],
+        "labellers": [w.users["member"]],
+        "compute_limit_hours": 0.1,
+    }
+    return [await w.call(who, "POST", f"{P}/labeling-queues", json=body)]
+
+
 async def promote(w: World, who: str) -> list[httpx.Response]:
     from tests.factories import add_version
 
@@ -173,6 +194,7 @@ OPERATIONS: dict[str, Callable[[World, str], Awaitable[list[httpx.Response]]]] =
     "Read the audit log": audit,
     "Import datasets (new dataset versions)": import_dataset,
     "Submit, cancel and retry training jobs": training_jobs,
+    "Create labelling queues (label: the queue's labellers only)": labeling_queues,
     "Promote model versions (deployments, canaries)": promote,
     "Create and delete merchandising rules": merchandising,
     "Issue a service key for the project": service_key,
