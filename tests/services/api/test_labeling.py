@@ -317,3 +317,20 @@ async def test_queues_refuse_what_cannot_work(world: World, settings: Settings) 
     assert job.status_code == 422 and "labeling-queues" in job.json()["message"]
     assert (await world.call("outsider", "GET", f"{P}/labeling-queues")).status_code == 404
     assert (await world.call("member", "GET", f"/api/v1/labeling-queues/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_a_selection_that_fails_leaves_the_queue_failed_with_the_reason(
+    world: World, settings: Settings
+) -> None:
+    await world.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
+    catalog, _ = shop_data(products=10, queries=5)
+    await upload(world, "catalog.csv", catalog, "catalog")
+    body = {"name": "nobody searched", "budget": 5, "strategy": "random", "pool": "impressions"}
+    created = await world.call("member", "POST", f"{P}/labeling-queues", json=body)
+    assert created.status_code == 202, created.text
+    await run_worker(make_worker(settings))
+    queue = (await world.call("member", "GET", f"/api/v1/labeling-queues/{created.json()['id']}")).json()
+    assert queue["status"] == "failed" and "nobody searched in this window" in queue["error"]
+    assert queue["progress"]["items"] == 0
+    closing = await world.call("member", "POST", f"/api/v1/labeling-queues/{queue['id']}/close", json={})
+    assert closing.status_code == 409 and "failed" in closing.json()["message"]
