@@ -1,12 +1,15 @@
-"""API keys: high-entropy random tokens, stored as HMAC-SHA-256 digests, shown once."""
+"""API keys: high-entropy random tokens, stored as HMAC-SHA-256 digests, shown once; and the credentials
+RecForge itself uses (a Jira token), sealed under the server's secret."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 KEY_PREFIX = "rf_"
 
@@ -39,3 +42,36 @@ def key_refusal(
     if not user_active:
         return "this API key's user is deactivated"
     return None
+
+
+# -- secrets kept for calling others (a Jira API token, a webhook secret) --------------------------
+
+
+def _fernet(secret: str) -> Any:
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"recforge sealed secrets").derive(
+        secret.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def seal(secret: str, plaintext: str) -> str:
+    """``plaintext`` encrypted and authenticated (Fernet: AES-128-CBC + HMAC-SHA256) under a key derived
+    from the server's secret (HKDF-SHA256): what the database keeps of a credential RecForge must use."""
+    return str(_fernet(secret).encrypt(plaintext.encode()).decode())
+
+
+def unseal(secret: str, sealed: str) -> str:
+    """The plaintext of ``seal``; raises ValueError when the server's secret changed since it was sealed."""
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return str(_fernet(secret).decrypt(sealed.encode()).decode())
+    except InvalidToken:
+        raise ValueError(
+            "a sealed credential cannot be read: RECFORGE_SECRET_KEY changed since it was stored; "
+            "store the credential again"
+        ) from None

@@ -122,7 +122,7 @@ class NewVersion:
     config: dict[str, Any]
     compute: dict[str, Any]
     library_versions: dict[str, str]
-    git_commit: str | None
+    git: dict[str, Any]  # commit, branch, remote, dirty (provenance.git_state)
     duration_s: float
     steps: int
     warnings: tuple[str, ...] = ()  # what the job's result warns about (a validation split too small)
@@ -478,7 +478,8 @@ class JobStore:
                     baselines=new.baselines,
                     artifacts=new.artifacts,
                     library_versions=new.library_versions,
-                    git_commit=new.git_commit,
+                    git_commit=new.git.get("commit"),
+                    git=new.git,
                     duration_s=round(new.duration_s, 2),
                     compute=new.compute,
                 )

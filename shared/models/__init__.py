@@ -5,6 +5,7 @@ from shared.models.base import Base
 from shared.models.datasets import Dataset, DatasetImport, DatasetVersion
 from shared.models.deployments import Deployment, MerchandisingRule
 from shared.models.events import Event, Impression, OnlineRollup, OnlineRollupHour
+from shared.models.integrations import GitConnection, JiraConnection, JiraLink, JiraOutbox, TaskCommit
 from shared.models.labeling import LabelingAssignment, LabelingItem, LabelingQueue
 from shared.models.model_versions import ModelVersion
 from shared.models.pipelines import Pipeline, PipelineRun, Webhook, WebhookDelivery
@@ -23,7 +24,11 @@ __all__ = [
     "DatasetVersion",
     "Deployment",
     "Event",
+    "GitConnection",
     "Impression",
+    "JiraConnection",
+    "JiraLink",
+    "JiraOutbox",
     "LabelingAssignment",
     "LabelingItem",
     "LabelingQueue",
@@ -38,6 +43,7 @@ __all__ = [
     "ProjectMember",
     "Task",
     "TaskComment",
+    "TaskCommit",
     "TrainingJob",
     "User",
     "Webhook",

@@ -204,3 +204,21 @@ class AssignmentStatus(StrEnum):
     pending = "pending"
     labelled = "labelled"
     skipped = "skipped"
+
+
+class JiraAction(StrEnum):
+    create_issue = "create_issue"
+    transition = "transition"
+    update = "update"  # summary, assignee
+    comment = "comment"
+
+
+class OutboxStatus(StrEnum):
+    pending = "pending"
+    done = "done"
+    failed = "failed"  # every attempt refused, or nothing to do it on (no linked issue)
+
+
+class GitProvider(StrEnum):
+    github = "github"
+    gitlab = "gitlab"

@@ -46,6 +46,8 @@ class ModelVersion(UUIDPk, CreatedAt, Base):
     artifacts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     library_versions: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     git_commit: Mapped[str | None] = mapped_column(String(64))
+    # the code that trained it: {commit, branch, remote (no credentials), dirty}
+    git: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     duration_s: Mapped[float | None] = mapped_column(Float)
     compute: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

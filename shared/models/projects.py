@@ -61,6 +61,8 @@ class Project(UUIDPk, Timestamps, Base):
     # the share of /recommend answers (percent) whose top k is shown in a random order, so that feedback
     # can tell a product's appeal from the appeal of its position
     exploration_percent: Mapped[float] = mapped_column(Float, server_default=text("0"))
+    # the number the project's latest task got (a trigger on tasks counts up under this row's lock)
+    task_counter: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class ProjectMember(Base):

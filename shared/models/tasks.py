@@ -3,7 +3,20 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import CheckConstraint, Date, DateTime, Float, ForeignKey, Index, String, Text, text
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    DateTime,
+    FetchedValue,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -19,9 +32,14 @@ class Task(UUIDPk, Timestamps, Base):
         CheckConstraint("estimate_hours IS NULL OR estimate_hours >= 0", name="estimate_non_negative"),
         Index("ix_tasks_project_id_status", "project_id", "status"),
         Index("ix_tasks_labels", "labels", postgresql_using="gin"),
+        UniqueConstraint("project_id", "number"),
     )
+    # the number the database gives, read back at INSERT
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
 
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # the project's n-th task: its key is RF-<number> (given by the database: projects.task_counter)
+    number: Mapped[int] = mapped_column(Integer, server_default=FetchedValue())
     milestone_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("milestones.id", ondelete="SET NULL"), index=True
     )

@@ -72,3 +72,13 @@ async def test_services_warn_at_start_about_the_development_secret(
                     pass
             said = [r.getMessage() for r in caplog.records if "RECFORGE_SECRET_KEY" in r.getMessage()]
             assert bool(said) is warned, (create.__module__, secret, said)
+
+
+def test_sealed_credentials_open_only_with_the_same_secret() -> None:
+    from shared.security import seal, unseal
+
+    sealed = seal("server secret", "jira-token-123")
+    assert "jira-token-123" not in sealed and sealed != seal("server secret", "jira-token-123")  # random IV
+    assert unseal("server secret", sealed) == "jira-token-123"
+    with pytest.raises(ValueError, match="RECFORGE_SECRET_KEY changed"):
+        unseal("another secret", sealed)

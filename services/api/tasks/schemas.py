@@ -54,6 +54,7 @@ class TaskRead(BaseModel):
 
     id: uuid.UUID
     project_id: uuid.UUID
+    number: int = Field(description="The project's n-th task: commits name it RF-<number>.")
     milestone_id: uuid.UUID | None
     title: str
     description: str

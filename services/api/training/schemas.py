@@ -93,6 +93,10 @@ class ModelVersionRead(BaseModel):
     artifacts: dict[str, Any]
     library_versions: dict[str, Any]
     git_commit: str | None
+    git: dict[str, Any] = Field(
+        description="The code that trained it: commit, branch, remote (no credentials), dirty (uncommitted "
+        "changes to tracked files; null where unknown)."
+    )
     duration_s: float | None
     compute: dict[str, Any]
     promoted_at: dt.datetime | None

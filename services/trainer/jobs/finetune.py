@@ -28,7 +28,7 @@ from services.trainer.finetune.cross_encoder import CrossEncoderTask
 from services.trainer.finetune.distributed import MultiNode, fit_distributed, multi_node
 from services.trainer.finetune.loop import TrainResult, fit, seed_everything
 from services.trainer.jobs.base import JobRun
-from services.trainer.provenance import git_commit, library_versions
+from services.trainer.provenance import git_state, library_versions
 from services.trainer.store import NewVersion
 from shared.artifacts import PRODUCT_FOLDER, rooted, version_folder
 from shared.datasets.examples import Examples
@@ -342,7 +342,7 @@ async def run(job: JobRun) -> NewVersion:
         config=outcome.config,
         compute=compute,
         library_versions=library_versions(),
-        git_commit=git_commit(),
+        git=git_state(),
         duration_s=duration_s,
         steps=train.steps,
         warnings=tuple(evaluation.validation_warnings(job_type, job.claimed.kind, outcome.metrics)),
