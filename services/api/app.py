@@ -24,6 +24,8 @@ from services.api.deployments.router import router as deployments_router
 from services.api.deps import ApiResources, get_resources
 from services.api.feedback.rollups import rollup_loop
 from services.api.feedback.router import router as feedback_router
+from services.api.integrations.router import router as integrations_router
+from services.api.integrations.sync import sync_loop as jira_sync_loop
 from services.api.labeling.router import router as labeling_router
 from services.api.milestones.router import router as milestones_router
 from services.api.pipelines.controller import controller_loop
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loops += [
                 asyncio.create_task(controller_loop(resources)),
                 asyncio.create_task(delivery_loop(resources)),
+                asyncio.create_task(jira_sync_loop(resources)),
             ]
         try:
             yield {"resources": resources}
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deployments_router,
         feedback_router,
         labeling_router,
+        integrations_router,
         pipelines_router,
         webhooks_router,
     ):

@@ -32,6 +32,7 @@ from services.api.deployments.schemas import DeploymentRead, PromoteRequest
 from services.api.deps import ApiResources
 from services.api.feedback import service as feedback
 from services.api.feedback.schemas import Bucket, FeedbackJobCreate, OnlineRole
+from services.api.integrations import outbox as integrations
 from services.api.pipelines import judge, repository, service
 from services.api.pipelines.gate import judge_offline
 from services.api.pipelines.schemas import GateSpec, RolloutSpec, TrainingSpec, Triggers
@@ -633,6 +634,7 @@ async def _task(
         after=_plain(snapshot(task, TASK_FIELDS)),
         request_id=f"pipeline-run:{step.run.id}",
     )
+    await integrations.task_created(step.session, task)
     return task
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.audit.service import audit_change
 from services.api.context import Principal, ProjectContext, load_entity
+from services.api.integrations import outbox as integrations
 from services.api.pagination import Page, decode_time_cursor, time_cursor
 from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action
@@ -66,6 +67,7 @@ async def create(session: AsyncSession, ctx: ProjectContext, data: TaskCreate) -
     await session.flush()
     await session.refresh(task)
     await audit_change(session, ctx, "task.create", "task", task.id, None, snapshot(task, FIELDS))
+    await integrations.task_created(session, task)
     return TaskRead.model_validate(task)
 
 
@@ -113,6 +115,7 @@ async def update(session: AsyncSession, ctx: ProjectContext, task: Task, data: T
             {k: before[k] for k in changed},
             {k: after[k] for k in changed},
         )
+        await integrations.task_changed(session, task, before, {k: after[k] for k in changed})
     return TaskRead.model_validate(task)
 
 

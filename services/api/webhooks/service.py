@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.audit.service import audit_change
 from services.api.context import Principal, ProjectContext, load_entity
+from services.api.integrations import outbox as integrations
 from services.api.projects import repository as projects_repository
 from services.api.projects.permissions import Action
 from services.api.schemas import snapshot
@@ -71,6 +72,7 @@ async def emit(
     """Queue ``event`` for every active hook of the project subscribed to it, in the caller's unit of
     work (flushed, never committed: the deliveries exist exactly when the caller's change does). ``data``
     becomes the payload's ``data``; UUIDs and datetimes in it are written as strings. How many queued."""
+    await integrations.lifecycle(session, project_id, event, data)  # comments on linked Jira issues
     hooks = await repository.subscribed_hooks(session, project_id, event.value)
     if not hooks:
         return 0
