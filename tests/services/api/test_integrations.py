@@ -353,3 +353,46 @@ def test_the_test_jira_speaks_jiras_shapes() -> None:
             f"{url}/rest/api/3/issue/{made['key']}/transitions", json={"transition": {"id": "999"}}, auth=auth
         )
         assert bad.status_code == 400
+
+
+async def test_a_gate_the_controller_refuses_comments_on_the_pipelines_issue(
+    world: World,
+    jira: tuple[str, JiraState],
+    resources: ApiResources,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    from services.api.pipelines import controller
+    from tests.services.api.test_pipelines import _body, _data, _evaluated, _pipeline, _versions
+    from tests.support.pipelines import add_run, api_resources
+
+    url, state = jira
+    await _connect(world, url, state)
+    train, golden = await _data(world)
+    pipeline = await _pipeline(world, _body(train, golden))
+    watched = await world.call(
+        "member", "POST", f"{P}/tasks", json={"title": "Nightly retraining", "labels": ["pipeline:nightly"]}
+    )
+    assert watched.status_code == 201, watched.text
+    await _sync(resources)
+    project, production, candidate = await _versions(world, sessionmaker)
+    jobs = {
+        "candidate": await _evaluated(sessionmaker, project, candidate, golden, 0.712),
+        "production": await _evaluated(sessionmaker, project, production, golden, 0.731),
+    }
+    run_id = await add_run(
+        sessionmaker, pipeline, step="gate",
+        links={"candidate_version_id": candidate, "production_version_id": production, "gate_job_ids": jobs},
+    )  # fmt: skip
+    async with api_resources(settings) as running:
+        await controller.advance(running, uuid.UUID(run_id))
+    await _sync(resources)
+    key = (await world.call("member", "GET", f"/api/v1/tasks/{watched.json()['id']}/links")).json()[
+        "jira_issue_key"
+    ]
+    [comment] = state.comment_texts(key)
+    assert "The gate refused a candidate" in comment
+    assert "ndcg@10 0.712 < production 0.731 - 0.005" in comment
+    # the task the controller made for the owner became an issue too, and was told the same
+    made = [i for i in state.issues.values() if "Gate refused" in i["fields"]["summary"]]
+    assert len(made) == 1 and any("The gate refused" in t for t in state.comment_texts(made[0]["key"]))

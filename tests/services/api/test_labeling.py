@@ -211,6 +211,7 @@ async def test_a_queue_is_chosen_labelled_by_two_people_closed_and_trained_on(
     for version_id in versions:
         model = (await world.call("member", "GET", f"/api/v1/model-versions/{version_id}")).json()
         assert model["dataset_version_id"] == version["id"]
+        assert set(model["git"]) == {"commit", "branch", "remote", "dirty"}  # the code that trained it
         assert model["compute"]["export"]["parity_max_abs_diff"] <= 1e-4
 
 
