@@ -5,9 +5,13 @@
    (an illegal move shows the API's 409 message in the page), imports a catalog and graded judgments,
    starts a fine-tune and watches its progress bar advance live (server-sent events, no reload), finds
    the new version's metrics beside the BM25 and zero-shot baselines, and promotes it.
-2. A viewer signs in and finds no edit control on any page; a POST forged with the viewer's own session
+2. The owner makes a labelling queue from the Labelling tab, grades its first pair with the key 2 and
+   skips the second with s, a reason and Enter (digits typed in the reason stay in it), grades the last
+   with a button, and closes the queue into a dataset version; a member who is not one of its labellers
+   is refused the labelling screen.
+3. A viewer signs in and finds no edit control on any page; a POST forged with the viewer's own session
    and CSRF token is refused, and nothing changed.
-3. Signing out ends the session: the pages send the browser back to the sign-in form.
+4. Signing out ends the session: the pages send the browser back to the sign-in form.
 
 Each page is saved as a screenshot (RECFORGE_SCREENSHOTS, default artifacts/console/) and checked with
 axe-core: no critical violation on any page."""
@@ -20,6 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ import pytest
 
 from tests.support.data import shop_data
 from tests.support.models import tiny_bert
-from tests.support.stack import Stack
+from tests.support.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -262,12 +267,116 @@ def test_an_owner_runs_a_project_from_the_browser(
     olivia.context.close()
 
 
+def test_a_labeller_grades_pairs_with_the_keyboard_and_others_are_refused(
+    stack: Stack, people: dict[str, dict[str, str]], browser: Any, checked: dict[str, list[str]]
+) -> None:
+    olivia = Visitor(browser, stack.api_url, checked)
+    page = olivia.page
+    olivia.sign_in(people["olivia"]["key"])
+    olivia.go("/ui/projects/hardware")
+    page.get_by_role("link", name="Labelling", exact=True).click()
+    page.wait_for_url(re.compile(r".*/ui/projects/hardware/labeling$"))
+
+    # a queue of three pairs, picked at random among the judgments' queries, for Olivia alone
+    page.get_by_label("Name", exact=True).fill("Spot check")
+    page.get_by_label("Pairs from").select_option(label="judgments v1")
+    page.get_by_label("Strategy").select_option("random")
+    page.get_by_label("Pairs to judge").fill("3")
+    assert page.get_by_role("checkbox", name="Olivia").is_checked()
+    assert not page.get_by_role("checkbox", name="Ana").is_checked()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Create queue").click()
+    assert "Queue “Spot check” is being built" in page.content()
+    queue_id = stack.api("GET", "/projects/hardware/labeling-queues", expect=200).json()["items"][0]["id"]
+
+    def opened() -> dict[str, Any] | None:
+        queue = stack.api("GET", f"/labeling-queues/{queue_id}", expect=200).json()
+        assert queue["status"] != "failed", queue["error"]
+        return queue if queue["status"] == "open" else None
+
+    wait_for("the queue's selection job to open it", opened, timeout=240, every=0.5)
+
+    def answers() -> dict[str, tuple[str, int | None, str | None]]:
+        """What the database holds of the queue's answers (read in a thread of its own: Playwright's
+        event loop runs in this one)."""
+        query = (
+            "SELECT item_id, status, grade, skip_reason FROM labeling_assignments WHERE queue_id = $1::uuid"
+        )
+        with ThreadPoolExecutor(1) as pool:
+            rows = pool.submit(stack.sql, query, queue_id).result(timeout=60)
+        return {str(r["item_id"]): (r["status"], r["grade"], r["skip_reason"]) for r in rows}
+
+    olivia.go("/ui/projects/hardware/labeling")
+    row = page.locator(f"tr[data-queue='{queue_id}']")
+    assert "open" in row.inner_text() and "3 waiting" in row.inner_text()
+    olivia.look("labeling")
+    row.get_by_role("link", name="Label").click()
+    page.wait_for_url(re.compile(rf".*/ui/labeling-queues/{queue_id}/label$"))
+    assert page.locator("#pair-h").inner_text() == "Pair 1 of 3"
+    assert page.locator("#keys-hint").is_visible()  # console.js took the keys
+    first = page.locator("#pair").get_attribute("data-item")
+    olivia.look("labeling-screen")
+
+    # 2 grades the pair: the next one comes
+    with page.expect_navigation():
+        page.keyboard.press("2")
+    assert page.locator("#pair-h").inner_text() == "Pair 2 of 3"
+    second = page.locator("#pair").get_attribute("data-item")
+    assert second and first and second != first
+    assert answers()[first] == ("labelled", 2, None)
+
+    # s goes to the reason, whose digits are its own; Enter sends the skip
+    page.keyboard.press("s")
+    assert page.evaluate("document.activeElement.id") == "skip-reason"
+    reason = "image 404, page 3 of 0 broken"
+    page.keyboard.type(reason)
+    assert page.locator("#skip-reason").input_value() == reason  # no s, and no grade sent
+    assert page.locator("#pair").get_attribute("data-item") == second
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.locator("#pair-h").inner_text() == "Pair 3 of 3"
+    assert answers()[second] == ("skipped", None, reason)
+
+    # the buttons work as well (and without JavaScript)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Grade 0").click()
+    assert page.locator("#done-h").inner_text() == "All your pairs are answered"
+    assert sorted(answers().values(), key=str) == sorted(
+        [("labelled", 2, None), ("skipped", None, reason), ("labelled", 0, None)], key=str
+    )
+    olivia.look("labeling-done")
+
+    # Ana, a member but not a labeller of the queue, has no Label link and is refused the screen
+    ana = Visitor(browser, stack.api_url, checked)
+    ana.sign_in(people["ana"]["key"])
+    ana.go("/ui/projects/hardware/labeling")
+    assert ana.page.locator(f"tr[data-queue='{queue_id}'] a[href$='/label']").count() == 0
+    refused = ana.go(f"/ui/labeling-queues/{queue_id}/label")
+    assert refused.status == 403
+    assert "you are not a labeller of this queue" in ana.page.locator("#error-message").inner_text()
+    ana.look("labeling-refused")
+    ana.context.close()
+
+    # closing writes the labels as a dataset version, linked from the queue
+    page.get_by_role("link", name="Back to the labelling queues").click()
+    page.wait_for_url(re.compile(r".*/ui/projects/hardware/labeling$"))
+    with page.expect_navigation():
+        row.get_by_role("button", name="Close").click()
+    assert "Queue “Spot check” closed: its labels are labels v1." in page.content()
+    assert "closed" in row.inner_text() and row.locator("a[href$='/label']").count() == 0
+    olivia.look("labeling-closed")
+    row.get_by_role("link", name="labels v1").click()
+    page.wait_for_url(re.compile(r".*/ui/dataset-versions/.*"))
+    assert queue_id in page.locator("#main").inner_text()  # its lineage names the queue
+    olivia.context.close()
+
+
 def test_a_viewer_sees_no_edit_control_and_a_forged_post_is_refused(
     stack: Stack, people: dict[str, dict[str, str]], browser: Any, checked: dict[str, list[str]]
 ) -> None:
     vic = Visitor(browser, stack.api_url, checked)
     vic.sign_in(people["vic"]["key"])
-    pages = ["", "/data", "/training", "/models", "/loop", "/online"]
+    pages = ["", "/data", "/labeling", "/training", "/models", "/loop", "/online"]
     for path in pages:
         vic.go(f"/ui/projects/hardware{path}")
         assert vic.forms() == ["/ui/logout"], (path, vic.forms())

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.models import ApiKey, ConsoleSession, ModelVersion, TrainingJob, User
+from shared.models import ApiKey, ConsoleSession, Dataset, DatasetVersion, ModelVersion, TrainingJob, User
 
 
 async def add_session(
@@ -75,3 +75,18 @@ async def version_numbers(session: AsyncSession, ids: Iterable[uuid.UUID | None]
         select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(wanted))
     )
     return {version_id: number for version_id, number in rows.tuples()}
+
+
+async def dataset_version_names(
+    session: AsyncSession, ids: Iterable[uuid.UUID | None]
+) -> dict[uuid.UUID, str]:
+    """Each dataset version as people name it: "labels v2"."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(DatasetVersion.id, Dataset.name, DatasetVersion.version)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(DatasetVersion.id.in_(wanted))
+    )
+    return {version_id: f"{name} v{number}" for version_id, name, number in rows.tuples()}

@@ -41,6 +41,8 @@ from services.api.deployments.schemas import PromoteRequest
 from services.api.deps import ResourcesDep, SessionDep
 from services.api.feedback import service as feedback_service
 from services.api.feedback.schemas import Bucket, OnlineRole
+from services.api.labeling import service as labeling_service
+from services.api.labeling.schemas import LabelCreate, QueueClose, QueueCreate, QueueRead
 from services.api.milestones import service as milestones_service
 from services.api.milestones.schemas import MilestoneCreate
 from services.api.pagination import Page
@@ -60,7 +62,18 @@ from shared.db import abandon
 from shared.errors import AppError, Forbidden, NotFound, ValidationFailed
 from shared.jobs import progress_channel
 from shared.models import Dataset as _Dataset
-from shared.models.enums import DatasetKind, JobStatus, JobType, ProjectRole, RunStatus, TaskStatus
+from shared.models import LabelingQueue
+from shared.models.enums import (
+    DatasetKind,
+    JobStatus,
+    JobType,
+    LabelingPool,
+    LabelingStatus,
+    LabelingStrategy,
+    ProjectRole,
+    RunStatus,
+    TaskStatus,
+)
 from shared.models.pipelines import ACTIVE_RUN
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -480,6 +493,10 @@ async def dataset_version_page(
 ) -> Response:
     ctx, version = await datasets_service.version_context(session, user.principal, version_id)
     dataset = await datasets_service.get_dataset(session, await session.get_one(_Dataset, version.dataset_id))
+    try:
+        report = await datasets_service.version_report(session, version)
+    except NotFound:  # a version no import made: a labelling queue's labels, the feedback job's grades
+        report = None
     return _project_page(
         request,
         "dataset_version.html",
@@ -490,7 +507,7 @@ async def dataset_version_page(
         dataset=dataset,
         version=version,
         stats=datasets_service.stats(version),
-        report=await datasets_service.version_report(session, version),
+        report=report,
         lineage=await datasets_service.lineage(session, version),
     )
 
@@ -927,3 +944,145 @@ async def online_page(
         ),
         latency=charts.line_chart(lines("latency_p99_ms"), title="p99 latency per version", y_label="ms"),
     )
+
+
+# -- labelling -----------------------------------------------------------------------------------
+
+
+def _grades(low: int, high: int) -> list[dict[str, Any]]:
+    """A queue's scale as buttons: each grade, its key (grades 0 to 9 have one) and, at the ends, what
+    it means."""
+    return [
+        {
+            "grade": grade,
+            "key": str(grade) if grade <= 9 else None,
+            "word": "irrelevant" if grade == low else "exact match" if grade == high else "",
+        }
+        for grade in range(low, high + 1)
+    ]
+
+
+async def _relevance_choices(session: AsyncSession, ctx: ProjectContext, user: Any) -> list[dict[str, Any]]:
+    """The project's relevance dataset versions, newest first: what a queue's pairs may come from."""
+    choices = []
+    page = await datasets_service.list_datasets(session, ctx, cursor=None, limit=100)
+    for dataset in page.items:
+        if dataset.kind != DatasetKind.relevance:
+            continue
+        _, row = await datasets_service.dataset_context(session, user.principal, dataset.id)
+        for version in (await datasets_service.list_versions(session, row, cursor=None, limit=10)).items:
+            choices.append({"id": version.id, "label": f"{dataset.name} v{version.version}"})
+    return choices
+
+
+@router.get("/projects/{ref}/labeling")
+async def labeling_page(
+    request: Request, ref: str, session: SessionDep, user: User, cursor: str | None = None
+) -> Response:
+    ctx = await _project(session, user, ref)
+    page = await labeling_service.list_queues(session, ctx, cursor=cursor, limit=PAGE)
+    queues: list[QueueRead] = []
+    for listed in page.items:  # with each one's progress and agreement
+        queues.append(await labeling_service.read(session, await session.get_one(LabelingQueue, listed.id)))
+    may_create = ctx.can(Action.write_datasets) and ctx.can(Action.run_jobs)
+    members = await projects_service.list_members(session, ctx) if may_create else []
+    versions = [q.dataset_version_id for q in queues] + [q.pool_dataset_version_id for q in queues]
+    return _project_page(
+        request,
+        "labeling.html",
+        user,
+        ctx,
+        "labeling",
+        title=f"{ctx.project.name}: labelling",
+        queues=queues,
+        next_cursor=page.next_cursor,
+        me=user.principal.user_id,
+        version_names=await repository.dataset_version_names(session, versions),
+        may_create=may_create,
+        pools=await _relevance_choices(session, ctx, user) if may_create else [],
+        labellers=[m for m in members if m.role != ProjectRole.viewer],
+        strategies=[s.value for s in LabelingStrategy],
+    )
+
+
+@router.post("/projects/{ref}/labeling")
+async def create_queue(
+    request: Request, ref: str, session: SessionDep, resources: ResourcesDep, user: Poster
+) -> Response:
+    form = await form_of(request)
+    labellers = [v for v in (await request.form()).getlist("labellers") if isinstance(v, str) and v]
+    ctx = await _project(session, user, ref)
+    here = f"{PREFIX}/projects/{ctx.project.slug}/labeling"
+    on_error_back_to(request, here)
+    source = _optional(form.get("dataset_version_id"))
+    from_searches = source == LabelingPool.impressions.value
+    data = _parse(
+        QueueCreate,
+        {
+            "name": form.get("name", "").strip(),
+            "strategy": form.get("strategy", ""),
+            "budget": form.get("budget", ""),
+            "pool": LabelingPool.impressions.value if from_searches else LabelingPool.dataset.value,
+            "dataset_version_id": None if from_searches else source,
+            "labellers": labellers,
+            "labels_per_item": form.get("labels_per_item") or 1,
+        },
+    )
+    queue = await labeling_service.create(session, resources, ctx, data)
+    return redirect(
+        request,
+        here,
+        f"Queue “{queue.name}” is being built: a selection job picks its pairs, then it opens.",
+    )
+
+
+@router.post("/labeling-queues/{queue_id}/close")
+async def close_queue(
+    request: Request, queue_id: uuid.UUID, session: SessionDep, resources: ResourcesDep, user: Poster
+) -> Response:
+    ctx, queue = await labeling_service.load(session, user.principal, queue_id, for_update=True)
+    here = f"{PREFIX}/projects/{ctx.project.slug}/labeling"
+    on_error_back_to(request, here)
+    closed = await labeling_service.close(session, resources, ctx, queue, QueueClose())
+    written = await repository.dataset_version_names(session, [closed.dataset_version_id])
+    name = written.get(closed.dataset_version_id) if closed.dataset_version_id else None
+    return redirect(request, here, f"Queue “{closed.name}” closed: its labels are {name or 'written'}.")
+
+
+@router.get("/labeling-queues/{queue_id}/label")
+async def label_page(request: Request, queue_id: uuid.UUID, session: SessionDep, user: User) -> Response:
+    """The labeller's next pair, with a button per grade and a skip (keys 0-9 and s, with console.js)."""
+    ctx, queue = await labeling_service.load(session, user.principal, queue_id)
+    queues_url = f"{PREFIX}/projects/{ctx.project.slug}/labeling"
+    on_error_back_to(request, queues_url)
+    pair = await labeling_service.next_item(session, ctx, queue)
+    return _project_page(
+        request,
+        "label.html",
+        user,
+        ctx,
+        "labeling",
+        title=f"Labelling: {queue.name}",
+        queue=queue,
+        pair=pair,
+        is_open=pair.status == LabelingStatus.open,
+        grades=_grades(queue.min_grade, queue.max_grade),
+        queues_url=queues_url,
+    )
+
+
+@router.post("/labeling-queues/{queue_id}/items/{item_id}/label")
+async def label_item(
+    request: Request, queue_id: uuid.UUID, item_id: uuid.UUID, session: SessionDep, user: Poster
+) -> Response:
+    form = await form_of(request)
+    ctx, queue = await labeling_service.load(session, user.principal, queue_id)
+    here = f"{PREFIX}/labeling-queues/{queue_id}/label"
+    on_error_back_to(request, here)
+    if form.get("skip"):
+        body: dict[str, Any] = {"skip": True, "reason": _optional(form.get("reason"))}
+    else:
+        body = {"grade": _optional(form.get("grade"))}
+    answer = await labeling_service.label(session, ctx, queue, item_id, _parse(LabelCreate, body))
+    said = f"Skipped: {answer.skip_reason}." if answer.skip_reason else f"Graded {answer.grade}."
+    return redirect(request, here, f"{said} {answer.done:,} of your {answer.assigned:,} pairs answered.")

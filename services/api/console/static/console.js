@@ -1,5 +1,6 @@
 // RecForge console: the little the pages need beyond HTML. Every page works without it; with it, a job's
-// progress moves live (server-sent events) and board moves show a refusal in place instead of a new page.
+// progress moves live (server-sent events), board moves show a refusal in place instead of a new page,
+// and the labelling screen takes its answers from the keyboard.
 "use strict";
 
 function showAlert(text) {
@@ -96,7 +97,37 @@ function followJob(section) {
   source.addEventListener("end", () => source.close());
 }
 
+// The labelling screen: a grade's digit sends that grade (the buttons' data-key), s goes to the reason to
+// skip (Enter there sends the skip, Esc leaves it). Keys typed in a field are the field's own.
+function labelByKeys(section) {
+  const hint = document.getElementById("keys-hint");
+  if (hint) hint.hidden = false;
+  const reason = document.getElementById("skip-reason");
+  let sent = false;
+  document.addEventListener("keydown", (event) => {
+    if (sent || event.defaultPrevented || event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target instanceof HTMLElement && (target.isContentEditable || target.closest("input, textarea, select"))) {
+      if (event.key === "Escape" && target === reason) reason.blur();
+      return;
+    }
+    if (event.key === "s" || event.key === "S") {
+      if (!reason) return;
+      event.preventDefault();  // the s is not typed into the reason
+      reason.focus();
+      return;
+    }
+    const button = section.querySelector(`button[data-key="${CSS.escape(event.key)}"]`);
+    if (!button || !button.form) return;
+    event.preventDefault();
+    sent = true;  // one answer per pair: the next page brings the next pair
+    button.form.requestSubmit(button);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const section = document.querySelector("[data-stream]");
   if (section) followJob(section);
+  const labeling = document.querySelector("[data-labeling]");
+  if (labeling) labelByKeys(labeling);
 });
