@@ -72,4 +72,3 @@ def git_state() -> dict[str, Any]:
         "remote": _without_credentials(remote) if remote else None,
         "dirty": dirty,
     }
-
