@@ -79,7 +79,7 @@ async def test_a_superseded_run_changes_nothing(
     async with sessionmaker() as session:
         used_before = (await session.execute(select(Project.used_cpu_hours))).scalars().all()
 
-    new = NewVersion(uuid.uuid4(), {}, {}, {}, {}, {}, {}, None, 1.0, 1)
+    new = NewVersion(uuid.uuid4(), {}, {}, {}, {}, {}, {}, {}, 1.0, 1)
     assert not await store.set_device(first, "cpu")
     assert not (await store.heartbeat(first, {"step": 99}, 10.0, 3600.0, gpu=False)).owned
     assert not await store.finish(first, JobStatus.cancelled)
