@@ -12,7 +12,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -145,23 +145,29 @@ async def jira_connect(
     return JiraConnected(**read.model_dump(), webhook_secret=webhook_secret)
 
 
-async def _jira_of(session: AsyncSession, project_id: uuid.UUID) -> JiraConnection:
-    found = await session.execute(select(JiraConnection).where(JiraConnection.project_id == project_id))
-    connection = found.scalar_one_or_none()
+Connection = TypeVar("Connection", JiraConnection, GitConnection)
+
+
+async def _connection_of(session: AsyncSession, model: type[Connection], project_id: uuid.UUID) -> Connection:
+    """The project's connection of that kind; 404 saying how to make one."""
+    connection = (
+        await session.execute(select(model).where(model.project_id == project_id))
+    ).scalar_one_or_none()
     if connection is None:
-        raise NotFound("this project has no Jira connection: PUT one first")
+        kind = "Jira" if model is JiraConnection else "Git"
+        raise NotFound(f"this project has no {kind} connection: PUT one first")
     return connection
 
 
 async def jira_get(session: AsyncSession, ctx: ProjectContext, base_url: str) -> JiraRead:
-    connection = await _jira_of(session, ctx.project.id)
+    connection = await _connection_of(session, JiraConnection, ctx.project.id)
     return _jira_read(connection, base_url, await pending(session, ctx.project.id))
 
 
 async def jira_delete(session: AsyncSession, ctx: ProjectContext, secret_key: str) -> None:
     """Forget the connection, its links and its queued calls (the webhook is deleted in Jira if it can be)."""
     ctx.require(Action.update_project)
-    connection = await _jira_of(session, ctx.project.id)
+    connection = await _connection_of(session, JiraConnection, ctx.project.id)
     if connection.webhook_id is not None:
         jira = Jira(connection.site_url, connection.user_email, unseal(secret_key, connection.token_sealed))
         try:
@@ -359,21 +365,13 @@ async def git_connect(
     return GitConnected(**_git_read(connection, base_url).model_dump(), secret=secret)
 
 
-async def _git_of(session: AsyncSession, project_id: uuid.UUID) -> GitConnection:
-    found = await session.execute(select(GitConnection).where(GitConnection.project_id == project_id))
-    connection = found.scalar_one_or_none()
-    if connection is None:
-        raise NotFound("this project has no Git connection: PUT one first")
-    return connection
-
-
 async def git_get(session: AsyncSession, ctx: ProjectContext, base_url: str) -> GitRead:
-    return _git_read(await _git_of(session, ctx.project.id), base_url)
+    return _git_read(await _connection_of(session, GitConnection, ctx.project.id), base_url)
 
 
 async def git_delete(session: AsyncSession, ctx: ProjectContext) -> None:
     ctx.require(Action.update_project)
-    connection = await _git_of(session, ctx.project.id)
+    connection = await _connection_of(session, GitConnection, ctx.project.id)
     await session.delete(connection)
     await session.flush()
     await audit_change(

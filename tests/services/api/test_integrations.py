@@ -14,9 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 import pytest
-from arq import create_pool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -24,31 +22,21 @@ from services.api.deps import ApiResources
 from services.api.integrations.sync import refresh_webhooks, sync_due
 from services.api.webhooks.service import emit
 from shared.config import Settings
-from shared.jobs import redis_settings
 from shared.models import AuditLog, JiraConnection, JiraOutbox
 from shared.models.enums import WebhookEvent
 from tests.factories import add_version
 from tests.support.jira import JiraState, encode, issue_updated, jira_server, signed
+from tests.support.pipelines import api_resources
 from tests.support.world import World
 
 P = "/api/v1/projects/search-a"
 
 
 @pytest.fixture
-async def resources(
-    db: AsyncEngine, settings: Settings, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[ApiResources]:
-    redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
-    quick = settings.model_copy(update={"webhook_backoff_s": 0.001})
-    yield ApiResources(
-        settings=quick,
-        engine=engine,
-        sessionmaker=sessionmaker,
-        redis=redis,
-        import_limiter=anyio.CapacityLimiter(1),
-        event_streams=anyio.CapacityLimiter(1),
-    )
-    await redis.aclose()
+async def resources(db: AsyncEngine, settings: Settings) -> AsyncIterator[ApiResources]:
+    """An api process's resources, whose retries wait next to nothing."""
+    async with api_resources(settings.model_copy(update={"webhook_backoff_s": 0.001})) as made:
+        yield made
 
 
 @pytest.fixture
@@ -364,7 +352,7 @@ async def test_a_gate_the_controller_refuses_comments_on_the_pipelines_issue(
 ) -> None:
     from services.api.pipelines import controller
     from tests.services.api.test_pipelines import _body, _data, _evaluated, _pipeline, _versions
-    from tests.support.pipelines import add_run, api_resources
+    from tests.support.pipelines import add_run
 
     url, state = jira
     await _connect(world, url, state)
