@@ -24,25 +24,31 @@ from shared.artifacts import stored_files
 from shared.datasets.catalog import latest_catalog_version
 from shared.db import unit_of_work
 from shared.feedback import Action, Served
+from shared.integrations import lifecycle_comment
 from shared.labeling import Candidate, assign
 from shared.models import (
     Dataset,
     DatasetVersion,
+    JiraConnection,
+    JiraOutbox,
     LabelingAssignment,
     LabelingItem,
     LabelingQueue,
     ModelVersion,
     Project,
+    Task,
     TrainingJob,
 )
 from shared.models.enums import (
     AssignmentPolicy,
     AssignmentStatus,
     DatasetKind,
+    JiraAction,
     JobStatus,
     JobType,
     LabelingStatus,
     ModelStatus,
+    WebhookEvent,
 )
 from shared.training import NEEDS_MODEL, TASK_OF
 
@@ -407,7 +413,38 @@ class JobStore:
             found = await session.execute(
                 update(TrainingJob).where(*claimed.owned()).values(**values).returning(TrainingJob.id)
             )
-            return found.first() is not None
+            ended = found.first() is not None
+            if ended and status == JobStatus.failed:
+                await self._tell_jira(session, claimed.job, error)
+            return ended
+
+    @staticmethod
+    async def _tell_jira(session: AsyncSession, job: TrainingJob, error: str | None) -> None:
+        """A failed job as a comment on the Jira issue of each task linked to it (the api's sync loop
+        makes the call), when the project has a Jira connection."""
+        connection = (
+            await session.execute(
+                select(JiraConnection).where(
+                    JiraConnection.project_id == job.project_id, JiraConnection.enabled
+                )
+            )
+        ).scalar_one_or_none()
+        if connection is None:
+            return
+        tasks = await session.execute(
+            select(Task.id).where(Task.project_id == job.project_id, Task.training_job_id == job.id)
+        )
+        text = lifecycle_comment(WebhookEvent.job_failed, {"error": error, "job_id": job.id})
+        for task_id in tasks.scalars():
+            session.add(
+                JiraOutbox(
+                    connection_id=connection.id,
+                    project_id=job.project_id,
+                    task_id=task_id,
+                    action=JiraAction.comment.value,
+                    payload={"text": text, "event": WebhookEvent.job_failed.value},
+                )
+            )
 
     async def hand_back(self, claimed: Claimed, reason: str) -> bool:
         """Queue the job again now (its checkpoint stays) rather than leave it `running` until the reaper

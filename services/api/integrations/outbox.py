@@ -12,17 +12,9 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.integrations import LIFECYCLE, lifecycle_comment
 from shared.models import JiraConnection, JiraOutbox, Pipeline, PipelineRun, Task
 from shared.models.enums import JiraAction, WebhookEvent
-
-# the ML lifecycle's events that become comments on the linked issues, in words
-LIFECYCLE = {
-    WebhookEvent.job_failed: "A training job failed",
-    WebhookEvent.gate_refused: "The gate refused a candidate",
-    WebhookEvent.promoted: "A model version was promoted",
-    WebhookEvent.rolled_back: "A canary was rolled back",
-    WebhookEvent.budget_exhausted: "A run was skipped: the compute budget is exhausted",
-}
 
 
 async def connection(session: AsyncSession, project_id: uuid.UUID) -> JiraConnection | None:
@@ -122,19 +114,8 @@ async def lifecycle(
     if conditions:
         found = await session.execute(select(Task.id).where(Task.project_id == project_id, or_(*conditions)))
         tasks.update(found.scalars())
-    text = _words(event, data)
+    text = lifecycle_comment(event, data)
     for task_id in sorted(tasks, key=str):
         _add(session, link, task_id, JiraAction.comment, {"text": text, "event": event.value})
     await session.flush()
     return len(tasks)
-
-
-def _words(event: WebhookEvent, data: dict[str, Any]) -> str:
-    lines = [f"RecForge: {LIFECYCLE[event]}."]
-    for name in ("reason", "error", "message", "status"):
-        if data.get(name):
-            lines.append(f"{name}: {data[name]}")
-    for name in ("run_id", "job_id", "model_version_id", "candidate_version_id", "production_version_id"):
-        if data.get(name):
-            lines.append(f"{name.replace('_', ' ')}: {data[name]}")
-    return "\n".join(lines)

@@ -384,3 +384,33 @@ async def test_a_gate_the_controller_refuses_comments_on_the_pipelines_issue(
     # the task the controller made for the owner became an issue too, and was told the same
     made = [i for i in state.issues.values() if "Gate refused" in i["fields"]["summary"]]
     assert len(made) == 1 and any("The gate refused" in t for t in state.comment_texts(made[0]["key"]))
+
+
+async def test_a_job_that_fails_comments_on_its_tasks_issue(
+    world: World, jira: tuple[str, JiraState], resources: ApiResources, settings: Settings
+) -> None:
+    from tests.support.training import make_worker, run_worker, upload
+
+    url, state = jira
+    await _connect(world, url, state)
+    await world.call("owner", "PATCH", P, json={"budget": {"cpu_hours": 10, "gpu_hours": 0}})
+    await upload(world, "catalog.csv", "product_id,title\np1,Drill\np2,Saw\n", "catalog")
+    data = await upload(world, "j.csv", "query,product_id,grade\ndrill,p1,3\nsaw,p2,3\n", "relevance")
+    job = await world.call(
+        "member", "POST", f"{P}/training-jobs",
+        json={"job_type": "bi_encoder", "dataset_version_id": data, "base_model": "example/no-such-model"},
+    )  # fmt: skip
+    assert job.status_code == 202, job.text
+    task = await world.call(
+        "member", "POST", f"{P}/tasks", json={"title": "First retriever", "training_job_id": job.json()["id"]}
+    )
+    await _sync(resources)
+    await run_worker(make_worker(settings))
+    failed = (await world.call("member", "GET", f"/api/v1/training-jobs/{job.json()['id']}")).json()
+    assert failed["status"] == "failed"
+    await _sync(resources)
+    key = (await world.call("member", "GET", f"/api/v1/tasks/{task.json()['id']}/links")).json()[
+        "jira_issue_key"
+    ]
+    [comment] = state.comment_texts(key)
+    assert "A training job failed" in comment and job.json()["id"] in comment
